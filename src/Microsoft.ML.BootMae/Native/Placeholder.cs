@@ -1,0 +1,5 @@
+namespace Microsoft.ML.BootMae.Native;
+
+internal static class Placeholder
+{
+}
