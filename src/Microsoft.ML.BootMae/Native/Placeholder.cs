@@ -1,5 +1,0 @@
-namespace Microsoft.ML.BootMae.Native;
-
-internal static class Placeholder
-{
-}
