@@ -1,0 +1,35 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Modules;
+
+// Pre-norm ViT block: x += Attn(LN1 x); x += MLP(LN2 x). LN eps 1e-6, no layer-scale, no drop path.
+internal sealed class EncoderBlock : nn.Module<Tensor, Tensor>
+{
+    private readonly LayerNorm norm1;
+    private readonly Attention attn;
+    private readonly LayerNorm norm2;
+    private readonly Mlp mlp;
+
+    public EncoderBlock(int dim, int heads, double mlpRatio) : base(nameof(EncoderBlock))
+    {
+        norm1 = nn.LayerNorm(dim, eps: 1e-6);
+        attn = new Attention(dim, heads);
+        norm2 = nn.LayerNorm(dim, eps: 1e-6);
+        mlp = new Mlp(dim, (int)(dim * mlpRatio));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        x = x + attn.forward(norm1.forward(x));
+        return x + mlp.forward(norm2.forward(x));
+    }
+
+    public void Initialize(Generator generator)
+    {
+        attn.Initialize(generator);
+        mlp.Initialize(generator);
+    }
+}

@@ -1,0 +1,29 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Modules;
+
+// Linear → GELU (exact erf form) → Linear.
+internal sealed class Mlp : nn.Module<Tensor, Tensor>
+{
+    private readonly Linear fc1;
+    private readonly Linear fc2;
+
+    public Mlp(int dim, int hidden) : base(nameof(Mlp))
+    {
+        fc1 = nn.Linear(dim, hidden);
+        fc2 = nn.Linear(hidden, dim);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => fc2.forward(nn.functional.gelu(fc1.forward(x)));
+
+    public void Initialize(Generator generator)
+    {
+        WeightInit.XavierUniform(fc1.weight!, generator);
+        WeightInit.Zero(fc1.bias);
+        WeightInit.XavierUniform(fc2.weight!, generator);
+        WeightInit.Zero(fc2.bias);
+    }
+}

@@ -1,0 +1,111 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Modules;
+
+// The teacher encoder (spec §2.5): starts equal to the student encoder, has no gradients, stays in eval mode and is
+// updated only by Update. Only the encoder is tracked: the reference's EMA also averages the decoders,
+// but those copies are never used. With bf16 compute on, the fp32 master weights stay authoritative and are copied into
+// a bfloat16 twin after every update; forwards run on the twin and return float32.
+internal sealed class MomentumTeacher : IDisposable
+{
+    private readonly VisionTransformerEncoder master;
+    private readonly VisionTransformerEncoder? compute;
+    private readonly (Tensor Teacher, Tensor Student)[] pairs;
+    private readonly (Tensor Master, Tensor Compute)[] computePairs;
+
+    public MomentumTeacher(VisionTransformerEncoder student, bool bfloat16Compute = false)
+    {
+        master = new VisionTransformerEncoder(student.Architecture);
+        Freeze(master);
+        var studentState = student.state_dict();
+        var teacherState = master.state_dict();
+        pairs = teacherState.Select(kv => (kv.Value, studentState[kv.Key])).ToArray();
+        using (no_grad())
+        {
+            foreach (var (t, s) in pairs)
+            {
+                t.copy_(s);
+            }
+        }
+
+        if (bfloat16Compute)
+        {
+            compute = new VisionTransformerEncoder(student.Architecture);
+            compute.to(ScalarType.BFloat16);
+            Freeze(compute);
+            var computeState = compute.state_dict();
+            computePairs = teacherState.Select(kv => (kv.Value, computeState[kv.Key])).ToArray();
+            SyncCompute();
+        }
+        else
+        {
+            computePairs = Array.Empty<(Tensor, Tensor)>();
+        }
+    }
+
+    // The fp32 master weights (what the EMA updates and what a checkpoint saves).
+    public VisionTransformerEncoder Encoder => master;
+
+    public bool UsesBFloat16 => compute is not null;
+
+    // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged.
+    public void Update(VisionTransformerEncoder student, double momentum)
+    {
+        if (momentum < 0 || momentum > 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(momentum), "The EMA momentum must be in [0, 1].");
+        }
+
+        using (no_grad())
+        {
+            foreach (var (t, s) in pairs)
+            {
+                t.mul_(momentum).add_(s, alpha: 1 - momentum);
+            }
+        }
+
+        SyncCompute();
+    }
+
+    // Full-image target: cls + all N patches → all blocks; patch tokens B×N×D of the last block, no final LN.
+    public Tensor Forward(Tensor images)
+    {
+        using var _ = no_grad();
+        return compute is null ? master.forward(images) : compute.forward(images.to(ScalarType.BFloat16)).to(ScalarType.Float32);
+    }
+
+    // Subset target (paper Table 5): cls + the patches in ids (B×S) → B×S×D in the order of ids.
+    public Tensor ForwardSubset(Tensor images, Tensor ids)
+    {
+        using var _ = no_grad();
+        return compute is null
+            ? master.ForwardSubset(images, ids)
+            : compute.ForwardSubset(images.to(ScalarType.BFloat16), ids).to(ScalarType.Float32);
+    }
+
+    public void Dispose()
+    {
+        master.Dispose();
+        compute?.Dispose();
+    }
+
+    private static void Freeze(VisionTransformerEncoder encoder)
+    {
+        foreach (var p in encoder.parameters())
+        {
+            p.requires_grad = false;
+        }
+
+        encoder.eval();
+    }
+
+    private void SyncCompute()
+    {
+        using var _ = no_grad();
+        foreach (var (m, c) in computePairs)
+        {
+            c.copy_(m);
+        }
+    }
+}

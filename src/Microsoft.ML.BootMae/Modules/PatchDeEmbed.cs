@@ -1,0 +1,29 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Modules;
+
+// Pixel head of the regressor: ConvTranspose2d(d_r → C, kernel = stride = P) over the token grid, exactly the
+// reference's layout (key lm_head.proj.weight is d_r×C×P×P). It equals a per-token Linear(d_r → P²C) + un-patchify
+// with Linear weight[(c·P + p)·P + q, d] = proj.weight[d, c, p, q] and bias[(c·P + p)·P + q] = proj.bias[c].
+internal sealed class PatchDeEmbed : nn.Module<Tensor, Tensor>
+{
+    private readonly ConvTranspose2d proj;
+    private readonly int gridSize;
+
+    public PatchDeEmbed(int dim, int channels, int patchSize, int gridSize) : base(nameof(PatchDeEmbed))
+    {
+        this.gridSize = gridSize;
+        proj = nn.ConvTranspose2d(dim, channels, patchSize, stride: patchSize);
+        RegisterComponents();
+    }
+
+    // tokens B×N×d_r (patch tokens only, row-major) → image B×C×H×W.
+    public override Tensor forward(Tensor tokens)
+    {
+        long b = tokens.shape[0];
+        long d = tokens.shape[2];
+        return proj.forward(tokens.transpose(1, 2).reshape(b, d, gridSize, gridSize));
+    }
+}

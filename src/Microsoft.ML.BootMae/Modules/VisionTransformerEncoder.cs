@@ -1,0 +1,105 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Modules;
+
+// The ViT trunk shared by the student and the teacher (spec §2.1). The student path keeps cls + visible tokens only;
+// the teacher path runs cls + all (or a chosen subset of) patches and returns the last block's raw output.
+internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
+{
+    private readonly PatchEmbed patch_embed;
+    private readonly Parameter cls_token;
+    private readonly Parameter pos_embed;
+    private readonly ModuleList<EncoderBlock> blocks;
+    private readonly LayerNorm norm;
+
+    public VisionTransformerEncoder(BootMaeArchitecture architecture) : base(nameof(VisionTransformerEncoder))
+    {
+        Architecture = architecture;
+        int d = architecture.EmbedDim;
+        patch_embed = new PatchEmbed(architecture.Channels, d, architecture.PatchSize);
+        cls_token = new Parameter(zeros(1, 1, d));
+        pos_embed = SinCosPositionEmbedding.CreateParameter(architecture.GridSize, d);
+        blocks = new ModuleList<EncoderBlock>(
+            Enumerable.Range(0, architecture.Depth).Select(_ => new EncoderBlock(d, architecture.Heads, architecture.MlpRatio)).ToArray());
+        norm = nn.LayerNorm(d, eps: 1e-6);
+        RegisterComponents();
+    }
+
+    public BootMaeArchitecture Architecture { get; }
+
+    // The frozen 1×(1+N)×D table; the feature predictor gives it to its mask tokens.
+    public Parameter PositionEmbedding => pos_embed;
+
+    public int Depth => blocks.Count;
+
+    // Student path. idsKeep B×N_v (patch indices, 0-based) selects the visible tokens; mask tokens never enter.
+    // Returns the final-LN output (B×(1+N_v)×D) and the raw pre-LN outputs of the two injection blocks.
+    public EncoderOutput ForwardVisible(Tensor images, Tensor idsKeep, int shallowBlock, int deepBlock)
+    {
+        var x = EmbedSubset(images, idsKeep);
+        Tensor? shallow = null;
+        Tensor? deep = null;
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            x = blocks[i].forward(x);
+            if (i == shallowBlock)
+            {
+                shallow = x;
+            }
+
+            if (i == deepBlock)
+            {
+                deep = x;
+            }
+        }
+
+        return new EncoderOutput(norm.forward(x), shallow!, deep!);
+    }
+
+    // Teacher path over the full image: cls + all N patches → all blocks; returns patch tokens B×N×D, no final LN.
+    public override Tensor forward(Tensor images)
+    {
+        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        x = cat(new[] { cls, x }, 1);
+        return RunBlocks(x)[.., 1..];
+    }
+
+    // Teacher path over cls + a subset of patches (paper Table 5); returns B×S×D in the order of ids, no final LN.
+    public Tensor ForwardSubset(Tensor images, Tensor ids) => RunBlocks(EmbedSubset(images, ids))[.., 1..];
+
+    public void Initialize(Generator generator)
+    {
+        patch_embed.Initialize(generator);
+        WeightInit.Normal(cls_token, 1e-6, generator);
+        foreach (var block in blocks)
+        {
+            block.Initialize(generator);
+        }
+    }
+
+    private Tensor RunBlocks(Tensor x)
+    {
+        foreach (var block in blocks)
+        {
+            x = block.forward(x);
+        }
+
+        return x;
+    }
+
+    // cls (its PE row is zero) followed by the patches listed in ids, each with its own PE.
+    private Tensor EmbedSubset(Tensor images, Tensor ids)
+    {
+        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        long d = x.shape[2];
+        var kept = x.gather(1, ids.unsqueeze(-1).expand(-1, -1, d));
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        return cat(new[] { cls, kept }, 1);
+    }
+}
+
+// Student encoder output: Latent is after the final LN; Shallow and Deep are raw block outputs (before the final LN).
+internal readonly record struct EncoderOutput(Tensor Latent, Tensor Shallow, Tensor Deep);
