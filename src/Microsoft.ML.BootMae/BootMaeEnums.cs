@@ -1,0 +1,48 @@
+namespace Microsoft.ML.BootMae;
+
+/// <summary>Where BootMAE runs its tensors.</summary>
+public enum BootMaeDevice
+{
+    /// <summary>CUDA when a GPU and a CUDA runtime package are present, otherwise the CPU.</summary>
+    Auto,
+
+    /// <summary>The CPU (TorchSharp-cpu or any runtime).</summary>
+    Cpu,
+
+    /// <summary>An NVIDIA GPU through TorchSharp-cuda-linux; see docs/gpu.md.</summary>
+    Cuda,
+}
+
+/// <summary>How the encoder's token outputs become one feature vector per image.</summary>
+public enum BootMaePooling
+{
+    /// <summary>Mean of the patch tokens (cls excluded), as the paper's fine-tuning does. Output <c>Vector&lt;Single, D&gt;</c>.</summary>
+    Mean,
+
+    /// <summary>The cls token. Output <c>Vector&lt;Single, D&gt;</c>.</summary>
+    Cls,
+
+    /// <summary>Every patch token, for dense tasks. Output <c>Vector&lt;Single, N, D&gt;</c>.</summary>
+    Tokens,
+}
+
+/// <summary>Numeric precision of matrix work.</summary>
+public enum BootMaePrecision
+{
+    /// <summary>Everything in 32-bit floats.</summary>
+    Float32,
+
+    /// <summary>bfloat16 where it is safe: the momentum teacher in pretraining, the whole encoder for inference.
+    /// Master weights stay in 32-bit. Falls back to <see cref="Float32"/> on hardware without fast bfloat16.</summary>
+    BFloat16,
+}
+
+/// <summary>Pretraining objective: BootMAE, or plain MAE as a baseline.</summary>
+public enum BootMaeMode
+{
+    /// <summary>BootMAE: pixel regressor with shallow injection plus feature predictor with deep injection, targets from a momentum encoder.</summary>
+    BootMae,
+
+    /// <summary>Plain MAE (He et al.): random masking, pixel target, an 8-block decoder, no teacher.</summary>
+    Mae,
+}
