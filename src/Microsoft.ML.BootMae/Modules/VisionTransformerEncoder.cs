@@ -70,6 +70,22 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // Teacher path over cls + a subset of patches (paper Table 5); returns B×S×D in the order of ids, no final LN.
     public Tensor ForwardSubset(Tensor images, Tensor ids) => RunBlocks(EmbedSubset(images, ids))[.., 1..];
 
+    // Inference path: cls + all N patches through blocks 0..lastBlock, then the final LN: B×(1+N)×D.
+    // Applying the pretrained LN to an earlier block (a truncated encoder, as the official linear probe uses)
+    // keeps features on the scale the rest of the network saw in training.
+    public Tensor ForwardTokens(Tensor images, int lastBlock)
+    {
+        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        x = cat(new[] { cls, x }, 1);
+        for (int i = 0; i <= lastBlock; i++)
+        {
+            x = blocks[i].forward(x);
+        }
+
+        return norm.forward(x);
+    }
+
     public void Initialize(Generator generator)
     {
         patch_embed.Initialize(generator);
