@@ -172,13 +172,14 @@ public static class BootMaePictures
         const float panelWidth = 500;
         const float panelHeight = 380;
         var top = Margin + (title is null ? 0 : TitleSize + 14);
-        using var surface = SKSurface.Create(new SKImageInfo((int)((Margin * 2) + (3 * panelWidth) + (2 * Gap)), (int)(top + panelHeight + Margin)));
+        const float width = (Margin * 2) + (3 * panelWidth) + (2 * Gap);
+        using var surface = SKSurface.Create(new SKImageInfo((int)width, (int)(top + panelHeight + Margin)));
         var canvas = surface.Canvas;
         canvas.Clear(PictureKit.Background);
         if (title is not null)
         {
             using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
-            PictureKit.DrawCentered(canvas, title, surface.Canvas.LocalClipBounds.Width / 2, Margin + TitleSize, titlePaint);
+            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
         }
 
         var panels = new (string Title, string YLabel, Series[] Series)[]
