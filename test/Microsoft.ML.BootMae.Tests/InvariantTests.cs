@@ -391,10 +391,11 @@ public sealed class InvariantTests
         using var teacher = new MomentumTeacher(net.Encoder);
         using var masks = Masks();
         var images = Images(2);
-        var ids = masks.SampleMaskedSubset((int)Math.Round(0.25 * Tiny.NumPatches), new Random(1));
+        var (target, subset) = teacher.Targets(images, masks, 0.25, new Random(1));
+        var ids = subset!;
         CollectionAssert.AreEqual(new long[] { Batch, 12 }, ids.shape);
         Assert.AreEqual(12f * Batch, masks.Mask.gather(1, ids).sum().item<float>(), "subset lies in the masked set");
-        var target = teacher.ForwardSubset(images, ids);
+        TensorAssert.Close(teacher.ForwardSubset(images, ids), target, 0, 0, "Targets = ForwardSubset");
         CollectionAssert.AreEqual(new long[] { Batch, 12, Tiny.EmbedDim }, target.shape);
 
         var fwd = net.Forward(images, masks);
@@ -404,6 +405,26 @@ public sealed class InvariantTests
         var touched = features.grad!.abs().sum(-1).ne(0).to(ScalarType.Float32);
         var inSubset = zeros(Batch, Tiny.NumPatches).scatter(1, ids, ones(Batch, 12));
         TensorAssert.Equal(inSubset, touched, "L_P gradient exactly on the subset");
+    }
+
+    [TestMethod]
+    public void CreateIsDeterministicPerSeed()
+    {
+        using var a = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 7);
+        using var b = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 7);
+        using var c = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 8);
+        var sa = a.state_dict();
+        var sb = b.state_dict();
+        foreach (var (key, value) in sa)
+        {
+            TensorAssert.Equal(value, sb[key], "same seed: " + key);
+        }
+
+        Assert.IsTrue(sa["encoder.blocks.0.attn.qkv.weight"].ne(c.state_dict()["encoder.blocks.0.attn.qkv.weight"]).any().item<bool>(), "another seed differs");
+        // Spec §2.6: mask tokens truncated at ±0.02, q/v biases 0, cls tiny.
+        Assert.IsLessThanOrEqualTo(0.02f, sa["regressor.mask_token"].abs().max().item<float>());
+        Assert.AreEqual(0f, sa["encoder.blocks.1.attn.v_bias"].abs().sum().item<float>());
+        Assert.IsLessThan(1e-4f, sa["encoder.cls_token"].abs().max().item<float>());
     }
 
     // mlnet-integration §5: a train step inside a dispose scope leaks no tensors.
