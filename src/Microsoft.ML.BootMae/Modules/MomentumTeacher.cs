@@ -49,7 +49,8 @@ internal sealed class MomentumTeacher : IDisposable
 
     public bool UsesBFloat16 => compute is not null;
 
-    // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged.
+    // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged; m = 0 copies
+    // (use that to load a frozen pretrained encoder for TeacherKind.Frozen, then never update again).
     public void Update(VisionTransformerEncoder student, double momentum)
     {
         if (momentum < 0 || momentum > 1)
@@ -66,6 +67,19 @@ internal sealed class MomentumTeacher : IDisposable
         }
 
         SyncCompute();
+    }
+
+    // The feature target for a batch and the patch ids it covers. fraction ≥ 1: the full image (ids null);
+    // fraction < 1 (paper Table 5): cls + round(fraction·N) masked patches sampled per sample (capped at K).
+    public (Tensor Target, Tensor? Ids) Targets(Tensor images, Training.MaskBatch masks, double fraction, Random random)
+    {
+        if (fraction >= 1)
+        {
+            return (Forward(images), null);
+        }
+
+        var ids = masks.SampleMaskedSubset((int)Math.Round(fraction * masks.NumPatches), random);
+        return (ForwardSubset(images, ids), ids);
     }
 
     // Full-image target: cls + all N patches → all blocks; patch tokens B×N×D of the last block, no final LN.
