@@ -16,7 +16,10 @@ internal sealed class MomentumTeacher : IDisposable
 
     public MomentumTeacher(VisionTransformerEncoder student, bool bfloat16Compute = false)
     {
+        // Built on the student's device so the EMA runs there without copies.
+        var device = student.parameters().First().device;
         master = new VisionTransformerEncoder(student.Architecture);
+        master.to(device);
         Freeze(master);
         var studentState = student.state_dict();
         var teacherState = master.state_dict();
@@ -32,7 +35,7 @@ internal sealed class MomentumTeacher : IDisposable
         if (bfloat16Compute)
         {
             compute = new VisionTransformerEncoder(student.Architecture);
-            compute.to(ScalarType.BFloat16);
+            compute.to(device).to(ScalarType.BFloat16);
             Freeze(compute);
             var computeState = compute.state_dict();
             computePairs = teacherState.Select(kv => (kv.Value, computeState[kv.Key])).ToArray();
@@ -97,6 +100,9 @@ internal sealed class MomentumTeacher : IDisposable
             ? master.ForwardSubset(images, ids)
             : compute.ForwardSubset(images.to(ScalarType.BFloat16), ids).to(ScalarType.Float32);
     }
+
+    // After the master weights were replaced (a checkpoint load), refresh the bfloat16 twin.
+    public void SyncAfterLoad() => SyncCompute();
 
     public void Dispose()
     {
