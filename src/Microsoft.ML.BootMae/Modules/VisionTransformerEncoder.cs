@@ -34,6 +34,8 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
 
     public int Depth => blocks.Count;
 
+    public IReadOnlyList<EncoderBlock> Blocks => blocks.ToList();
+
     // Student path. idsKeep B×N_v (patch indices, 0-based) selects the visible tokens; mask tokens never enter.
     // Returns the final-LN output (B×(1+N_v)×D) and the raw pre-LN outputs of the two injection blocks.
     public EncoderOutput ForwardVisible(Tensor images, Tensor idsKeep, int shallowBlock, int deepBlock)
@@ -70,6 +72,22 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // Teacher path over cls + a subset of patches (paper Table 5); returns B×S×D in the order of ids, no final LN.
     public Tensor ForwardSubset(Tensor images, Tensor ids) => RunBlocks(EmbedSubset(images, ids))[.., 1..];
 
+    // Inference path: cls + all N patches through blocks 0..lastBlock, then the final LN: B×(1+N)×D.
+    // Applying the pretrained LN to an earlier block (a truncated encoder, as the official linear probe uses)
+    // keeps features on the scale the rest of the network saw in training.
+    public Tensor ForwardTokens(Tensor images, int lastBlock)
+    {
+        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        x = cat(new[] { cls, x }, 1);
+        for (int i = 0; i <= lastBlock; i++)
+        {
+            x = blocks[i].forward(x);
+        }
+
+        return norm.forward(x);
+    }
+
     public void Initialize(Generator generator)
     {
         patch_embed.Initialize(generator);
@@ -91,7 +109,7 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     }
 
     // cls (its PE row is zero) followed by the patches listed in ids, each with its own PE.
-    private Tensor EmbedSubset(Tensor images, Tensor ids)
+    public Tensor EmbedSubset(Tensor images, Tensor ids)
     {
         var x = patch_embed.forward(images) + pos_embed[.., 1..];
         long d = x.shape[2];

@@ -1,0 +1,397 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Microsoft.ML.BootMae.Interop;
+using Microsoft.ML.BootMae.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae;
+
+/// <summary>
+/// A pretrained BootMAE (or MAE / ViT) encoder, independent of any pipeline: save it, load it, import official
+/// PyTorch weights, export ours, and hand it to <c>BootMaeFeaturize</c> or <c>BootMaeImageClassification</c>.
+/// </summary>
+/// <remarks>
+/// Input images are scaled to [0, 1] and then normalised with mean = std = 0.5 per channel (so pixels lie in
+/// [-1, 1]), as BootMAE's pretraining does. The encoder is the student of pretraining (the official fine-tuning
+/// also starts from the student, not the EMA teacher). Dispose it to free its native memory.
+/// <para>File format of <see cref="Save(Stream)"/>: the 8 bytes <c>BOOTMAE1</c>, a little-endian int32 header
+/// length, a UTF-8 JSON header (format, architecture, payload length and SHA-256), then the weights as a
+/// safetensors payload under the official key names (<c>patch_embed.proj.weight</c>, <c>blocks.0.attn.qkv.weight</c>, …).</para>
+/// </remarks>
+public sealed class BootMaeEncoder : IDisposable
+{
+    private const string FormatName = "bootmae-encoder";
+    private const int FormatVersion = 1;
+    private static readonly byte[] Magic = "BOOTMAE1"u8.ToArray();
+    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
+
+    private readonly object _bf16Gate = new();
+    private VisionTransformerEncoder? _bf16Module;
+    private bool _disposed;
+
+    internal BootMaeEncoder(VisionTransformerEncoder module, BootMaeArchitecture architecture)
+    {
+        Module = module;
+        Architecture = architecture;
+        Module.eval();
+    }
+
+    /// <summary>The network's shape.</summary>
+    public BootMaeArchitecture Architecture { get; }
+
+    /// <summary>Width D of the embeddings (<see cref="BootMaeArchitecture.EmbedDim"/>).</summary>
+    public int EmbeddingDim => Architecture.EmbedDim;
+
+    /// <summary>The device the weights live on.</summary>
+    internal Device Device => Module.parameters().First().device;
+
+    internal VisionTransformerEncoder Module { get; }
+
+    /// <summary>Creates an encoder with the pretraining initialisation (a baseline without pretraining).</summary>
+    /// <param name="architecture">The network's shape.</param>
+    /// <param name="seed">Seed of the initialisation.</param>
+    public static BootMaeEncoder CreateRandom(BootMaeArchitecture architecture, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        architecture.Validate();
+        BootMaeRuntime.EnsureTorchLoaded();
+        var module = new VisionTransformerEncoder(architecture);
+        using var generator = new Generator((ulong)seed);
+        module.Initialize(generator);
+        return new BootMaeEncoder(module, architecture);
+    }
+
+    /// <summary>Loads an encoder written by <see cref="Save(string)"/>.</summary>
+    /// <param name="path">The file.</param>
+    /// <exception cref="InvalidDataException">The file is not a BootMAE encoder, or is truncated or altered.</exception>
+    public static BootMaeEncoder Load(string path)
+    {
+        using var stream = File.OpenRead(path);
+        try
+        {
+            return Load(stream);
+        }
+        catch (InvalidDataException ex)
+        {
+            throw new InvalidDataException($"'{path}': {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>Loads an encoder written by <see cref="Save(Stream)"/>; reads exactly the encoder's bytes and leaves the stream open.</summary>
+    /// <param name="stream">The stream, positioned at the encoder.</param>
+    /// <exception cref="InvalidDataException">The data is not a BootMAE encoder, or is truncated or altered.</exception>
+    public static BootMaeEncoder Load(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        BootMaeRuntime.EnsureTorchLoaded();
+        var prefix = ReadExactly(stream, Magic.Length + 4, "its header");
+        if (!prefix.AsSpan(0, Magic.Length).SequenceEqual(Magic))
+        {
+            throw new InvalidDataException("not a BootMAE encoder file (wrong magic bytes). Save encoders with BootMaeEncoder.Save; import PyTorch weights with BootMaeEncoder.FromPyTorch.");
+        }
+
+        int headerLength = BinaryPrimitives.ReadInt32LittleEndian(prefix.AsSpan(Magic.Length));
+        if (headerLength <= 0 || headerLength > 1 << 20)
+        {
+            throw new InvalidDataException($"the encoder header length {headerLength} is invalid: the file is damaged.");
+        }
+
+        EncoderHeader header;
+        try
+        {
+            header = JsonSerializer.Deserialize<EncoderHeader>(ReadExactly(stream, headerLength, "its header"), JsonOptions)
+                ?? throw new InvalidDataException("the encoder header is empty.");
+        }
+        catch (JsonException ex)
+        {
+            throw new InvalidDataException($"the encoder header is not valid JSON ({ex.Message}): the file is damaged.", ex);
+        }
+
+        if (header.Format != FormatName || header.Version != FormatVersion)
+        {
+            throw new InvalidDataException($"unsupported encoder format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
+        }
+
+        var payload = ReadExactly(stream, checked((int)header.PayloadLength), "its weights");
+        if (Convert.ToHexString(SHA256.HashData(payload)) != header.PayloadSha256)
+        {
+            throw new InvalidDataException("the encoder weights do not match their SHA-256 checksum: the file was altered or damaged.");
+        }
+
+        header.Architecture.Validate();
+        var weights = Safetensors.Load(new MemoryStream(payload, writable: false));
+        var module = new VisionTransformerEncoder(header.Architecture);
+        try
+        {
+            LoadWeights(module, weights, strict: true, source: "the encoder file");
+            return new BootMaeEncoder(module, header.Architecture);
+        }
+        catch
+        {
+            module.Dispose();
+            throw;
+        }
+        finally
+        {
+            DisposeAll(weights);
+        }
+    }
+
+    /// <summary>
+    /// Imports encoder weights saved by PyTorch: an official BootMAE or MAE checkpoint, a timm ViT, or weights
+    /// exported by <see cref="ExportSafetensors"/>, as <c>.safetensors</c> or <c>.pth</c>/<c>.pt</c>.
+    /// </summary>
+    /// <param name="path">The weights file. Nothing in it is executed: <c>.pth</c> files are read as data only.</param>
+    /// <param name="architecture">The shape the weights were trained with (e.g. <see cref="BootMaeArchitecture.VitBase16"/>).</param>
+    /// <remarks>
+    /// Keys may carry a <c>model.</c>, <c>module.</c> or <c>encoder.</c> prefix, or sit under a <c>model</c> entry.
+    /// Decoder and head keys are ignored. For MAE/timm checkpoints, <c>attn.qkv.bias</c> becomes q_bias and v_bias and
+    /// its key part is dropped: a key bias adds the same amount to every logit of a query, which softmax ignores.
+    /// <c>pos_embed</c> is taken from the file, since MAE orders the sin-cos halves differently.
+    /// </remarks>
+    /// <exception cref="InvalidDataException">Encoder weights are missing or have the wrong shape for <paramref name="architecture"/>.</exception>
+    public static BootMaeEncoder FromPyTorch(string path, BootMaeArchitecture architecture)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(architecture);
+        architecture.Validate();
+        BootMaeRuntime.EnsureTorchLoaded();
+        if (!File.Exists(path))
+        {
+            throw new FileNotFoundException($"PyTorch weights file '{path}' does not exist.", path);
+        }
+
+        var raw = PyTorchWeights.Read(path);
+        var module = new VisionTransformerEncoder(architecture);
+        try
+        {
+            using (var scope = NewDisposeScope())
+            {
+                LoadWeights(module, PyTorchWeights.ToEncoderKeys(raw), strict: true, source: $"'{path}'");
+            }
+
+            return new BootMaeEncoder(module, architecture);
+        }
+        catch
+        {
+            module.Dispose();
+            throw;
+        }
+        finally
+        {
+            DisposeAll(raw);
+        }
+    }
+
+    /// <summary>Writes the weights as <c>.safetensors</c> under the official key names, for PyTorch (<c>safetensors.torch.load_file</c>).</summary>
+    /// <param name="path">The file to write (replaced atomically).</param>
+    public void ExportSafetensors(string path)
+    {
+        ThrowIfDisposed();
+        using var scope = NewDisposeScope();
+        WriteAtomically(path, stream => Safetensors.Save(stream, Module.state_dict()));
+    }
+
+    /// <summary>Saves the encoder (architecture and weights) to a file, replacing it atomically.</summary>
+    /// <param name="path">The file to write.</param>
+    public void Save(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        WriteAtomically(path, Save);
+    }
+
+    /// <summary>Saves the encoder to a stream and leaves it open.</summary>
+    /// <param name="stream">The stream to write to.</param>
+    public void Save(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ThrowIfDisposed();
+        byte[] payload;
+        using (var buffer = new MemoryStream())
+        {
+            using var scope = NewDisposeScope();
+            Safetensors.Save(buffer, Module.state_dict());
+            payload = buffer.ToArray();
+        }
+
+        var header = new EncoderHeader(FormatName, FormatVersion, Architecture, payload.LongLength, Convert.ToHexString(SHA256.HashData(payload)));
+        var headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, JsonOptions);
+        var prefix = new byte[Magic.Length + 4];
+        Magic.CopyTo(prefix, 0);
+        BinaryPrimitives.WriteInt32LittleEndian(prefix.AsSpan(Magic.Length), headerBytes.Length);
+        stream.Write(prefix);
+        stream.Write(headerBytes);
+        stream.Write(payload);
+    }
+
+    /// <summary>Creates an independent copy (same weights, own memory).</summary>
+    public BootMaeEncoder Clone()
+    {
+        ThrowIfDisposed();
+        var module = new VisionTransformerEncoder(Architecture);
+        using (var scope = NewDisposeScope())
+        {
+            var weights = Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
+            LoadWeights(module, weights, strict: true, source: "the source encoder");
+        }
+
+        return new BootMaeEncoder(module.to(Device), Architecture);
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        Module.Dispose();
+        _bf16Module?.Dispose();
+    }
+
+    /// <summary>Scales [0, 1] pixels to the network's input range ([-1, 1]).</summary>
+    internal static Tensor Normalize(Tensor pixels01) => pixels01.mul(2.0).sub_(1.0);
+
+    /// <summary>
+    /// Embeds <paramref name="count"/> images given as [count, C, H, W] floats in [0, 1]; returns count×D values
+    /// (count×N×D for <see cref="BootMaePooling.Tokens"/>). Safe to call from several threads at once.
+    /// </summary>
+    internal float[] Embed(float[] pixels01, int count, BootMaePooling pooling, int sourceBlock, BootMaePrecision precision)
+    {
+        ThrowIfDisposed();
+        var a = Architecture;
+        if (sourceBlock < 0 || sourceBlock >= a.Depth)
+        {
+            throw new ArgumentOutOfRangeException(nameof(sourceBlock), sourceBlock, $"SourceBlock must be in [0, {a.Depth - 1}] for this {a.Depth}-block encoder.");
+        }
+
+        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
+        using var scope = NewDisposeScope();
+        using var mode = inference_mode();
+        var module = precision == BootMaePrecision.BFloat16 ? GetBFloat16Module() : Module;
+        var input = Normalize(tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(Device));
+        if (precision == BootMaePrecision.BFloat16)
+        {
+            input = input.to(ScalarType.BFloat16);
+        }
+
+        var tokens = module.ForwardTokens(input, sourceBlock);
+        var pooled = pooling switch
+        {
+            BootMaePooling.Cls => tokens[.., 0],
+            BootMaePooling.Tokens => tokens[.., 1..],
+            _ => tokens[.., 1..].mean(new long[] { 1 }),
+        };
+        return pooled.to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
+    }
+
+    internal static void LoadWeights(VisionTransformerEncoder module, IReadOnlyDictionary<string, Tensor> weights, bool strict, string source)
+    {
+        var own = module.state_dict();
+        var missing = own.Keys.Where(k => !weights.ContainsKey(k)).ToList();
+        var unexpected = weights.Keys.Where(k => !own.ContainsKey(k)).ToList();
+        if (strict && (missing.Count > 0 || unexpected.Count > 0))
+        {
+            throw new InvalidDataException(
+                $"{source} does not match this encoder architecture. Missing: [{string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? ", …" : "")}]. " +
+                $"Unexpected: [{string.Join(", ", unexpected.Take(8))}{(unexpected.Count > 8 ? ", …" : "")}]. Check ImageSize, PatchSize, Channels, EmbedDim and Depth.");
+        }
+
+        using var _ = no_grad();
+        foreach (var (key, target) in own)
+        {
+            if (!weights.TryGetValue(key, out var value))
+            {
+                continue;
+            }
+
+            if (!value.shape.SequenceEqual(target.shape))
+            {
+                throw new InvalidDataException(
+                    $"{source}: '{key}' has shape [{string.Join(", ", value.shape)}] but this architecture needs [{string.Join(", ", target.shape)}]. Check ImageSize, PatchSize, Channels, EmbedDim and Depth.");
+            }
+
+            target.copy_(value);
+        }
+    }
+
+    private VisionTransformerEncoder GetBFloat16Module()
+    {
+        lock (_bf16Gate)
+        {
+            if (_bf16Module is null)
+            {
+                var copy = new VisionTransformerEncoder(Architecture);
+                using (var scope = NewDisposeScope())
+                {
+                    LoadWeights(copy, Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "the encoder");
+                }
+
+                copy.to(Device).to(ScalarType.BFloat16).eval();
+                _bf16Module = copy;
+            }
+
+            return _bf16Module;
+        }
+    }
+
+    private static byte[] ReadExactly(Stream stream, int length, string what)
+    {
+        var buffer = new byte[length];
+        int read = 0;
+        while (read < length)
+        {
+            int n = stream.Read(buffer, read, length - read);
+            if (n == 0)
+            {
+                throw new InvalidDataException($"the encoder data ends early while reading {what} ({read} of {length} bytes): the file is truncated.");
+            }
+
+            read += n;
+        }
+
+        return buffer;
+    }
+
+    private static void WriteAtomically(string path, Action<Stream> write)
+    {
+        var full = Path.GetFullPath(path);
+        var directory = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(directory);
+        var temp = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            {
+                write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp))
+            {
+                File.Delete(temp);
+            }
+        }
+    }
+
+    private static void DisposeAll(Dictionary<string, Tensor> tensors)
+    {
+        foreach (var t in tensors.Values)
+        {
+            t.Dispose();
+        }
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    private sealed record EncoderHeader(string Format, int Version, BootMaeArchitecture Architecture, long PayloadLength, string PayloadSha256);
+}

@@ -1,0 +1,121 @@
+using TorchSharp;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Interop;
+
+// Reads PyTorch weight files as plain data and maps their keys onto VisionTransformerEncoder's (the official names).
+internal static class PyTorchWeights
+{
+    private static readonly string[] Prefixes = { "module.", "model.", "encoder.", "backbone." };
+
+    // .safetensors: parsed directly. .pth/.pt: torch.save's zip format through TorchSharp.PyBridge, whose unpickler
+    // only rebuilds tensors and dictionaries and never runs code from the file.
+    public static Dictionary<string, Tensor> Read(string path)
+    {
+        var extension = Path.GetExtension(path).ToLowerInvariant();
+        if (extension == ".safetensors")
+        {
+            return Safetensors.Load(path);
+        }
+
+        if (extension is ".pth" or ".pt" or ".bin" or ".ckpt")
+        {
+            try
+            {
+                using var stream = File.OpenRead(path);
+                return UnpickleStateDict(stream);
+            }
+            catch (Exception ex) when (ex is InvalidCastException or NotImplementedException or InvalidOperationException or KeyNotFoundException or InvalidDataException)
+            {
+                throw new InvalidDataException(
+                    $"'{path}' could not be read as a PyTorch state_dict ({ex.Message}). It must be a torch.save(model.state_dict()) file in the zip format; " +
+                    "a checkpoint that nests the weights (e.g. the official BootMAE files, where they sit under 'model') must be re-saved with " +
+                    "torch.save(ckpt['model'], path) or converted to .safetensors.", ex);
+            }
+        }
+
+        throw new InvalidDataException($"'{path}': unknown weights format '{extension}'. Use .safetensors, or a .pth/.pt file written by torch.save.");
+    }
+
+    // Strips wrapper prefixes, keeps encoder keys only, and turns a fused qkv bias (MAE/timm) into q_bias/v_bias.
+    // The key part of a fused bias is dropped: it adds the same constant to all logits of a query, which softmax ignores.
+    public static Dictionary<string, Tensor> ToEncoderKeys(IReadOnlyDictionary<string, Tensor> raw)
+    {
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (rawKey, value) in raw)
+        {
+            var key = rawKey;
+            foreach (var prefix in Prefixes)
+            {
+                if (key.StartsWith(prefix, StringComparison.Ordinal))
+                {
+                    key = key[prefix.Length..];
+                }
+            }
+
+            if (!IsEncoderKey(key))
+            {
+                continue;
+            }
+
+            if (key.EndsWith(".attn.qkv.bias", StringComparison.Ordinal))
+            {
+                var stem = key[..^"qkv.bias".Length];
+                long inner = value.shape[0] / 3;
+                result[stem + "q_bias"] = value[..(int)inner];
+                result[stem + "v_bias"] = value[(int)(2 * inner)..];
+                continue;
+            }
+
+            result[key] = value;
+        }
+
+        return result;
+    }
+
+    private static bool IsEncoderKey(string key)
+        => key is "cls_token" or "pos_embed" or "norm.weight" or "norm.bias"
+           || key.StartsWith("patch_embed.", StringComparison.Ordinal)
+           || key.StartsWith("blocks.", StringComparison.Ordinal);
+
+    // TorchSharp.PyBridge reads torch.save's zip + pickle format with an unpickler that only rebuilds tensors and
+    // dictionaries. Its public API loads straight into a module by matching keys, which cannot express the key
+    // remapping above, so its unpickler is called directly; PyTorchInteropTests pins this for PyBridge 1.4.4.
+    private static Dictionary<string, Tensor> UnpickleStateDict(Stream stream)
+    {
+        var unpickler = typeof(PyBridgeModuleExtensions).Assembly.GetType("TorchSharp.PyBridge.PyTorchUnpickler")
+            ?.GetMethods(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)
+            .FirstOrDefault(m => m.Name == "UnpickleStateDict" && m.GetParameters() is { Length: >= 1 } ps && ps[0].ParameterType == typeof(Stream))
+            ?? throw new InvalidOperationException("this TorchSharp.PyBridge version has no PyTorchUnpickler.UnpickleStateDict(Stream, ...); use .safetensors instead");
+        // Stream first; leaveOpen = true; any further parameters take their defaults.
+        var arguments = unpickler.GetParameters()
+            .Select((p, i) => i == 0 ? stream : p.ParameterType == typeof(bool) && p.Name == "leaveOpen" ? true : p.DefaultValue)
+            .ToArray();
+        object? table;
+        try
+        {
+            table = unpickler.Invoke(null, arguments);
+        }
+        catch (System.Reflection.TargetInvocationException ex) when (ex.InnerException is not null)
+        {
+            throw new InvalidDataException(ex.InnerException.Message, ex.InnerException);
+        }
+
+        if (table is not System.Collections.IDictionary entries)
+        {
+            throw new InvalidDataException("the file does not hold a dictionary");
+        }
+
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry entry in entries)
+        {
+            if (entry.Key is string key && entry.Value is Tensor value)
+            {
+                result[key] = value;
+            }
+        }
+
+        return result.Count > 0 ? result : throw new InvalidDataException("the file holds no tensors at its top level (is the state_dict nested under a key such as 'model'?)");
+    }
+}

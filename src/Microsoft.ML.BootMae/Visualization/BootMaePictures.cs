@@ -1,0 +1,460 @@
+using System.Globalization;
+using SkiaSharp;
+
+namespace Microsoft.ML.BootMae.Visualization;
+
+/// <summary>
+/// Pictures of BootMAE pretraining as PNG files: reconstructions (like the MAE paper's figures), random versus
+/// block-wise masks, and training curves. Drawn with SkiaSharp; each method writes one PNG and returns its full path.
+/// </summary>
+/// <remarks>
+/// Images are <c>float[]</c> in CHW order with values in [0, 1] (clamped; undo any normalisation first), with 1
+/// (grey) or 3 (RGB) channels. Masks are <c>bool[]</c> over the patch grid, row-major, <c>true</c> = masked.
+/// Text needs a font the platform's SkiaSharp font manager can find (on Linux, any font under /usr/share/fonts).
+/// </remarks>
+public static class BootMaePictures
+{
+    private const float Margin = 20;
+    private const float Gap = 12;
+    private const float TitleSize = 20;
+    private const float HeaderSize = 15;
+
+    /// <summary>
+    /// Draws one row per image: the original, the masked input (masked patches grey), the pixel reconstruction, and
+    /// the reconstruction with the visible patches pasted back, as in the MAE paper's figures.
+    /// </summary>
+    /// <param name="images">Original images, each <paramref name="channels"/> × <paramref name="height"/> × <paramref name="width"/> values in [0, 1].</param>
+    /// <param name="masks">One mask per image over the (height / patchSize) × (width / patchSize) patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="reconstructions">The regressor's pixel predictions, one per image, same shape as the images.</param>
+    /// <param name="channels">Channels per image: 1 or 3.</param>
+    /// <param name="height">Image height in pixels.</param>
+    /// <param name="width">Image width in pixels.</param>
+    /// <param name="patchSize">Side of a square patch in pixels; must divide height and width.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="title">Optional title above the grid.</param>
+    /// <param name="rowLabels">Optional label per row (e.g. class names), drawn left of each row.</param>
+    /// <param name="tileSize">Side in pixels of the longest image edge on screen; <c>null</c> zooms small images by an integer factor to at least 112 px.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException">An argument is null, empty, or of the wrong count or length.</exception>
+    public static string ReconstructionGrid(
+        IReadOnlyList<float[]> images,
+        IReadOnlyList<bool[]> masks,
+        IReadOnlyList<float[]> reconstructions,
+        int channels,
+        int height,
+        int width,
+        int patchSize,
+        string path,
+        string? title = null,
+        IReadOnlyList<string>? rowLabels = null,
+        int? tileSize = null)
+    {
+        var (gridHeight, gridWidth) = PictureKit.CheckGeometry(channels, height, width, patchSize);
+        PictureKit.CheckPath(path, nameof(path));
+        var length = channels * height * width;
+        var count = PictureKit.CheckItems(images, null, length, nameof(images), "CHW image");
+        PictureKit.CheckItems(masks, count, gridHeight * gridWidth, nameof(masks), "patch mask");
+        PictureKit.CheckItems(reconstructions, count, length, nameof(reconstructions), "CHW image");
+        CheckRowLabels(rowLabels, count);
+
+        var ratio = masks.Average(m => m.Count(x => x));
+        string[] headers =
+        [
+            "Original",
+            string.Create(CultureInfo.InvariantCulture, $"Masked ({100.0 * ratio / (gridHeight * gridWidth):0}%)"),
+            "Reconstruction",
+            "Recon. + visible",
+        ];
+
+        var scale = PictureKit.TileScale(tileSize, height, width);
+        return DrawGrid(path, title, headers, rowLabels, count, width * scale, height * scale, (canvas, row, column, target) =>
+        {
+            switch (column)
+            {
+                case 0:
+                    DrawImage(canvas, images[row], channels, height, width, target);
+                    break;
+                case 1:
+                    DrawImage(canvas, images[row], channels, height, width, target);
+                    PictureKit.DrawMask(canvas, masks[row], gridHeight, gridWidth, target);
+                    break;
+                case 2:
+                    DrawImage(canvas, reconstructions[row], channels, height, width, target);
+                    break;
+                default:
+                    DrawImage(canvas, Paste(images[row], reconstructions[row], masks[row], channels, height, width, patchSize), channels, height, width, target);
+                    break;
+            }
+        });
+    }
+
+    /// <summary>
+    /// Draws one row per image: the original, the image under a random mask and under a block-wise mask (as in
+    /// BootMAE's Fig. 2), masked patches grey; the headers give each kind's mean masking ratio.
+    /// </summary>
+    /// <param name="images">Images, each <paramref name="channels"/> × <paramref name="height"/> × <paramref name="width"/> values in [0, 1].</param>
+    /// <param name="randomMasks">One random mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="blockMasks">One block-wise mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="channels">Channels per image: 1 or 3.</param>
+    /// <param name="height">Image height in pixels.</param>
+    /// <param name="width">Image width in pixels.</param>
+    /// <param name="patchSize">Side of a square patch in pixels; must divide height and width.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="title">Optional title above the grid.</param>
+    /// <param name="rowLabels">Optional label per row, drawn left of each row.</param>
+    /// <param name="tileSize">Side in pixels of the longest image edge on screen; <c>null</c> zooms small images by an integer factor to at least 112 px.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException">An argument is null, empty, or of the wrong count or length.</exception>
+    public static string MaskComparison(
+        IReadOnlyList<float[]> images,
+        IReadOnlyList<bool[]> randomMasks,
+        IReadOnlyList<bool[]> blockMasks,
+        int channels,
+        int height,
+        int width,
+        int patchSize,
+        string path,
+        string? title = null,
+        IReadOnlyList<string>? rowLabels = null,
+        int? tileSize = null)
+    {
+        var (gridHeight, gridWidth) = PictureKit.CheckGeometry(channels, height, width, patchSize);
+        PictureKit.CheckPath(path, nameof(path));
+        var count = PictureKit.CheckItems(images, null, channels * height * width, nameof(images), "CHW image");
+        PictureKit.CheckItems(randomMasks, count, gridHeight * gridWidth, nameof(randomMasks), "patch mask");
+        PictureKit.CheckItems(blockMasks, count, gridHeight * gridWidth, nameof(blockMasks), "patch mask");
+        CheckRowLabels(rowLabels, count);
+
+        var patches = (double)(gridHeight * gridWidth);
+        string[] headers =
+        [
+            "Original",
+            string.Create(CultureInfo.InvariantCulture, $"Random ({100.0 * randomMasks.Average(m => m.Count(x => x)) / patches:0}%)"),
+            string.Create(CultureInfo.InvariantCulture, $"Block-wise ({100.0 * blockMasks.Average(m => m.Count(x => x)) / patches:0}%)"),
+        ];
+
+        var scale = PictureKit.TileScale(tileSize, height, width);
+        return DrawGrid(path, title, headers, rowLabels, count, width * scale, height * scale, (canvas, row, column, target) =>
+        {
+            DrawImage(canvas, images[row], channels, height, width, target);
+            if (column > 0)
+            {
+                PictureKit.DrawMask(canvas, column == 1 ? randomMasks[row] : blockMasks[row], gridHeight, gridWidth, target);
+            }
+        });
+    }
+
+    /// <summary>
+    /// Draws three line charts against the training step: the losses (total, pixel, feature), the learning rate and
+    /// the EMA momentum, each with axes, ticks, labels and, for the losses, a legend.
+    /// </summary>
+    /// <param name="points">Logged steps, in any order; NaN values are left out of their curve.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="title">Optional title above the charts.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException"><paramref name="points"/> is null or empty, or <paramref name="path"/> is blank.</exception>
+    public static string TrainingCurves(IReadOnlyList<TrainingCurvePoint> points, string path, string? title = null)
+    {
+        if (points is null)
+        {
+            throw new ArgumentNullException(nameof(points));
+        }
+
+        if (points.Count == 0 || points.Any(p => p is null))
+        {
+            throw new ArgumentException("points must hold at least one training step and no null entries.", nameof(points));
+        }
+
+        PictureKit.CheckPath(path, nameof(path));
+        var sorted = points.OrderBy(p => p.Step).ToArray();
+        var steps = sorted.Select(p => (double)p.Step).ToArray();
+
+        const float panelWidth = 500;
+        const float panelHeight = 380;
+        var top = Margin + (title is null ? 0 : TitleSize + 14);
+        const float width = (Margin * 2) + (3 * panelWidth) + (2 * Gap);
+        using var surface = SKSurface.Create(new SKImageInfo((int)width, (int)(top + panelHeight + Margin)));
+        var canvas = surface.Canvas;
+        canvas.Clear(PictureKit.Background);
+        if (title is not null)
+        {
+            using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
+            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
+        }
+
+        var panels = new (string Title, string YLabel, Series[] Series)[]
+        {
+            ("Loss", "loss", [
+                new("total", new SKColor(0x22, 0x22, 0x22), sorted.Select(p => p.TotalLoss).ToArray()),
+                new("pixel", new SKColor(0x1F, 0x77, 0xB4), sorted.Select(p => p.PixelLoss).ToArray()),
+                new("feature", new SKColor(0xFF, 0x7F, 0x0E), sorted.Select(p => p.FeatureLoss).ToArray()),
+            ]),
+            ("Learning rate", "learning rate", [new("lr", new SKColor(0x2C, 0xA0, 0x2C), sorted.Select(p => p.LearningRate).ToArray())]),
+            ("EMA momentum", "momentum", [new("ema", new SKColor(0x94, 0x67, 0xBD), sorted.Select(p => p.EmaMomentum).ToArray())]),
+        };
+
+        for (var i = 0; i < panels.Length; i++)
+        {
+            var bounds = SKRect.Create(Margin + (i * (panelWidth + Gap)), top, panelWidth, panelHeight);
+            Chart.Draw(canvas, bounds, panels[i].Title, panels[i].YLabel, steps, panels[i].Series, legend: i == 0);
+        }
+
+        return PictureKit.Save(surface, path);
+    }
+
+    private static void CheckRowLabels(IReadOnlyList<string>? rowLabels, int count)
+    {
+        if (rowLabels is not null && rowLabels.Count != count)
+        {
+            throw new ArgumentException($"rowLabels holds {rowLabels.Count} labels but there are {count} images; give one per image.", nameof(rowLabels));
+        }
+    }
+
+    private static void DrawImage(SKCanvas canvas, float[] chw, int channels, int height, int width, SKRect target)
+    {
+        using var bitmap = PictureKit.ToBitmap(chw, channels, height, width);
+        PictureKit.DrawTile(canvas, bitmap, target);
+    }
+
+    /// <summary>The reconstruction inside masked patches and the original elsewhere, as MAE figures show it.</summary>
+    private static float[] Paste(float[] original, float[] reconstruction, bool[] mask, int channels, int height, int width, int patchSize)
+    {
+        var result = (float[])original.Clone();
+        var gridWidth = width / patchSize;
+        for (var c = 0; c < channels; c++)
+        {
+            for (var y = 0; y < height; y++)
+            {
+                for (var x = 0; x < width; x++)
+                {
+                    if (mask[((y / patchSize) * gridWidth) + (x / patchSize)])
+                    {
+                        var i = (((c * height) + y) * width) + x;
+                        result[i] = reconstruction[i];
+                    }
+                }
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Lays out titled columns of equally sized tiles, one row per image, and saves the picture.</summary>
+    private static string DrawGrid(
+        string path,
+        string? title,
+        string[] headers,
+        IReadOnlyList<string>? rowLabels,
+        int rows,
+        float tileWidth,
+        float tileHeight,
+        Action<SKCanvas, int, int, SKRect> drawTile)
+    {
+        using var headerPaint = PictureKit.TextPaint(HeaderSize, bold: true);
+        using var labelPaint = PictureKit.TextPaint(HeaderSize - 1);
+        using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
+
+        // Columns widen to fit their header, so long titles never run into the next column.
+        var columnWidth = Math.Max(tileWidth, headers.Max(h => headerPaint.MeasureText(h)) + 8);
+        var labelWidth = rowLabels is null ? 0 : rowLabels.Max(l => labelPaint.MeasureText(l ?? string.Empty)) + Gap;
+        var gridWidth = labelWidth + (headers.Length * columnWidth) + ((headers.Length - 1) * Gap);
+        var titleWidth = title is null ? 0 : titlePaint.MeasureText(title);
+        var width = (Margin * 2) + Math.Max(gridWidth, titleWidth);
+        var titleHeight = title is null ? 0 : TitleSize + 14;
+        var headerHeight = HeaderSize + 10;
+        var height = (Margin * 2) + titleHeight + headerHeight + (rows * tileHeight) + ((rows - 1) * Gap);
+
+        using var surface = SKSurface.Create(new SKImageInfo((int)Math.Ceiling(width), (int)Math.Ceiling(height)));
+        var canvas = surface.Canvas;
+        canvas.Clear(PictureKit.Background);
+        var left = Margin + ((width - (Margin * 2) - gridWidth) / 2);
+        if (title is not null)
+        {
+            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
+        }
+
+        var top = Margin + titleHeight;
+        for (var column = 0; column < headers.Length; column++)
+        {
+            var centerX = left + labelWidth + (column * (columnWidth + Gap)) + (columnWidth / 2);
+            PictureKit.DrawCentered(canvas, headers[column], centerX, top + HeaderSize, headerPaint);
+        }
+
+        top += headerHeight;
+        for (var row = 0; row < rows; row++)
+        {
+            var y = top + (row * (tileHeight + Gap));
+            if (rowLabels is not null)
+            {
+                var label = rowLabels[row] ?? string.Empty;
+                canvas.DrawText(label, left + labelWidth - Gap - labelPaint.MeasureText(label), y + (tileHeight / 2) + (HeaderSize / 3), labelPaint);
+            }
+
+            for (var column = 0; column < headers.Length; column++)
+            {
+                var x = left + labelWidth + (column * (columnWidth + Gap)) + ((columnWidth - tileWidth) / 2);
+                var target = SKRect.Create(x, y, tileWidth, tileHeight);
+                drawTile(canvas, row, column, target);
+                PictureKit.DrawFrame(canvas, target);
+            }
+        }
+
+        return PictureKit.Save(surface, path);
+    }
+
+    private sealed record Series(string Name, SKColor Color, double[] Values);
+
+    /// <summary>One line chart: axes, nice ticks with grid lines, axis labels, curves and an optional legend.</summary>
+    private static class Chart
+    {
+        public static void Draw(SKCanvas canvas, SKRect bounds, string title, string yLabel, double[] xs, Series[] series, bool legend)
+        {
+            using var titlePaint = PictureKit.TextPaint(16, bold: true);
+            using var tickPaint = PictureKit.TextPaint(12);
+            using var labelPaint = PictureKit.TextPaint(13);
+            using var axisPaint = new SKPaint { Color = PictureKit.Ink, StrokeWidth = 1, IsAntialias = true, Style = SKPaintStyle.Stroke };
+            using var gridPaint = new SKPaint { Color = new SKColor(0xE6, 0xE6, 0xE6), StrokeWidth = 1, Style = SKPaintStyle.Stroke };
+
+            var plot = new SKRect(bounds.Left + 78, bounds.Top + 30, bounds.Right - 12, bounds.Bottom - 48);
+            PictureKit.DrawCentered(canvas, title, (plot.Left + plot.Right) / 2, bounds.Top + 18, titlePaint);
+
+            var shown = series.Where(s => s.Values.Any(double.IsFinite)).ToArray();
+            var finiteX = xs.Where(double.IsFinite).ToArray();
+            var (xMin, xMax, xTicks) = Axis(finiteX.Min(), finiteX.Max(), 6);
+            var ys = shown.SelectMany(s => s.Values.Where(double.IsFinite)).DefaultIfEmpty(0).ToArray();
+            var (yMin, yMax, yTicks) = Axis(ys.Min(), ys.Max(), 5);
+            float X(double v) => plot.Left + (float)((v - xMin) / (xMax - xMin) * plot.Width);
+            float Y(double v) => plot.Bottom - (float)((v - yMin) / (yMax - yMin) * plot.Height);
+
+            var xStep = xTicks.Length > 1 ? xTicks[1] - xTicks[0] : 1;
+            foreach (var tick in xTicks)
+            {
+                canvas.DrawLine(X(tick), plot.Top, X(tick), plot.Bottom, gridPaint);
+                canvas.DrawLine(X(tick), plot.Bottom, X(tick), plot.Bottom + 5, axisPaint);
+                PictureKit.DrawCentered(canvas, Format(tick, xStep), X(tick), plot.Bottom + 19, tickPaint);
+            }
+
+            var yStep = yTicks.Length > 1 ? yTicks[1] - yTicks[0] : 1;
+            foreach (var tick in yTicks)
+            {
+                canvas.DrawLine(plot.Left, Y(tick), plot.Right, Y(tick), gridPaint);
+                canvas.DrawLine(plot.Left - 5, Y(tick), plot.Left, Y(tick), axisPaint);
+                var text = Format(tick, yStep);
+                canvas.DrawText(text, plot.Left - 8 - tickPaint.MeasureText(text), Y(tick) + 4, tickPaint);
+            }
+
+            canvas.DrawLine(plot.Left, plot.Top, plot.Left, plot.Bottom, axisPaint);
+            canvas.DrawLine(plot.Left, plot.Bottom, plot.Right, plot.Bottom, axisPaint);
+            PictureKit.DrawCentered(canvas, "step", (plot.Left + plot.Right) / 2, bounds.Bottom - 8, labelPaint);
+            canvas.Save();
+            canvas.RotateDegrees(-90, bounds.Left + 14, (plot.Top + plot.Bottom) / 2);
+            PictureKit.DrawCentered(canvas, yLabel, bounds.Left + 14, ((plot.Top + plot.Bottom) / 2) + 4, labelPaint);
+            canvas.Restore();
+
+            canvas.Save();
+            canvas.ClipRect(SKRect.Inflate(plot, 2, 2));
+            foreach (var s in shown)
+            {
+                using var path = new SKPath();
+                var drawing = false;
+                for (var i = 0; i < xs.Length; i++)
+                {
+                    if (!double.IsFinite(s.Values[i]) || !double.IsFinite(xs[i]))
+                    {
+                        drawing = false;
+                        continue;
+                    }
+
+                    if (drawing)
+                    {
+                        path.LineTo(X(xs[i]), Y(s.Values[i]));
+                    }
+                    else
+                    {
+                        path.MoveTo(X(xs[i]), Y(s.Values[i]));
+                        drawing = true;
+                    }
+                }
+
+                using var line = new SKPaint { Color = s.Color, StrokeWidth = 2, IsAntialias = true, Style = SKPaintStyle.Stroke, StrokeJoin = SKStrokeJoin.Round };
+                canvas.DrawPath(path, line);
+
+                // A lone point (one step logged) would not show as a line, so mark it.
+                if (s.Values.Count(double.IsFinite) == 1)
+                {
+                    var i = Array.FindIndex(s.Values, double.IsFinite);
+                    using var dot = new SKPaint { Color = s.Color, IsAntialias = true, Style = SKPaintStyle.Fill };
+                    canvas.DrawCircle(X(xs[i]), Y(s.Values[i]), 3, dot);
+                }
+            }
+
+            canvas.Restore();
+            if (legend && shown.Length > 0)
+            {
+                DrawLegend(canvas, plot, shown, tickPaint);
+            }
+        }
+
+        private static void DrawLegend(SKCanvas canvas, SKRect plot, Series[] shown, SKPaint textPaint)
+        {
+            const float row = 18;
+            var width = 34 + shown.Max(s => textPaint.MeasureText(s.Name)) + 8;
+            var box = SKRect.Create(plot.Right - width - 8, plot.Top + 8, width, (shown.Length * row) + 8);
+            using var fill = new SKPaint { Color = SKColors.White.WithAlpha(230), Style = SKPaintStyle.Fill };
+            using var frame = new SKPaint { Color = PictureKit.FrameGrey, Style = SKPaintStyle.Stroke, StrokeWidth = 1 };
+            canvas.DrawRect(box, fill);
+            canvas.DrawRect(box, frame);
+            for (var i = 0; i < shown.Length; i++)
+            {
+                var y = box.Top + 4 + (i * row) + (row / 2);
+                using var line = new SKPaint { Color = shown[i].Color, StrokeWidth = 2.5f, IsAntialias = true };
+                canvas.DrawLine(box.Left + 8, y, box.Left + 28, y, line);
+                canvas.DrawText(shown[i].Name, box.Left + 34, y + 4, textPaint);
+            }
+        }
+
+        /// <summary>Range rounded out to "nice" tick steps (1, 2 or 5 × 10^k) and the ticks inside it.</summary>
+        private static (double Min, double Max, double[] Ticks) Axis(double min, double max, int target)
+        {
+            if (!(max > min))
+            {
+                // Flat data (or a single point): open a small window around it.
+                var pad = Math.Abs(min) > 0 ? Math.Abs(min) * 0.05 : 1;
+                min -= pad;
+                max += pad;
+            }
+
+            var raw = (max - min) / target;
+            var magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
+            var normal = raw / magnitude;
+            var step = (normal < 1.5 ? 1 : normal < 3 ? 2 : normal < 7 ? 5 : 10) * magnitude;
+            var lo = Math.Floor((min / step) + 1e-9) * step;
+            var hi = Math.Ceiling((max / step) - 1e-9) * step;
+            var count = (int)Math.Round((hi - lo) / step) + 1;
+            var ticks = Enumerable.Range(0, count).Select(i => lo + (i * step)).ToArray();
+            return (lo, hi, ticks);
+        }
+
+        private static string Format(double value, double step)
+        {
+            if (Math.Abs(value) < step * 1e-6)
+            {
+                return "0";
+            }
+
+            var magnitude = Math.Max(Math.Abs(value), step);
+            if (magnitude < 1e-3 || magnitude >= 1e6)
+            {
+                return value.ToString("0.##E+0", CultureInfo.InvariantCulture);
+            }
+
+            if (step >= 1)
+            {
+                return value.ToString("#,0", CultureInfo.InvariantCulture);
+            }
+
+            var decimals = Math.Min(8, (int)Math.Ceiling(-Math.Log10(step) - 1e-9));
+            return value.ToString("F" + decimals.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
+        }
+    }
+}
