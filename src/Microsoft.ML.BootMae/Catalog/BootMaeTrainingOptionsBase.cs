@@ -10,7 +10,6 @@ public abstract class BootMaeTrainingOptionsBase
     {
         internal const string ImageColumnName = "Image";
         internal const int LogEveryNSteps = 50;
-        internal const int CheckpointEveryNEpochs = 1;
         internal const int ShufflePoolSize = 1000;
     }
 
@@ -66,8 +65,8 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>Folder for training checkpoints (model, optimizer and progress). Default <c>null</c>: no checkpoints.</summary>
     public string? CheckpointDirectory;
 
-    /// <summary>Epochs between checkpoints when <see cref="CheckpointDirectory"/> is set. Default 1.</summary>
-    public int CheckpointEveryNEpochs = SharedDefaults.CheckpointEveryNEpochs;
+    /// <summary>Steps between checkpoints when <see cref="CheckpointDirectory"/> is set. Default <c>null</c>: at the end of every epoch.</summary>
+    public long? CheckpointEveryNSteps;
 
     /// <summary>Resume from the newest checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
     public bool ResumeFromCheckpoint;

@@ -206,7 +206,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
-        var device = BootMaeDeviceSelection.Resolve(options.Device, options.FallbackToCpu, options.GpuDeviceId, log, "BootMaeImageClassification");
+        var device = TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log.Info).type == TorchSharp.DeviceType.CUDA
+            ? BootMaeDevice.Cuda
+            : BootMaeDevice.Cpu;
         if (options.Encoder is null)
         {
             log.Warning("BootMaeImageClassification: no Encoder given; training from a randomly initialised encoder. Pass a pretrained BootMaeEncoder for good accuracy.");

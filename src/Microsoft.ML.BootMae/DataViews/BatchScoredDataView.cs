@@ -75,7 +75,7 @@ internal sealed class BatchScoredDataView : IDataView
                 }
             }
 
-            _follow = input.GetRowCursor(passThrough);
+            _follow = ImageRowReader.OpenSequential(input, passThrough);
             _getters = new Delegate?[parent._added.Count];
             _staged = Array.Empty<RawImage>();
             bool anyAdded = false;
@@ -92,7 +92,7 @@ internal sealed class BatchScoredDataView : IDataView
             {
                 var imageColumn = input.Schema[parent._image.Index];
                 var source = ImageRowReader.FindSourceColumn(input.Schema, parent._image.Name);
-                _lead = input.GetRowCursor(source is { } s ? new[] { imageColumn, s } : new[] { imageColumn });
+                _lead = ImageRowReader.OpenSequential(input, source is { } s ? new[] { imageColumn, s } : new[] { imageColumn });
                 _reader = new ImageRowReader(_lead, parent._image, source);
                 int batch = Math.Max(1, parent._scorer.BatchSize);
                 _staged = new RawImage[batch];

@@ -170,17 +170,17 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
 
         if (!_shuffle)
         {
-            return _data.GetRowCursor(columns);
+            return ImageRowReader.OpenSequential(_data, columns);
         }
 
         int epochSeed = HashCode.Combine(_seed, epoch);
         if (_data.CanShuffle)
         {
-            return _data.GetRowCursor(columns, new Random(epochSeed));
+            return ImageRowReader.OpenSequential(_data, columns, new Random(epochSeed));
         }
 
         var shuffled = new MLContext(epochSeed).Data.ShuffleRows(_data, epochSeed, _shufflePoolRows);
-        return shuffled.GetRowCursor(columns.Select(c => shuffled.Schema[c.Name]));
+        return ImageRowReader.OpenSequential(shuffled, columns.Select(c => shuffled.Schema[c.Name]));
     }
 
     private void Produce(int epoch, int batchSize, ChannelWriter<ImageBatch> writer, CancellationToken token)

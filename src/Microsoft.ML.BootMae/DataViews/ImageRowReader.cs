@@ -101,6 +101,14 @@ internal sealed class ImageRowReader : IDisposable
         }
     }
 
+    /// <summary>
+    /// A single sequential cursor. ML.NET may otherwise hand out a consolidating cursor whose worker threads read every
+    /// column eagerly, so one unreadable file would break the whole cursor instead of failing (or being skipped) in
+    /// our getter.
+    /// </summary>
+    internal static DataViewRowCursor OpenSequential(IDataView data, IEnumerable<DataViewSchema.Column> columns, Random? random = null) =>
+        data.GetRowCursorSet(columns, 1, random)[0];
+
     /// <summary>Picks a text column that identifies rows (the image path, normally) for error messages.</summary>
     internal static DataViewSchema.Column? FindSourceColumn(DataViewSchema schema, string imageColumnName)
     {
@@ -138,7 +146,18 @@ internal sealed class ImageRowReader : IDisposable
         switch (_info.Kind)
         {
             case ImageColumnKind.EncodedBytes:
-                _bytesGetter!(ref _bytes);
+                try
+                {
+                    _bytesGetter!(ref _bytes);
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException)
+                {
+                    // LoadRawImageBytes throws from its getter on a missing or unreadable file.
+                    target.ReadError = ex.Message;
+                    target.Length = 0;
+                    return;
+                }
+
                 target.EnsureBytes(_bytes.Length);
                 _bytes.CopyTo(target.Bytes.AsSpan(0, _bytes.Length));
                 break;

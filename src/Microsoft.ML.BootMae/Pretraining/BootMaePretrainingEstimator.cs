@@ -53,12 +53,12 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             internal const string OutputColumnName = "Features";
             internal const int MaxEpochs = 100;
             internal const int BatchSize = 64;
-            internal const double LearningRate = 1.5e-4;
-            internal const double MinLearningRate = 1e-5;
+            internal const double LearningRate = 1.5e-3;
+            internal const double MinLearningRateFraction = 0.01;
             internal const double WarmupFraction = 0.05;
             internal const double WeightDecay = 0.05;
             internal const double FeatureLossWeight = 1.0;
-            internal const double EmaMomentum = 0.999;
+            internal const double MaskRatio = 0.75;
             internal const int InferenceBatchSize = 32;
         }
 
@@ -71,11 +71,14 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Images per optimizer step. Default 64.</summary>
         public int BatchSize = Defaults.BatchSize;
 
-        /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-4.</summary>
+        /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.</summary>
+        public long? MaxSteps;
+
+        /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-3 (the paper's 1.5e-4 suits 800-epoch runs; shorter runs need more).</summary>
         public double LearningRate = Defaults.LearningRate;
 
-        /// <summary>Learning rate at the end of the cosine schedule. Default 1e-5.</summary>
-        public double MinLearningRate = Defaults.MinLearningRate;
+        /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
+        public double MinLearningRateFraction = Defaults.MinLearningRateFraction;
 
         /// <summary>Share of the steps spent in linear warmup. Default 0.05 (40 of 800 epochs in the paper).</summary>
         public double WarmupFraction = Defaults.WarmupFraction;
@@ -86,8 +89,11 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Final weight λ of the feature-prediction loss (ramped up over the first quarter). Default 1.</summary>
         public double FeatureLossWeight = Defaults.FeatureLossWeight;
 
-        /// <summary>Starting EMA momentum of the teacher encoder. Default 0.999.</summary>
-        public double EmaMomentum = Defaults.EmaMomentum;
+        /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run).</summary>
+        public double? EmaMomentumStart;
+
+        /// <summary>Share of patches masked. Default 0.75.</summary>
+        public double MaskRatio = Defaults.MaskRatio;
 
         /// <summary>BootMAE, or plain MAE as a baseline. Default <see cref="BootMaeMode.BootMae"/>.</summary>
         public BootMaeMode Mode = BootMaeMode.BootMae;
@@ -138,13 +144,14 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
-        var device = BootMaeDeviceSelection.Resolve(options.Device, options.FallbackToCpu, options.GpuDeviceId, log, "BootMaePretrain");
+        // Fails now, not after the data is read, when CUDA is required and missing; the engine logs the device it uses.
+        TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log: null);
         log.Info($"BootMaePretrain: {rows} images from column '{image.Name}' ({image.Kind}), {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels}, " +
             $"D={architecture.EmbedDim}, depth {architecture.Depth}, {options.MaxEpochs} epochs of batch {options.BatchSize}, seed {seed}, mode {options.Mode}, augment {options.Augment}.");
         var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
             seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize);
-        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed, device));
+        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed));
         var encoder = pretrainer.Train(source, options.MetricsCallback, log.Info, options.CancellationToken);
         if (source.BadImagesSkipped > 0)
         {
@@ -155,26 +162,28 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             options.Pooling, options.SourceBlock, options.Precision, options.InferenceBatchSize);
     }
 
-    private static BootMaePretrainerSettings ToSettings(Options o, int seed, BootMaeDevice device) => new()
+    private static BootMaePretrainerSettings ToSettings(Options o, int seed) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,
         LearningRate = o.LearningRate,
-        MinLearningRate = o.MinLearningRate,
+        MaxSteps = o.MaxSteps,
+        MinLearningRateFraction = o.MinLearningRateFraction,
         WarmupFraction = o.WarmupFraction,
         WeightDecay = o.WeightDecay,
         FeatureLossWeight = o.FeatureLossWeight,
-        EmaMomentumStart = o.EmaMomentum,
+        EmaMomentumStart = o.EmaMomentumStart,
+        MaskRatio = o.MaskRatio,
         Mode = o.Mode,
         Seed = seed,
-        Device = device,
+        Device = o.Device,
         FallbackToCpu = o.FallbackToCpu,
         GpuDeviceId = o.GpuDeviceId,
         NumberOfThreads = o.NumberOfThreads,
         Precision = o.Precision,
         LogEveryNSteps = o.LogEveryNSteps,
         CheckpointDirectory = o.CheckpointDirectory,
-        CheckpointEveryNEpochs = o.CheckpointEveryNEpochs,
+        CheckpointEveryNSteps = o.CheckpointEveryNSteps,
         ResumeFromCheckpoint = o.ResumeFromCheckpoint,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
         InitialEncoder = o.InitialEncoder,
