@@ -64,8 +64,17 @@ internal static class ImageScoring
             return pixels;
         }
 
-        Parallel.For(0, count, i =>
-            ImageDecoder.Decode(staged[i], column, architecture.ImageSize, architecture.Channels, pixels.AsSpan(i * per, per)));
+        try
+        {
+            Parallel.For(0, count, i =>
+                ImageDecoder.Decode(staged[i], column, architecture.ImageSize, architecture.Channels, pixels.AsSpan(i * per, per)));
+        }
+        catch (AggregateException ex) when (ex.InnerExceptions.FirstOrDefault(e => e is InvalidDataException) is { } bad)
+        {
+            // Report the undecodable row itself, not the parallel loop's wrapper.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(bad).Throw();
+        }
+
         return pixels;
     }
 

@@ -18,7 +18,8 @@ namespace Microsoft.ML.BootMae;
 /// | `VarVector<Byte>` (LoadRawImageBytes), `Image` (LoadImages) or `Vector<Single, C, H, W>` (ExtractPixels) | `Vector<Single, D>` (Mean or Cls pooling) or `Vector<Single, N, D>` (Tokens) |
 ///
 /// `Transform` is lazy and batched; `PredictionEngine` scores one row at a time. Several prediction engines on one
-/// model can run on different threads. Save with `mlContext.Model.SaveBootMae`, load with `LoadBootMae`.
+/// model can run on different threads; note that a `PredictionEngine` disposes its model when it is disposed unless
+/// it is created with `new PredictionEngineOptions { OwnsTransformer = false }`. Save with `mlContext.Model.SaveBootMae`, load with `LoadBootMae`.
 /// Append `AppendCacheCheckpoint` after this transformer when a downstream trainer makes many passes.
 /// ]]></format>
 /// </remarks>
