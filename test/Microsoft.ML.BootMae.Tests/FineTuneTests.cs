@@ -108,10 +108,10 @@ public sealed class FineTuneTests
     public void LinearProbeTrainsOnlyTheHead()
     {
         using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
-        var settings = Settings(epochs: 2);
+        var settings = Settings(epochs: 6);
+        settings.LearningRate = 1e-2;
         settings.FreezeEncoder = true;
         settings.SourceBlock = 0;
-        settings.Augment = true;
 
         using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
 
@@ -128,7 +128,8 @@ public sealed class FineTuneTests
         Assert.IsTrue(head.ContainsKey("bn.running_mean"), "the probe head has a BatchNorm");
         Assert.IsTrue(head["fc_norm.weight"].All(v => v == 1f), "fc_norm stays the frozen unit LN");
         Assert.IsTrue(head["head.bias"].Any(v => v != 0f), "the Linear trained");
-        Assert.IsGreaterThan(0.2, TrainingAccuracy(engine), "the probe learns above chance");
+        double accuracy = TrainingAccuracy(engine);
+        Assert.IsGreaterThan(0.3, accuracy, $"the probe learns above chance (0.1), got {accuracy:P1}");
     }
 
     [TestMethod]
