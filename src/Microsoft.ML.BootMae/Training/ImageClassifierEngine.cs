@@ -454,8 +454,9 @@ internal sealed class ImageClassifierEngine : IDisposable
             _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
             var schedule = new Schedules(_totalSteps, _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, 0, 1, 0, 0, 0, 0, 0);
             var groups = BuildParameterGroups(_model, _s.LayerDecay, _s.WeightDecay);
-            var random = new Random(_s.Seed);
-            using var dropPathGenerator = new Generator(unchecked((ulong)_s.Seed + 0x9E3779B9UL));
+            // Independent streams per use, so turning one augmentation on does not shift the others' draws.
+            var random = (Crop: new Random(Seeds.Derive(_s.Seed, 0, stream: 1)), Mix: new Random(Seeds.Derive(_s.Seed, 0, stream: 3)));
+            using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
             using var optimizer = optim.AdamW(
                 groups.Select(g => new AdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, Beta1, Beta2, Epsilon, g.WeightDecay, false, false)),
                 _s.LearningRate, Beta1, Beta2, Epsilon, _s.WeightDecay);
@@ -538,7 +539,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         }
 
         private double RunEpoch(int epoch, Schedules schedule, List<optim.ILearningRateController> optimizerGroups, List<FineTuneParameterGroup> groups,
-            optim.Optimizer optimizer, Random random, CancellationToken token)
+            optim.Optimizer optimizer, (Random Crop, Random Mix) random, CancellationToken token)
         {
             _model.train();
             if (_model.IsLinearProbe)
@@ -588,13 +589,13 @@ internal sealed class ImageClassifierEngine : IDisposable
                     var y = tensor(labels, new long[] { batch.Count }).to(_device);
                     if (_s.Augment)
                     {
-                        x = FineTuneAugmentation.RandomResizedCropFlip(x, random);
+                        x = FineTuneAugmentation.RandomResizedCropFlip(x, random.Crop);
                     }
 
                     var targets = FineTuneAugmentation.SmoothedTargets(y, _numClasses, _s.LabelSmoothing);
                     if (_s.MixupAlpha > 0 || _s.CutmixAlpha > 0)
                     {
-                        (x, targets) = FineTuneAugmentation.MixupCutmix(x, targets, _s.MixupAlpha, _s.CutmixAlpha, random);
+                        (x, targets) = FineTuneAugmentation.MixupCutmix(x, targets, _s.MixupAlpha, _s.CutmixAlpha, random.Mix);
                     }
 
                     var logits = _model.forward(x);
