@@ -167,6 +167,28 @@ public sealed class FineTuneTests
     }
 
     [TestMethod]
+    public void DropPathKeepsKeysAndOnlyActsInTraining()
+    {
+        using var encoder = new VisionTransformerEncoder(Tiny);
+        var keys = encoder.state_dict().Keys.ToList();
+        using var generator = new Generator(9);
+        encoder.Initialize(generator);
+        using var scope = NewDisposeScope();
+        var images = (rand(new long[] { 8, 1, 28, 28 }, generator: generator) * 2) - 1;
+        encoder.train();
+        var plain = encoder.ForwardRaw(images, 1);
+
+        encoder.SetDropPath(0.5, generator);
+
+        CollectionAssert.AreEqual(keys, encoder.state_dict().Keys.ToList(), "drop path adds no state_dict keys");
+        Assert.AreEqual(0.0, encoder.Blocks[0].DropPath.Rate, "rate rises linearly from 0 at block 0");
+        Assert.AreEqual(0.5, encoder.Blocks[1].DropPath.Rate);
+        Assert.IsFalse(plain.allclose(encoder.ForwardRaw(images, 1)), "training mode drops paths");
+        encoder.eval();
+        Assert.IsTrue(plain.allclose(encoder.ForwardRaw(images, 1), rtol: 0, atol: 0), "eval mode is the identity");
+    }
+
+    [TestMethod]
     public void PoolingAveragesPatchTokensWithoutCls()
     {
         using var model = new ImageClassifier(new VisionTransformerEncoder(Tiny), Classes, linearProbe: false, sourceBlock: 1);
