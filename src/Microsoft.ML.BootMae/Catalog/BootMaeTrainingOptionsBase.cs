@@ -1,5 +1,3 @@
-using Microsoft.ML.BootMae.Training;
-
 namespace Microsoft.ML.BootMae;
 
 /// <summary>Settings shared by the BootMAE trainers (pretraining and image classification).</summary>
@@ -26,6 +24,9 @@ public abstract class BootMaeTrainingOptionsBase
     /// </summary>
     public BootMaeArchitecture? Architecture;
 
+    /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.</summary>
+    public long? MaxSteps;
+
     /// <summary>
     /// Seed of weight initialisation, masking, shuffling and augmentation. Default <c>null</c>: the seed of the
     /// <see cref="MLContext"/> (<c>new MLContext(seed)</c>) where it can be read, otherwise 1.
@@ -44,9 +45,6 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>torch intra-op threads (process-wide). Default <c>null</c>: torch's default.</summary>
     public int? NumberOfThreads;
 
-    /// <summary>Numeric precision. Default <see cref="BootMaePrecision.Float32"/>.</summary>
-    public BootMaePrecision Precision = BootMaePrecision.Float32;
-
     /// <summary>Stops training between steps. Default <see cref="CancellationToken.None"/>.</summary>
     public CancellationToken CancellationToken;
 
@@ -61,15 +59,6 @@ public abstract class BootMaeTrainingOptionsBase
 
     /// <summary>Steps between progress reports. Default 50.</summary>
     public int LogEveryNSteps = SharedDefaults.LogEveryNSteps;
-
-    /// <summary>Folder for training checkpoints (model, optimizer and progress). Default <c>null</c>: no checkpoints.</summary>
-    public string? CheckpointDirectory;
-
-    /// <summary>Steps between checkpoints when <see cref="CheckpointDirectory"/> is set. Default <c>null</c>: at the end of every epoch.</summary>
-    public long? CheckpointEveryNSteps;
-
-    /// <summary>Resume from the newest checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
-    public bool ResumeFromCheckpoint;
 
     /// <summary>Skip rows whose image cannot be decoded, counting them in the log, instead of failing. Default <c>false</c>.</summary>
     public bool SkipBadImages;
@@ -108,9 +97,9 @@ public abstract class BootMaeTrainingOptionsBase
             throw new ArgumentOutOfRangeException(nameof(NumberOfThreads), NumberOfThreads, "NumberOfThreads must be positive.");
         }
 
-        if (ResumeFromCheckpoint && string.IsNullOrEmpty(CheckpointDirectory))
+        if (MaxSteps is <= 0)
         {
-            throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(ResumeFromCheckpoint));
+            throw new ArgumentOutOfRangeException(nameof(MaxSteps), MaxSteps, "MaxSteps must be positive (or null for no cap).");
         }
 
         Architecture?.Validate();

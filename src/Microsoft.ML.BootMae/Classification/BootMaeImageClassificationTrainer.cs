@@ -45,6 +45,11 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
+        if (options.GpuDeviceId != 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.GpuDeviceId, "Image classification trains on CUDA device 0 only; set GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
+        }
+
         if (options.EarlyStoppingPatience is < 1)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.EarlyStoppingPatience, "EarlyStoppingPatience must be at least 1 (or null for no early stopping).");
@@ -70,7 +75,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             internal const double WeightDecay = 0.05;
             internal const double DropPathRate = 0.1;
             internal const double LabelSmoothing = 0.1;
-            internal const double WarmupFraction = 0.05;
+            internal const double WarmupFraction = 0.1;
+            internal const double MinLearningRate = 1e-6;
             internal const double EarlyStoppingMinDelta = 0.0;
             internal const int InferenceBatchSize = 32;
         }
@@ -93,8 +99,11 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>Images per optimizer step. Default 32.</summary>
         public int BatchSize = Defaults.BatchSize;
 
-        /// <summary>Peak learning rate (after warmup, before cosine decay). Default 1e-3.</summary>
+        /// <summary>Absolute peak learning rate (after warmup, before cosine decay; no batch scaling). Default 1e-3.</summary>
         public double LearningRate = Defaults.LearningRate;
+
+        /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
+        public double MinLearningRate = Defaults.MinLearningRate;
 
         /// <summary>Layer-wise learning-rate decay: block k of L gets LayerDecay^(L−k). Default 0.65.</summary>
         public double LayerDecay = Defaults.LayerDecay;
@@ -108,28 +117,33 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>Label smoothing of the cross-entropy. Default 0.1.</summary>
         public double LabelSmoothing = Defaults.LabelSmoothing;
 
-        /// <summary>Share of the steps spent in linear warmup. Default 0.05.</summary>
+        /// <summary>Share of the steps spent in linear warmup. Default 0.1.</summary>
         public double WarmupFraction = Defaults.WarmupFraction;
 
         /// <summary>Train only the head on a frozen encoder (the linear probe). Default <c>false</c>.</summary>
         public bool FreezeEncoder;
 
-        /// <summary>How tokens become the head's input. Default <see cref="BootMaePooling.Mean"/>; <see cref="BootMaePooling.Tokens"/> is not allowed.</summary>
-        public BootMaePooling Pooling = BootMaePooling.Mean;
+        /// <summary>Mixup with Beta(α, α) mixing; 0 turns it off. Default 0 (the paper uses 0.8).</summary>
+        public double MixupAlpha;
+
+        /// <summary>CutMix with Beta(α, α); 0 turns it off (with mixup also on, each batch picks one). Default 0 (the paper uses 1.0).</summary>
+        public double CutmixAlpha;
 
         /// <summary>0-based encoder block the head reads. Default <c>null</c>: the last block. The official linear probe of a 12-block ViT uses 8 (block 9).</summary>
         public int? SourceBlock;
 
-        /// <summary>Labelled data scored after every epoch (metrics, early stopping, best model). Default <c>null</c>.</summary>
+        /// <summary>Labelled data (same image and label columns, same key mapping) scored after every epoch: metrics,
+        /// early stopping and best-model selection use its loss. Default <c>null</c>.</summary>
         public IDataView? ValidationSet;
 
-        /// <summary>Stop after this many epochs without validation improvement. Default <c>null</c>: no early stopping. Needs <see cref="ValidationSet"/>.</summary>
+        /// <summary>Stop after this many epochs without improvement of the monitored loss (the validation loss, or the
+        /// training loss without a <see cref="ValidationSet"/>). Default <c>null</c>: no early stopping.</summary>
         public int? EarlyStoppingPatience;
 
-        /// <summary>Smallest validation accuracy gain that counts as improvement. Default 0.</summary>
+        /// <summary>Smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
         public double EarlyStoppingMinDelta = Defaults.EarlyStoppingMinDelta;
 
-        /// <summary>Return the epoch with the best validation accuracy instead of the last one. Default <c>true</c>.</summary>
+        /// <summary>Return the weights of the epoch with the lowest monitored loss instead of the last epoch's. Default <c>true</c>.</summary>
         public bool ReturnBestModel = true;
 
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
@@ -181,15 +195,6 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
                     $"The validation label '{options.LabelColumnName}' has {validationKey.Count} classes but the training label has {key.Count}. Map both with the same MapValueToKey transformer (fit it on the training data and apply it to both).");
             }
         }
-        else if (options.EarlyStoppingPatience is not null)
-        {
-            throw new ArgumentException("EarlyStoppingPatience needs a ValidationSet.", nameof(input));
-        }
-
-        if (options.Pooling == BootMaePooling.Tokens)
-        {
-            throw new ArgumentException("Pooling = Tokens cannot feed a classification head; use Mean or Cls.", nameof(input));
-        }
 
         var architecture = options.Encoder?.Architecture ?? options.Architecture ?? BootMaeArchitecture.VitBase16;
         architecture.Validate();
@@ -206,9 +211,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
-        var device = TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log.Info).type == TorchSharp.DeviceType.CUDA
-            ? BootMaeDevice.Cuda
-            : BootMaeDevice.Cpu;
+        // Logs the device, and fails now rather than after the data is read when CUDA is required and missing.
+        TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log.Info);
+        TorchDevices.SetThreads(options.NumberOfThreads, log.Info);
         if (options.Encoder is null)
         {
             log.Warning("BootMaeImageClassification: no Encoder given; training from a randomly initialised encoder. Pass a pretrained BootMaeEncoder for good accuracy.");
@@ -227,35 +232,34 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
         using var randomEncoder = options.Encoder is null ? BootMaeEncoder.CreateRandom(architecture, seed) : null;
         var engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, train, validationSource,
-            ToSettings(options, seed, device), options.MetricsCallback, log.Info, options.CancellationToken);
+            ToSettings(options, seed), options.MetricsCallback, log.Info, options.CancellationToken);
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, keyValues, options.ImageColumnName,
             options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize);
     }
 
-    private static FineTuneSettings ToSettings(Options o, int seed, BootMaeDevice device) => new()
+    private static FineTuneSettings ToSettings(Options o, int seed) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,
         LearningRate = o.LearningRate,
+        MinLearningRate = o.MinLearningRate,
         LayerDecay = o.LayerDecay,
         WeightDecay = o.WeightDecay,
         DropPathRate = o.DropPathRate,
         LabelSmoothing = o.LabelSmoothing,
         WarmupFraction = o.WarmupFraction,
         FreezeEncoder = o.FreezeEncoder,
-        Pooling = o.Pooling,
+        MixupAlpha = o.MixupAlpha,
+        CutmixAlpha = o.CutmixAlpha,
         SourceBlock = o.SourceBlock,
+        MaxSteps = o.MaxSteps,
+        Augment = false, // this layer augments while decoding (Options.Augment)
         Seed = seed,
-        Device = device,
+        Device = o.Device,
         FallbackToCpu = o.FallbackToCpu,
-        GpuDeviceId = o.GpuDeviceId,
-        NumberOfThreads = o.NumberOfThreads,
-        Precision = o.Precision,
         LogEveryNSteps = o.LogEveryNSteps,
-        CheckpointDirectory = o.CheckpointDirectory,
-        ResumeFromCheckpoint = o.ResumeFromCheckpoint,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
-        EarlyStoppingPatience = o.EarlyStoppingPatience ?? 0,
+        EarlyStoppingPatience = o.EarlyStoppingPatience,
         EarlyStoppingMinDelta = o.EarlyStoppingMinDelta,
         ReturnBestModel = o.ReturnBestModel,
     };

@@ -62,6 +62,13 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
     /// <summary>The added predicted-label column.</summary>
     public string PredictedLabelColumnName { get; }
 
+    /// <summary>A copy of the fine-tuned encoder (yours to dispose), e.g. for <c>BootMaeFeaturize</c> or further training.</summary>
+    public BootMaeEncoder ExtractEncoder()
+    {
+        ThrowIfDisposed();
+        return _engine.ExtractEncoder();
+    }
+
     /// <summary>Images per forward pass in <see cref="Transform(IDataView)"/>.</summary>
     public int BatchSize { get; }
 
@@ -183,7 +190,7 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
         }
 
         _disposed = true;
-        (_engine as IDisposable)?.Dispose();
+        _engine.Dispose();
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);

@@ -28,6 +28,7 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
     private readonly string _name;
     private long _badImages;
     private long _missingLabels;
+    private int _warnedNoShuffle;
 
     /// <param name="data">Rows to read.</param>
     /// <param name="image">The resolved image column of <paramref name="data"/>.</param>
@@ -179,8 +180,20 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
             return ImageRowReader.OpenSequential(_data, columns, new Random(epochSeed));
         }
 
+        // ML.NET's shuffle holds rows in a pool and drops columns it cannot cache, such as MLImage.
         var shuffled = new MLContext(epochSeed).Data.ShuffleRows(_data, epochSeed, _shufflePoolRows);
-        return ImageRowReader.OpenSequential(shuffled, columns.Select(c => shuffled.Schema[c.Name]));
+        if (columns.All(c => shuffled.Schema.GetColumnOrNull(c.Name) is { } s && s.Type.Equals(c.Type)))
+        {
+            return ImageRowReader.OpenSequential(shuffled, columns.Select(c => shuffled.Schema[c.Name]));
+        }
+
+        if (Interlocked.Exchange(ref _warnedNoShuffle, 1) == 0)
+        {
+            _log?.Warning($"The {_name} data cannot be shuffled with its '{_image.Name}' column ({_image.Kind}); rows are read in their stored order every epoch. " +
+                "Use LoadRawImageBytes instead of LoadImages, or shuffle the rows before loading the images, for a new order each epoch.");
+        }
+
+        return ImageRowReader.OpenSequential(_data, columns);
     }
 
     private void Produce(int epoch, int batchSize, ChannelWriter<ImageBatch> writer, CancellationToken token)

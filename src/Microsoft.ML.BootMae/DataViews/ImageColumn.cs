@@ -32,7 +32,8 @@ internal static class ImageColumn
     {
         var column = schema.GetColumnOrNull(columnName)
             ?? throw new ArgumentOutOfRangeException(parameterName,
-                $"Could not find image column '{columnName}'. Load images first, e.g. mlContext.Transforms.LoadRawImageBytes(\"{columnName}\", imageFolder, \"ImagePath\"), or set ImageColumnName.");
+                $"Could not find image column '{columnName}'. Load images first, e.g. mlContext.Transforms.LoadRawImageBytes(\"{columnName}\", imageFolder, \"ImagePath\"), or set ImageColumnName." +
+                (parameterName == "ValidationSet" ? " The ValidationSet is not passed through the pipeline: transform it with the same preprocessing first (fit the steps before the trainer and call Transform on the validation data)." : string.Empty));
         var type = column.Type;
         if (type is VectorDataViewType { ItemType: NumberDataViewType } bytes && bytes.ItemType.RawType == typeof(byte) && !bytes.IsKnownSize)
         {

@@ -35,6 +35,11 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
     {
         ArgumentNullException.ThrowIfNull(options);
         options.ValidateCommon(options.MaxEpochs, options.BatchSize);
+        if (options.ResumeFromCheckpoint && string.IsNullOrEmpty(options.CheckpointDirectory))
+        {
+            throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(options));
+        }
+
         if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
         {
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
@@ -71,9 +76,6 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Images per optimizer step. Default 64.</summary>
         public int BatchSize = Defaults.BatchSize;
 
-        /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.</summary>
-        public long? MaxSteps;
-
         /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-3 (the paper's 1.5e-4 suits 800-epoch runs; shorter runs need more).</summary>
         public double LearningRate = Defaults.LearningRate;
 
@@ -109,6 +111,22 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
 
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
+
+        /// <summary>
+        /// <see cref="BootMaePrecision.BFloat16"/> runs the momentum teacher in bfloat16 (32-bit master weights) where the
+        /// hardware has fast bfloat16 and falls back to 32-bit elsewhere. The fitted transformer infers in 32-bit.
+        /// Default <see cref="BootMaePrecision.BFloat16"/>.
+        /// </summary>
+        public BootMaePrecision Precision = BootMaePrecision.BFloat16;
+
+        /// <summary>Folder for training checkpoints (student, teacher, optimizer, position). Default <c>null</c>: no checkpoints.</summary>
+        public string? CheckpointDirectory;
+
+        /// <summary>Steps between checkpoints when <see cref="CheckpointDirectory"/> is set. Default <c>null</c>: at the end of every epoch.</summary>
+        public long? CheckpointEveryNSteps;
+
+        /// <summary>Resume from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
+        public bool ResumeFromCheckpoint;
     }
 
     /// <summary>Checks the input shape and adds the embedding column.</summary>
@@ -159,7 +177,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         return new BootMaeEncoderTransformer(encoder, ownsEncoder: true, options.ImageColumnName, options.OutputColumnName,
-            options.Pooling, options.SourceBlock, options.Precision, options.InferenceBatchSize);
+            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize);
     }
 
     private static BootMaePretrainerSettings ToSettings(Options o, int seed) => new()
