@@ -70,7 +70,7 @@ public abstract class BootMaeTrainingOptionsBase
     public int ShufflePoolSize = SharedDefaults.ShufflePoolSize;
 
     /// <summary>Checks the shared settings.</summary>
-    internal void ValidateCommon(int maxEpochs, int batchSize)
+    internal void ValidateCommon(int maxEpochs, int batchSize, int inferenceBatchSize)
     {
         if (string.IsNullOrWhiteSpace(ImageColumnName))
         {
@@ -87,6 +87,11 @@ public abstract class BootMaeTrainingOptionsBase
             throw new ArgumentOutOfRangeException("BatchSize", batchSize, "BatchSize must be positive.");
         }
 
+        if (inferenceBatchSize <= 0)
+        {
+            throw new ArgumentOutOfRangeException("InferenceBatchSize", inferenceBatchSize, "InferenceBatchSize must be positive.");
+        }
+
         if (LogEveryNSteps <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(LogEveryNSteps), LogEveryNSteps, "LogEveryNSteps must be positive.");
@@ -95,6 +100,11 @@ public abstract class BootMaeTrainingOptionsBase
         if (NumberOfThreads is <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(NumberOfThreads), NumberOfThreads, "NumberOfThreads must be positive.");
+        }
+
+        if (ShufflePoolSize <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(ShufflePoolSize), ShufflePoolSize, "ShufflePoolSize must be positive.");
         }
 
         if (MaxSteps is <= 0)

@@ -39,7 +39,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
     internal BootMaeImageClassificationTrainer(IHostEnvironment? env, Options options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.ValidateCommon(options.MaxEpochs, options.BatchSize);
+        options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
         if (options.Encoder is { } encoder && options.Architecture is { } architecture && encoder.Architecture != architecture)
         {
             throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));

@@ -34,7 +34,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
     internal BootMaePretrainingEstimator(IHostEnvironment? env, Options options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.ValidateCommon(options.MaxEpochs, options.BatchSize);
+        options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
         if (options.ResumeFromCheckpoint && string.IsNullOrEmpty(options.CheckpointDirectory))
         {
             throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(options));
