@@ -15,6 +15,7 @@ Console.WriteLine($"materialized: {files.TrainCount} train, {files.TestCount} te
 var ml = new MLContext(seed: 1);
 var rows = ml.Data.LoadFromTextFile<ImageRow>(files.TrainTsvPath, hasHeader: true, separatorChar: '\t');
 var pixels = ml.Transforms.LoadImages("Image", files.Directory, nameof(ImageRow.ImagePath))
+    .Append(ml.Transforms.ResizeImages("Image", imageWidth: 28, imageHeight: 28))
     .Append(ml.Transforms.ExtractPixels("Pixels", "Image", ImagePixelExtractingEstimator.ColorBits.Red, scaleImage: 1f / 255))
     .Fit(rows).Transform(rows);
 var vectors = pixels.GetColumn<VBuffer<float>>("Pixels").Select(v => v.DenseValues().ToArray()).ToList();
