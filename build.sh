@@ -57,7 +57,7 @@ case "$command" in
     results="$root/artifacts/TestResults"
     rm -rf "$results"
     status=0
-    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx" --results-directory "$results" || status=$?
+    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx;LogFilePrefix=bootmae" --results-directory "$results" || status=$?
     passed=0; failed=0; total=0
     for trx in "$results"/*.trx; do
       [ -f "$trx" ] || continue
