@@ -16,7 +16,10 @@ internal sealed class MomentumTeacher : IDisposable
 
     public MomentumTeacher(VisionTransformerEncoder student, bool bfloat16Compute = false)
     {
+        // Built on the student's device so the EMA runs there without copies.
+        var device = student.parameters().First().device;
         master = new VisionTransformerEncoder(student.Architecture);
+        master.to(device);
         Freeze(master);
         var studentState = student.state_dict();
         var teacherState = master.state_dict();
@@ -32,7 +35,7 @@ internal sealed class MomentumTeacher : IDisposable
         if (bfloat16Compute)
         {
             compute = new VisionTransformerEncoder(student.Architecture);
-            compute.to(ScalarType.BFloat16);
+            compute.to(device).to(ScalarType.BFloat16);
             Freeze(compute);
             var computeState = compute.state_dict();
             computePairs = teacherState.Select(kv => (kv.Value, computeState[kv.Key])).ToArray();
@@ -49,7 +52,8 @@ internal sealed class MomentumTeacher : IDisposable
 
     public bool UsesBFloat16 => compute is not null;
 
-    // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged.
+    // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged; m = 0 copies
+    // (use that to load a frozen pretrained encoder for TeacherKind.Frozen, then never update again).
     public void Update(VisionTransformerEncoder student, double momentum)
     {
         if (momentum < 0 || momentum > 1)
@@ -68,6 +72,19 @@ internal sealed class MomentumTeacher : IDisposable
         SyncCompute();
     }
 
+    // The feature target for a batch and the patch ids it covers. fraction ≥ 1: the full image (ids null);
+    // fraction < 1 (paper Table 5): cls + round(fraction·N) masked patches sampled per sample (capped at K).
+    public (Tensor Target, Tensor? Ids) Targets(Tensor images, Training.MaskBatch masks, double fraction, Random random)
+    {
+        if (fraction >= 1)
+        {
+            return (Forward(images), null);
+        }
+
+        var ids = masks.SampleMaskedSubset((int)Math.Round(fraction * masks.NumPatches), random);
+        return (ForwardSubset(images, ids), ids);
+    }
+
     // Full-image target: cls + all N patches → all blocks; patch tokens B×N×D of the last block, no final LN.
     public Tensor Forward(Tensor images)
     {
@@ -83,6 +100,9 @@ internal sealed class MomentumTeacher : IDisposable
             ? master.ForwardSubset(images, ids)
             : compute.ForwardSubset(images.to(ScalarType.BFloat16), ids).to(ScalarType.Float32);
     }
+
+    // After the master weights were replaced (a checkpoint load), refresh the bfloat16 twin.
+    public void SyncAfterLoad() => SyncCompute();
 
     public void Dispose()
     {

@@ -26,4 +26,15 @@ internal sealed class PatchDeEmbed : nn.Module<Tensor, Tensor>
         long d = tokens.shape[2];
         return proj.forward(tokens.transpose(1, 2).reshape(b, d, gridSize, gridSize));
     }
+
+    // The framework's default ConvTranspose2d init (kaiming-uniform with a = √5, i.e. U(±1/√fan_in) with
+    // fan_in = C·P² from weight dim 1), drawn from the seeded generator so Create(seed) is reproducible.
+    public void Initialize(Generator generator)
+    {
+        var w = proj.weight!;
+        double bound = 1.0 / Math.Sqrt(w.shape[1] * w.shape[2] * w.shape[3]);
+        using var _ = no_grad();
+        w.uniform_(-bound, bound, generator);
+        proj.bias!.uniform_(-bound, bound, generator);
+    }
 }

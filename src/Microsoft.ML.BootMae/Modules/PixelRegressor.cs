@@ -55,6 +55,7 @@ internal sealed class PixelRegressor : nn.Module<Tensor, Tensor?, MaskBatch, Ten
             block.Initialize(generator);
         }
 
-        // lm_head (ConvTranspose2d) keeps the framework default init, as in the reference.
+        // lm_head keeps the framework's default init, as in the reference (drawn from the seeded generator).
+        lm_head.Initialize(generator);
     }
 }

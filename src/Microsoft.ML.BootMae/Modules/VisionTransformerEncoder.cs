@@ -34,6 +34,8 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
 
     public int Depth => blocks.Count;
 
+    public IReadOnlyList<EncoderBlock> Blocks => blocks.ToList();
+
     // Student path. idsKeep B×N_v (patch indices, 0-based) selects the visible tokens; mask tokens never enter.
     // Returns the final-LN output (B×(1+N_v)×D) and the raw pre-LN outputs of the two injection blocks.
     public EncoderOutput ForwardVisible(Tensor images, Tensor idsKeep, int shallowBlock, int deepBlock)
@@ -107,7 +109,7 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     }
 
     // cls (its PE row is zero) followed by the patches listed in ids, each with its own PE.
-    private Tensor EmbedSubset(Tensor images, Tensor ids)
+    public Tensor EmbedSubset(Tensor images, Tensor ids)
     {
         var x = patch_embed.forward(images) + pos_embed[.., 1..];
         long d = x.shape[2];

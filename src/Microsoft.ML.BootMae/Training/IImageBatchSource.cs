@@ -7,14 +7,14 @@ namespace Microsoft.ML.BootMae.Training;
 /// <param name="Pixels">B·C·H·W values; the array may be longer than needed (pooled), only the first B·C·H·W are read.</param>
 /// <param name="Count">Number of images B in this batch.</param>
 /// <param name="Labels">0-based class indices, or null when unlabeled.</param>
-internal sealed record ImageBatch(float[] Pixels, int Count, int[]? Labels);
+public sealed record ImageBatch(float[] Pixels, int Count, int[]? Labels);
 
 /// <summary>
 /// The engine's view of a dataset: the ML.NET layer implements it over an IDataView cursor (decoding and
 /// augmentation off the training thread); tests and benchmarks implement it over in-memory arrays.
 /// The engine creates every tensor on its own thread.
 /// </summary>
-internal interface IImageBatchSource
+public interface IImageBatchSource
 {
     /// <summary>Number of images per epoch when known (drives step counts, schedules and ETA).</summary>
     long? Count { get; }

@@ -31,6 +31,15 @@ internal sealed class MaskingGenerator
         random = new Random(seed);
     }
 
+    // The generator a run with these settings uses: MAE mode always masks at random (spec §8).
+    public static MaskingGenerator ForSettings(BootMaeArchitecture architecture, BootMaeModelSettings settings, int seed)
+        => new(
+            architecture.GridSize,
+            settings.Mode == PretrainMode.Mae ? MaskingStrategy.Random : settings.Masking,
+            seed,
+            settings.MaskRatio,
+            settings.MaskJitter);
+
     public int GridSize { get; }
 
     public int NumPatches => GridSize * GridSize;

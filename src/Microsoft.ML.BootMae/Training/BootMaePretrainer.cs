@@ -1,0 +1,387 @@
+using System.Diagnostics;
+using System.Globalization;
+using Microsoft.ML.BootMae.Modules;
+using Microsoft.ML.BootMae.Training;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae;
+
+/// <summary>
+/// Runs BootMAE (or MAE) pretraining: the training loop of the engine. The ML.NET estimator
+/// <c>mlContext.Transforms.BootMaePretrain</c> wraps it; apps and benchmarks can also call it directly with any
+/// <see cref="IImageBatchSource"/>.
+/// </summary>
+/// <remarks>
+/// One step: normalise the batch to [-1, 1], draw per-sample masks, run the teacher on the full image (or on a subset,
+/// see <see cref="BootMaePretrainerSettings.TeacherFraction"/>), run the student (encoder on visible tokens, pixel
+/// regressor with shallow injection, feature predictor with deep injection), take L = L_R + λ·L_P, an AdamW step,
+/// then the EMA update of the teacher. Each step runs in its own dispose scope; a loss that is not finite stops the
+/// run with <see cref="BootMaeTrainingException"/> and leaves the last checkpoint as it was.
+/// </remarks>
+public sealed class BootMaePretrainer
+{
+    private readonly BootMaeArchitecture _architecture;
+    private readonly BootMaePretrainerSettings _settings;
+
+    /// <summary>Creates a trainer; nothing runs until <see cref="Train"/>.</summary>
+    /// <param name="architecture">The network's shape.</param>
+    /// <param name="settings">The run's settings (validated here).</param>
+    public BootMaePretrainer(BootMaeArchitecture architecture, BootMaePretrainerSettings settings)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        ArgumentNullException.ThrowIfNull(settings);
+        architecture.Validate();
+        settings.Validate();
+        if (settings.InitialEncoder is { } initial && initial.Architecture != architecture)
+        {
+            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but the run uses {architecture}.", nameof(settings));
+        }
+
+        if (settings.TeacherEncoder is { } frozen && frozen.Architecture != architecture)
+        {
+            throw new ArgumentException($"TeacherEncoder has architecture {frozen.Architecture}, but the run uses {architecture}.", nameof(settings));
+        }
+
+        _architecture = architecture;
+        _settings = settings;
+    }
+
+    /// <summary>
+    /// Pretrains on <paramref name="source"/> and returns the student's encoder.
+    /// </summary>
+    /// <param name="source">The images; its <see cref="IImageBatchSource.Count"/> must be known (it sets the schedules).</param>
+    /// <param name="metricsCallback">Receives progress every <see cref="BootMaePretrainerSettings.LogEveryNSteps"/> steps and at each epoch end.</param>
+    /// <param name="log">Receives human-readable lines (device, resume, checkpoints, progress).</param>
+    /// <param name="cancellationToken">Checked between steps.</param>
+    /// <exception cref="OperationCanceledException">Cancelled, unless <see cref="BootMaePretrainerSettings.ReturnModelOnCancellation"/> is set.</exception>
+    /// <exception cref="BootMaeTrainingException">The loss became NaN or infinite.</exception>
+    public BootMaeEncoder Train(IImageBatchSource source, Action<BootMaeTrainingMetrics>? metricsCallback = null, Action<string>? log = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        BootMaeRuntime.EnsureTorchLoaded();
+        var s = _settings;
+        var a = _architecture;
+        long count = source.Count ?? throw new ArgumentException("The image source must know how many images it has (Count).", nameof(source));
+        if (count == 0)
+        {
+            throw new ArgumentException("The image source is empty: pretraining needs at least one image.", nameof(source));
+        }
+
+        TorchDevices.SetThreads(s.NumberOfThreads, log);
+        var device = TorchDevices.Resolve(s.Device, s.GpuDeviceId, s.FallbackToCpu, log);
+        long stepsPerEpoch = (count + s.BatchSize - 1) / s.BatchSize;
+        long totalSteps = Math.Min(stepsPerEpoch * s.MaxEpochs, s.MaxSteps ?? long.MaxValue);
+        bool bf16Teacher = s.Precision == BootMaePrecision.BFloat16 && TorchDevices.HasFastBFloat16(device);
+        var modelSettings = ToModelSettings(s, bf16Teacher);
+        var schedules = CreateSchedules(totalSteps, s);
+        log?.Invoke(string.Format(CultureInfo.InvariantCulture,
+            "BootMAE pretraining ({0}): {1} images, batch {2}, {3} steps ({4} per epoch), peak lr {5:E2}, teacher {6}{7}.",
+            s.Mode, count, s.BatchSize, totalSteps, stepsPerEpoch, schedules.BaseLearningRate,
+            s.Mode == BootMaeMode.Mae ? "none" : s.Teacher.ToString(), bf16Teacher ? " in bfloat16" : string.Empty));
+
+        torch.manual_seed(s.Seed);
+        using var network = BootMaeNetwork.Create(a, modelSettings, s.Seed);
+        if (s.InitialEncoder is { } initial)
+        {
+            using var scope = NewDisposeScope();
+            BootMaeEncoder.LoadWeights(network.Encoder, initial.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "InitialEncoder");
+        }
+
+        network.to(device);
+        network.train();
+        using var teacher = modelSettings.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
+        if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)
+        {
+            using (var scope = NewDisposeScope())
+            {
+                BootMaeEncoder.LoadWeights(teacher.Encoder, s.TeacherEncoder!.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "TeacherEncoder");
+            }
+
+            teacher.SyncAfterLoad();
+        }
+
+        using var optimizer = ParameterGroups.CreateAdamW(network, schedules.BaseLearningRate, s.WeightDecay);
+        string fingerprint = Fingerprint(s, totalSteps);
+        var position = new TrainingPosition(0, 0, 0, totalSteps, s.Seed);
+        if (s.ResumeFromCheckpoint && PretrainingCheckpoint.FindLatestValid(s.CheckpointDirectory!, a, fingerprint, log) is { } found)
+        {
+            PretrainingCheckpoint.Load(found.Path, network, teacher, optimizer);
+            position = found.Position;
+            log?.Invoke($"Resumed from '{found.Path}' at step {position.Step} (epoch {position.Epoch}).");
+        }
+
+        var run = new Run(this, network, teacher, optimizer, schedules, device, modelSettings, fingerprint, metricsCallback, log);
+        return run.Execute(source, position, stepsPerEpoch, cancellationToken);
+    }
+
+    private static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s)
+    {
+        var scaled = Schedules.ScaledEmaMomenta(totalSteps);
+        double start = s.EmaMomentumStart ?? scaled.Start;
+        double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
+        double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
+        double peak = s.LearningRate * s.BatchSize / 256.0;
+        return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
+            s.FeatureLossWeight, s.FeatureLossRampFraction, start, mid, end, s.EmaRamp1Fraction, s.EmaRamp2EndFraction);
+    }
+
+    internal static BootMaeModelSettings ToModelSettings(BootMaePretrainerSettings s, bool bf16Teacher) => new()
+    {
+        Mode = s.Mode == BootMaeMode.Mae ? PretrainMode.Mae : PretrainMode.BootMae,
+        Target = s.Target switch { BootMaeTarget.Pixel => PretrainTarget.Pixel, BootMaeTarget.Feature => PretrainTarget.Feature, _ => PretrainTarget.Both },
+        Teacher = s.Teacher == BootMaeTeacher.Frozen ? TeacherKind.Frozen : TeacherKind.Ema,
+        Masking = s.Masking switch { BootMaeMasking.Block => MaskingStrategy.Block, BootMaeMasking.Random => MaskingStrategy.Random, _ => MaskingStrategy.BlockFill },
+        MaskJitter = s.MaskJitter,
+        MaskRatio = s.MaskRatio,
+        InjectRegressor = s.InjectRegressor,
+        InjectPredictor = s.InjectPredictor,
+        WeightMask = s.WeightMask,
+        NormPixTarget = s.NormPixTarget,
+        TeacherFraction = s.TeacherFraction,
+        FeatureWeight = s.FeatureLossWeight,
+        TeacherBFloat16 = bf16Teacher,
+        MaeDecoderDepth = s.MaeDecoderDepth,
+    };
+
+    // What must not change between a checkpoint and its resume.
+    internal static string Fingerprint(BootMaePretrainerSettings s, long totalSteps) => string.Join('|', new object[]
+    {
+        s.Mode, s.Target, s.Teacher, s.Masking, s.MaskRatio, s.TeacherFraction, s.BatchSize, s.MaxEpochs, totalSteps, s.Seed,
+        s.InjectRegressor, s.InjectPredictor, s.WeightMask, s.NormPixTarget, s.MaeDecoderDepth,
+    }.Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
+
+    /// <summary>The state of one run of <see cref="Train"/>.</summary>
+    private sealed class Run
+    {
+        private readonly BootMaePretrainer _owner;
+        private readonly BootMaeNetwork _network;
+        private readonly MomentumTeacher? _teacher;
+        private readonly AdamW _optimizer;
+        private readonly Schedules _schedules;
+        private readonly Device _device;
+        private readonly BootMaeModelSettings _model;
+        private readonly string _fingerprint;
+        private readonly Action<BootMaeTrainingMetrics>? _metrics;
+        private readonly Action<string>? _log;
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private long _stepsThisRun;
+        private long _imagesSinceReport;
+        private TimeSpan _lastReport;
+        private double _epochLoss, _epochPixel, _epochFeature;
+        private long _epochSteps;
+
+        public Run(BootMaePretrainer owner, BootMaeNetwork network, MomentumTeacher? teacher, AdamW optimizer, Schedules schedules, Device device,
+            BootMaeModelSettings model, string fingerprint, Action<BootMaeTrainingMetrics>? metrics, Action<string>? log)
+        {
+            _owner = owner;
+            _network = network;
+            _teacher = teacher;
+            _optimizer = optimizer;
+            _schedules = schedules;
+            _device = device;
+            _model = model;
+            _fingerprint = fingerprint;
+            _metrics = metrics;
+            _log = log;
+        }
+
+        private BootMaePretrainerSettings Settings => _owner._settings;
+
+        public BootMaeEncoder Execute(IImageBatchSource source, TrainingPosition start, long stepsPerEpoch, CancellationToken cancellationToken)
+        {
+            var s = Settings;
+            long step = start.Step;
+            var position = start;
+            string? lastCheckpoint = null;
+            try
+            {
+                for (int epoch = start.Epoch; step < _schedules.TotalSteps; epoch++)
+                {
+                    long skip = epoch == start.Epoch ? start.StepInEpoch : 0;
+                    long inEpoch = 0;
+                    ResetEpochAverages();
+                    foreach (var batch in source.ReadEpoch(epoch, s.BatchSize, cancellationToken))
+                    {
+                        if (inEpoch++ < skip)
+                        {
+                            continue;
+                        }
+
+                        cancellationToken.ThrowIfCancellationRequested();
+                        TrainStep(batch, step, epoch);
+                        step++;
+                        position = new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
+                        if (step % s.LogEveryNSteps == 0 && step < _schedules.TotalSteps)
+                        {
+                            Report(epoch, step, isEpochEnd: false);
+                        }
+
+                        if (s.CheckpointDirectory is not null && s.CheckpointEveryNSteps is { } every && step % every == 0)
+                        {
+                            lastCheckpoint = SaveCheckpoint(position);
+                        }
+
+                        if (step >= _schedules.TotalSteps)
+                        {
+                            break;
+                        }
+                    }
+
+                    if (inEpoch == 0)
+                    {
+                        throw new InvalidOperationException($"The image source yielded no batch in epoch {epoch}.");
+                    }
+
+                    // A finished epoch resumes at the start of the next one.
+                    position = new TrainingPosition(step, epoch + 1, 0, _schedules.TotalSteps, s.Seed);
+                    Report(epoch, step, isEpochEnd: true);
+                    if (s.CheckpointDirectory is not null && s.CheckpointEveryNSteps is null)
+                    {
+                        lastCheckpoint = SaveCheckpoint(position);
+                    }
+                }
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                _log?.Invoke($"Pretraining cancelled after step {step}.");
+                if (s.CheckpointDirectory is not null && step > start.Step)
+                {
+                    SaveCheckpoint(position);
+                }
+
+                if (!s.ReturnModelOnCancellation)
+                {
+                    throw;
+                }
+            }
+            catch (BootMaeTrainingException ex)
+            {
+                throw new BootMaeTrainingException(ex.Message + (lastCheckpoint is not null
+                    ? $" The last good checkpoint is '{lastCheckpoint}'."
+                    : s.CheckpointDirectory is not null ? $" No checkpoint of this run was written before it; earlier ones in '{s.CheckpointDirectory}' are untouched." : " Set CheckpointDirectory to keep checkpoints."), ex.InnerException);
+            }
+
+            return ExtractEncoder();
+        }
+
+        private void TrainStep(ImageBatch batch, long step, int epoch)
+        {
+            var a = _network.Architecture;
+            using var scope = NewDisposeScope();
+            double lr = _schedules.LearningRate(step);
+            foreach (var group in _optimizer.ParamGroups)
+            {
+                group.LearningRate = lr;
+            }
+
+            double lambda = _schedules.FeatureLossWeight(step);
+            int perImage = a.Channels * a.ImageSize * a.ImageSize;
+            var images = BootMaeEncoder.Normalize(
+                tensor(batch.Pixels.AsSpan(0, batch.Count * perImage).ToArray(), new long[] { batch.Count, a.Channels, a.ImageSize, a.ImageSize }).to(_device));
+            var generator = MaskingGenerator.ForSettings(a, _model, Seeds.Derive(Settings.Seed, step, stream: 1));
+            using var masks = generator.Next(batch.Count, _device);
+            Tensor? target = null;
+            Tensor? ids = null;
+            if (_teacher is not null)
+            {
+                (target, ids) = _teacher.Targets(images, masks, _model.TeacherFraction, new Random(Seeds.Derive(Settings.Seed, step, stream: 2)));
+            }
+
+            var forward = _network.Forward(images, masks);
+            var loss = BootMaeLosses.Compute(_network, forward, images, masks, target, ids, lambda);
+            float total = loss.Total.item<float>();
+            if (!float.IsFinite(total))
+            {
+                throw new BootMaeTrainingException(string.Format(CultureInfo.InvariantCulture,
+                    "The pretraining loss became {0} at step {1} (epoch {2}, learning rate {3:E2}). Lower LearningRate or check the input images.", total, step, epoch, lr));
+            }
+
+            _optimizer.zero_grad();
+            loss.Total.backward();
+            _optimizer.step();
+            if (_teacher is not null && Settings.Teacher == BootMaeTeacher.Ema)
+            {
+                _teacher.Update(_network.Encoder, _schedules.EmaMomentum(step));
+            }
+
+            _stepsThisRun++;
+            _imagesSinceReport += batch.Count;
+            _epochSteps++;
+            _epochLoss += total;
+            _epochPixel += loss.Pixel is null ? 0 : loss.Pixel.item<float>();
+            _epochFeature += loss.Feature is null ? 0 : loss.Feature.item<float>();
+        }
+
+        private void ResetEpochAverages()
+        {
+            _epochSteps = 0;
+            _epochLoss = _epochPixel = _epochFeature = 0;
+        }
+
+        private void Report(int epoch, long step, bool isEpochEnd)
+        {
+            if (_epochSteps == 0)
+            {
+                return;
+            }
+
+            var elapsed = _clock.Elapsed;
+            double seconds = (elapsed - _lastReport).TotalSeconds;
+            long remaining = _schedules.TotalSteps - step;
+            var metrics = new BootMaeTrainingMetrics
+            {
+                Dataset = BootMaeDataset.Train,
+                Epoch = epoch,
+                Step = step,
+                TotalSteps = _schedules.TotalSteps,
+                IsEpochEnd = isEpochEnd,
+                Loss = (float)(_epochLoss / _epochSteps),
+                PixelLoss = _model.UsesPixelLoss ? (float)(_epochPixel / _epochSteps) : null,
+                FeatureLoss = _model.UsesFeatureLoss ? (float)(_epochFeature / _epochSteps) : null,
+                LearningRate = _schedules.LearningRate(step - 1),
+                EmaMomentum = _teacher is null ? null : _schedules.EmaMomentum(step - 1),
+                FeatureWeight = _model.UsesFeatureLoss ? _schedules.FeatureLossWeight(step - 1) : null,
+                ImagesPerSecond = seconds > 0 ? _imagesSinceReport / seconds : 0,
+                Elapsed = elapsed,
+                Eta = _stepsThisRun > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / _stepsThisRun * remaining) : null,
+            };
+            _lastReport = elapsed;
+            _imagesSinceReport = 0;
+            _metrics?.Invoke(metrics);
+            _log?.Invoke(metrics.ToString());
+        }
+
+        private string SaveCheckpoint(TrainingPosition position)
+        {
+            var path = PretrainingCheckpoint.Save(Settings.CheckpointDirectory!, position, _network.Architecture, _fingerprint,
+                _network, _teacher, _optimizer, Settings.CheckpointsToKeep);
+            _log?.Invoke($"Checkpoint written: '{path}' (step {position.Step}).");
+            return path;
+        }
+
+        private BootMaeEncoder ExtractEncoder()
+        {
+            var module = new VisionTransformerEncoder(_network.Architecture);
+            using (var scope = NewDisposeScope())
+            {
+                BootMaeEncoder.LoadWeights(module, _network.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "the trained student");
+            }
+
+            return new BootMaeEncoder(module.to(_device), _network.Architecture);
+        }
+    }
+}
+
+/// <summary>Thrown when training cannot go on (for example the loss became NaN); the message says where the last good checkpoint is.</summary>
+public sealed class BootMaeTrainingException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">What happened and what to do.</param>
+    /// <param name="innerException">The cause, if any.</param>
+    public BootMaeTrainingException(string message, Exception? innerException = null)
+        : base(message, innerException)
+    {
+    }
+}

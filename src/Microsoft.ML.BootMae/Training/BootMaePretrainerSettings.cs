@@ -1,0 +1,199 @@
+namespace Microsoft.ML.BootMae;
+
+/// <summary>Which patches are masked in pretraining.</summary>
+public enum BootMaeMasking
+{
+    /// <summary>Block-wise masking of about 61% of the patches plus random fill to the mask ratio, with a small roll jitter (the official code).</summary>
+    BlockFill,
+
+    /// <summary>Block-wise masking only (random fill only covers what the block stage could not place).</summary>
+    Block,
+
+    /// <summary>Uniformly random patches (MAE).</summary>
+    Random,
+}
+
+/// <summary>Which targets the student learns to predict.</summary>
+public enum BootMaeTarget
+{
+    /// <summary>Normalised pixels and the momentum encoder's features (BootMAE).</summary>
+    Both,
+
+    /// <summary>Normalised pixels only.</summary>
+    Pixel,
+
+    /// <summary>The teacher's features only.</summary>
+    Feature,
+}
+
+/// <summary>Where the feature target comes from.</summary>
+public enum BootMaeTeacher
+{
+    /// <summary>A momentum (EMA) copy of the student: the bootstrapped teacher of BootMAE.</summary>
+    Ema,
+
+    /// <summary>A fixed pretrained encoder (<see cref="BootMaePretrainerSettings.TeacherEncoder"/>), never updated (paper Tables 3 and 9).</summary>
+    Frozen,
+}
+
+/// <summary>
+/// Settings of a pretraining run of <see cref="BootMaePretrainer"/>. Schedules are fractions of the run, so the
+/// defaults make sense for a ten-minute CPU run and for a long GPU run alike. See docs/api.md for the table.
+/// </summary>
+public sealed class BootMaePretrainerSettings
+{
+    /// <summary>BootMAE (default) or plain MAE as a baseline.</summary>
+    public BootMaeMode Mode = BootMaeMode.BootMae;
+
+    /// <summary>Passes over the data. Default 10.</summary>
+    public int MaxEpochs = 10;
+
+    /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default null: no cap.</summary>
+    public long? MaxSteps;
+
+    /// <summary>Images per step. Default 64.</summary>
+    public int BatchSize = 64;
+
+    /// <summary>Base learning rate, scaled by BatchSize/256 (spec §5). Default 1.5e-3, higher than the paper's 1.5e-4 because short runs need it.</summary>
+    public double LearningRate = 1.5e-3;
+
+    /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
+    public double MinLearningRateFraction = 0.01;
+
+    /// <summary>Share of the run spent in linear warmup. Default 0.05.</summary>
+    public double WarmupFraction = 0.05;
+
+    /// <summary>AdamW weight decay on matrices (biases, norms, cls token and position tables get none). Default 0.05.</summary>
+    public double WeightDecay = 0.05;
+
+    /// <summary>Final weight λ of the feature loss. Default 1.</summary>
+    public double FeatureLossWeight = 1.0;
+
+    /// <summary>Share of the run over which λ ramps up linearly from 0. Default 0.25 (the official code).</summary>
+    public double FeatureLossRampFraction = 0.25;
+
+    /// <summary>EMA momentum at the start; null (default) scales it to the run so the teacher's horizon is T/250 steps.</summary>
+    public double? EmaMomentumStart;
+
+    /// <summary>EMA momentum at the end of the first ramp; null (default) scales it (horizon T/25).</summary>
+    public double? EmaMomentumMid;
+
+    /// <summary>EMA momentum from the end of the second ramp on; null (default) scales it (horizon T/2.5).</summary>
+    public double? EmaMomentumEnd;
+
+    /// <summary>Share of the run of the first EMA ramp. Default 0.125 (100 of 800 epochs).</summary>
+    public double EmaRamp1Fraction = 0.125;
+
+    /// <summary>Share of the run at which the second EMA ramp ends. Default 0.5 (400 of 800 epochs).</summary>
+    public double EmaRamp2EndFraction = 0.5;
+
+    /// <summary>Teacher kind. Default <see cref="BootMaeTeacher.Ema"/>.</summary>
+    public BootMaeTeacher Teacher = BootMaeTeacher.Ema;
+
+    /// <summary>The fixed teacher when <see cref="Teacher"/> is <see cref="BootMaeTeacher.Frozen"/>; must match the architecture.</summary>
+    public BootMaeEncoder? TeacherEncoder;
+
+    /// <summary>Targets. Default both.</summary>
+    public BootMaeTarget Target = BootMaeTarget.Both;
+
+    /// <summary>Masking strategy. Default block-wise plus random fill. MAE mode always masks at random.</summary>
+    public BootMaeMasking Masking = BootMaeMasking.BlockFill;
+
+    /// <summary>Share of patches masked. Default 0.75.</summary>
+    public double MaskRatio = 0.75;
+
+    /// <summary>Largest roll jitter of the block masks; null (default) scales the official 3 to the grid, round(3·N/196): 1 on 7×7 and 8×8 grids; 0 turns it off.</summary>
+    public int? MaskJitter;
+
+    /// <summary>Share of the image the teacher sees (paper Table 5): 1 (default) = the full image; smaller values feed cls plus
+    /// that share of patches, sampled from the masked ones, and take the feature loss on them only.</summary>
+    public double TeacherFraction = 1.0;
+
+    /// <summary>Cross-attention from the shallow block into the pixel regressor. Default true.</summary>
+    public bool InjectRegressor = true;
+
+    /// <summary>Cross-attention from the deep block into the feature predictor. Default true.</summary>
+    public bool InjectPredictor = true;
+
+    /// <summary>Centre-weighted loss mask (paper App. C). Default true.</summary>
+    public bool WeightMask = true;
+
+    /// <summary>Per-patch normalised pixel target. Default true.</summary>
+    public bool NormPixTarget = true;
+
+    /// <summary>Blocks of the MAE-mode decoder. Default 8.</summary>
+    public int MaeDecoderDepth = 8;
+
+    /// <summary>Starts the student's encoder from these weights instead of a random initialisation. Default null.</summary>
+    public BootMaeEncoder? InitialEncoder;
+
+    /// <summary>Seed of initialisation, data order, masks and augmentation. Default 1.</summary>
+    public int Seed = 1;
+
+    /// <summary>Device. Default <see cref="BootMaeDevice.Auto"/>.</summary>
+    public BootMaeDevice Device = BootMaeDevice.Auto;
+
+    /// <summary>CUDA device index. Default 0.</summary>
+    public int GpuDeviceId;
+
+    /// <summary>Use the CPU when CUDA is asked for but unavailable (logged), instead of failing. Default true.</summary>
+    public bool FallbackToCpu = true;
+
+    /// <summary>Torch intra-op threads (process-wide); null (default) leaves libtorch's choice.</summary>
+    public int? NumberOfThreads;
+
+    /// <summary><see cref="BootMaePrecision.BFloat16"/> (default) runs the teacher in bfloat16 (fp32 master weights) where the hardware
+    /// has fast bfloat16 (CUDA, or CPUs with AVX-512 BF16/AMX), and falls back to fp32 elsewhere.</summary>
+    public BootMaePrecision Precision = BootMaePrecision.BFloat16;
+
+    /// <summary>Reports metrics every this many steps (and at each epoch end). Default 50.</summary>
+    public int LogEveryNSteps = 50;
+
+    /// <summary>Folder for checkpoints (student, teacher, optimizer, position). Default null: none.</summary>
+    public string? CheckpointDirectory;
+
+    /// <summary>Checkpoint every this many steps; null (default) = at the end of every epoch.</summary>
+    public long? CheckpointEveryNSteps;
+
+    /// <summary>Checkpoints kept (older ones are deleted). Default 2.</summary>
+    public int CheckpointsToKeep = 2;
+
+    /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default false.</summary>
+    public bool ResumeFromCheckpoint;
+
+    /// <summary>On cancellation return the encoder trained so far instead of throwing <see cref="OperationCanceledException"/>. Default false.</summary>
+    public bool ReturnModelOnCancellation;
+
+    /// <summary>Checks the settings and throws <see cref="ArgumentException"/> naming the bad one.</summary>
+    public void Validate()
+    {
+        static void Require(bool ok, string name, string message)
+        {
+            if (!ok)
+            {
+                throw new ArgumentException($"{name}: {message}", name);
+            }
+        }
+
+        Require(MaxEpochs > 0, nameof(MaxEpochs), "must be positive.");
+        Require(MaxSteps is null or > 0, nameof(MaxSteps), "must be positive when set.");
+        Require(BatchSize > 0, nameof(BatchSize), "must be positive.");
+        Require(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), "must be a positive number.");
+        Require(MinLearningRateFraction is >= 0 and <= 1, nameof(MinLearningRateFraction), "must be in [0, 1].");
+        Require(WarmupFraction is >= 0 and < 1, nameof(WarmupFraction), "must be in [0, 1).");
+        Require(WeightDecay >= 0, nameof(WeightDecay), "must be non-negative.");
+        Require(FeatureLossWeight >= 0, nameof(FeatureLossWeight), "must be non-negative.");
+        Require(FeatureLossRampFraction is >= 0 and <= 1, nameof(FeatureLossRampFraction), "must be in [0, 1].");
+        Require(MaskRatio is > 0 and < 1, nameof(MaskRatio), "must be in (0, 1).");
+        Require(TeacherFraction > 0, nameof(TeacherFraction), "must be positive.");
+        Require(LogEveryNSteps > 0, nameof(LogEveryNSteps), "must be positive.");
+        Require(CheckpointEveryNSteps is null or > 0, nameof(CheckpointEveryNSteps), "must be positive when set.");
+        Require(CheckpointsToKeep > 0, nameof(CheckpointsToKeep), "must be positive.");
+        Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), "needs a CheckpointDirectory.");
+        Require(Teacher != BootMaeTeacher.Frozen || TeacherEncoder is not null, nameof(TeacherEncoder), "is required when Teacher is Frozen.");
+        foreach (var (name, value) in new[] { (nameof(EmaMomentumStart), EmaMomentumStart), (nameof(EmaMomentumMid), EmaMomentumMid), (nameof(EmaMomentumEnd), EmaMomentumEnd) })
+        {
+            Require(value is null or (>= 0 and <= 1), name, "must be in [0, 1].");
+        }
+    }
+}

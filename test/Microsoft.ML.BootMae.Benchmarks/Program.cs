@@ -1,0 +1,252 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.ML.BootMae;
+using Microsoft.ML.BootMae.Benchmarks;
+using Microsoft.ML.BootMae.Training;
+using static TorchSharp.torch;
+
+// Benchmarks and the engine-level pretraining run. Usage:
+//   step     --preset tiny28|small32 --mode bootmae|mae --batch 128 --steps 12 --warmup 3 --threads 2
+//            [--precision bf16|fp32] [--teacher-fraction 1.0]        one JSON line per run
+//   compare  (same options; runs MAE and BootMAE alternately, --rounds 2) and prints the step-time ratio
+//   pretrain --preset tiny28 --epochs 5 --batch 128 [--checkpoint-dir DIR] [--train-per-class 1000] [--curve FILE.png]
+var arguments = Arguments.Parse(args);
+BootMaeRuntime.EnsureTorchLoaded();
+if (arguments.Threads is { } threads)
+{
+    set_num_threads(threads);
+}
+
+switch (arguments.Command)
+{
+    case "step":
+        Console.WriteLine(JsonSerializer.Serialize(StepBenchmark.Run(arguments, arguments.Mode)));
+        break;
+    case "compare":
+        var results = new Dictionary<BootMaeMode, List<StepResult>> { [BootMaeMode.Mae] = new(), [BootMaeMode.BootMae] = new() };
+        for (int round = 0; round < arguments.Rounds; round++)
+        {
+            foreach (var mode in new[] { BootMaeMode.Mae, BootMaeMode.BootMae })
+            {
+                var result = StepBenchmark.Run(arguments, mode);
+                results[mode].Add(result);
+                Console.WriteLine(JsonSerializer.Serialize(result));
+            }
+        }
+
+        double mae = results[BootMaeMode.Mae].Min(r => r.ms_per_step_median);
+        double boot = results[BootMaeMode.BootMae].Min(r => r.ms_per_step_median);
+        Console.WriteLine(JsonSerializer.Serialize(new { comparison = "bootmae_over_mae_step_time", preset = arguments.Preset, bootmae_ms = boot, mae_ms = mae, ratio = boot / mae }));
+        break;
+    case "pretrain":
+        PretrainRun.Run(arguments);
+        break;
+    default:
+        Console.Error.WriteLine($"Unknown command '{arguments.Command}'. Use step, compare or pretrain.");
+        return 2;
+}
+
+return 0;
+
+internal sealed record StepResult(string impl, string mode, string config, string precision, int batch, int steps, double ms_per_step_median,
+    double ms_per_step_min, double images_per_s, double peak_rss_mb, double flops_per_step, double gemm_gflops_calib, double mfu,
+    double loss_first, double loss_last, int threads);
+
+internal sealed class Arguments
+{
+    public string Command { get; private set; } = "step";
+    public string Preset { get; private set; } = "tiny28";
+    public BootMaeMode Mode { get; private set; } = BootMaeMode.BootMae;
+    public int Batch { get; private set; } = 128;
+    public int Steps { get; private set; } = 12;
+    public int Warmup { get; private set; } = 3;
+    public int? Threads { get; private set; }
+    public BootMaePrecision Precision { get; private set; } = BootMaePrecision.BFloat16;
+    public double TeacherFraction { get; private set; } = 1.0;
+    public int Rounds { get; private set; } = 2;
+    public int Epochs { get; private set; } = 5;
+    public int TrainPerClass { get; private set; } = 1000;
+    public string? CheckpointDirectory { get; private set; }
+    public string? CurvePath { get; private set; }
+
+    public BootMaeArchitecture Architecture => Preset switch
+    {
+        "tiny28" => BootMaeArchitecture.Tiny28,
+        "small32" => BootMaeArchitecture.Small32,
+        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28 or small32."),
+    };
+
+    public static Arguments Parse(string[] args)
+    {
+        var a = new Arguments();
+        int i = 0;
+        if (args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal))
+        {
+            a.Command = args[0];
+            i = 1;
+        }
+
+        for (; i < args.Length; i += 2)
+        {
+            if (i + 1 >= args.Length)
+            {
+                throw new ArgumentException($"Option {args[i]} needs a value.");
+            }
+
+            string v = args[i + 1];
+            var c = CultureInfo.InvariantCulture;
+            switch (args[i])
+            {
+                case "--preset": a.Preset = v; break;
+                case "--mode": a.Mode = v.Equals("mae", StringComparison.OrdinalIgnoreCase) ? BootMaeMode.Mae : v.Equals("bootmae", StringComparison.OrdinalIgnoreCase) ? BootMaeMode.BootMae : throw new ArgumentException($"--mode {v}: use bootmae or mae."); break;
+                case "--batch": a.Batch = int.Parse(v, c); break;
+                case "--steps": a.Steps = int.Parse(v, c); break;
+                case "--warmup": a.Warmup = int.Parse(v, c); break;
+                case "--threads": a.Threads = int.Parse(v, c); break;
+                case "--precision": a.Precision = v is "fp32" or "float32" ? BootMaePrecision.Float32 : v is "bf16" or "bfloat16" ? BootMaePrecision.BFloat16 : throw new ArgumentException($"--precision {v}: use bf16 or fp32."); break;
+                case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
+                case "--rounds": a.Rounds = int.Parse(v, c); break;
+                case "--epochs": a.Epochs = int.Parse(v, c); break;
+                case "--train-per-class": a.TrainPerClass = int.Parse(v, c); break;
+                case "--checkpoint-dir": a.CheckpointDirectory = v; break;
+                case "--curve": a.CurvePath = v; break;
+                default: throw new ArgumentException($"Unknown option {args[i]}.");
+            }
+        }
+
+        return a;
+    }
+}
+
+internal static class StepBenchmark
+{
+    private static double? _gemm;
+
+    public static StepResult Run(Arguments args, BootMaeMode mode)
+    {
+        var architecture = args.Architecture;
+        var settings = new BootMaePretrainerSettings
+        {
+            Mode = mode, BatchSize = args.Batch, MaxEpochs = 1_000_000, MaxSteps = args.Warmup + args.Steps,
+            Device = BootMaeDevice.Cpu, Precision = args.Precision, TeacherFraction = args.TeacherFraction, LogEveryNSteps = 1, Seed = 7,
+        };
+        var source = Data.Source(architecture, args.Batch * 4);
+        var stamps = new List<(long Step, double Seconds, float Loss)>();
+        var clock = Stopwatch.StartNew();
+        using (new BootMaePretrainer(architecture, settings).Train(source, m =>
+        {
+            // The epoch-end report repeats the step of the report just before it.
+            if (stamps.Count == 0 || stamps[^1].Step != m.Step)
+            {
+                stamps.Add((m.Step, clock.Elapsed.TotalSeconds, m.Loss));
+            }
+        }))
+        {
+        }
+
+        // Each report follows its step; per-step time is the gap between consecutive reports.
+        var times = stamps.Zip(stamps.Skip(1)).Skip(args.Warmup - 1).Select(p => (p.Second.Seconds - p.First.Seconds) * 1000).OrderBy(t => t).ToList();
+        double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
+        double flops = FlopCounter.PerStep(architecture, settings, args.Batch);
+        double gemm = _gemm ??= GemmCalibration();
+        return new StepResult("torchsharp", mode == BootMaeMode.Mae ? "mae" : "bootmae",
+            $"{args.Preset} {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels} p{architecture.PatchSize} d{architecture.EmbedDim} L{architecture.Depth} reg{architecture.RegressorDim} dec{(mode == BootMaeMode.Mae ? settings.MaeDecoderDepth : architecture.DecoderDepth)} tf{args.TeacherFraction}",
+            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae ? "fp32 student, bf16 teacher" : "fp32",
+            args.Batch, times.Count, Math.Round(median, 1), Math.Round(times[0], 1), Math.Round(args.Batch / (median / 1000), 1), PeakRssMb(),
+            flops, Math.Round(gemm, 1), Math.Round(flops / (median / 1000) / (gemm * 1e9), 3),
+            stamps[0].Loss, stamps[^1].Loss, get_num_threads());
+    }
+
+    // fp32 GEMM throughput of this process: the best of several 2048³ products.
+    private static double GemmCalibration()
+    {
+        using var scope = NewDisposeScope();
+        using var guard = no_grad();
+        var a = randn(2048, 2048);
+        var b = randn(2048, 2048);
+        a.matmul(b).Dispose();
+        double best = 0;
+        for (int i = 0; i < 5; i++)
+        {
+            var watch = Stopwatch.StartNew();
+            a.matmul(b).Dispose();
+            best = Math.Max(best, 2.0 * 2048 * 2048 * 2048 / watch.Elapsed.TotalSeconds / 1e9);
+        }
+
+        return best;
+    }
+
+    private static double PeakRssMb()
+    {
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+        return line is null ? 0 : Math.Round(double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024, 1);
+    }
+}
+
+internal static class Data
+{
+    // tiny28: real Fashion-MNIST images; other presets: seeded noise images of the preset's size.
+    public static InMemoryImageSource Source(BootMaeArchitecture a, int count, int trainPerClass = 1000)
+    {
+        if (a.ImageSize == 28 && a.Channels == 1)
+        {
+            var split = FashionMnistSample.LoadArrays(trainPerClass: Math.Max(1, Math.Min(trainPerClass, (count + 9) / 10)), testPerClass: 1).Train;
+            var pixels = new float[split.Count * 28 * 28];
+            for (int i = 0; i < split.Count; i++)
+            {
+                split.GetImage(i).CopyTo(pixels, i * 28 * 28);
+            }
+
+            return new InMemoryImageSource(pixels, null, split.Count, 1, 28, seed: 3, shuffle: true);
+        }
+
+        var random = new Random(3);
+        var noise = new float[count * a.Channels * a.ImageSize * a.ImageSize];
+        for (int i = 0; i < noise.Length; i++)
+        {
+            noise[i] = (float)random.NextDouble();
+        }
+
+        return new InMemoryImageSource(noise, null, count, a.Channels, a.ImageSize, seed: 3, shuffle: true);
+    }
+}
+
+internal static class PretrainRun
+{
+    public static void Run(Arguments args)
+    {
+        var architecture = args.Architecture;
+        var source = Data.Source(architecture, args.TrainPerClass * 10, args.TrainPerClass);
+        var settings = new BootMaePretrainerSettings
+        {
+            Mode = args.Mode, MaxEpochs = args.Epochs, BatchSize = args.Batch, Device = BootMaeDevice.Auto, Precision = args.Precision,
+            CheckpointDirectory = args.CheckpointDirectory, LogEveryNSteps = 20, Seed = 1,
+        };
+        var curve = new List<Microsoft.ML.BootMae.Visualization.TrainingCurvePoint>();
+        Console.WriteLine($"Pretraining {args.Mode} on {source.Count} embedded Fashion-MNIST images, preset {args.Preset}, {args.Epochs} epochs, batch {args.Batch}.");
+        using var encoder = new BootMaePretrainer(architecture, settings).Train(source, m =>
+        {
+            curve.Add(new(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN));
+            if (m.IsEpochEnd)
+            {
+                Console.WriteLine($"epoch {m.Epoch + 1}/{args.Epochs}: {m}");
+            }
+            else
+            {
+                Console.Write($"\r  step {m.Step}/{m.TotalSteps}  loss {m.Loss:F4}  {m.ImagesPerSecond:F0} img/s  ETA {m.Eta:hh\\:mm\\:ss}   ");
+            }
+        }, line => { if (!line.Contains(" epoch ", StringComparison.Ordinal)) { Console.WriteLine(line); } });
+        if (args.CheckpointDirectory is not null)
+        {
+            var path = Path.Combine(args.CheckpointDirectory, "encoder.bootmae");
+            encoder.Save(path);
+            Console.WriteLine($"Encoder saved to {path}");
+        }
+
+        if (args.CurvePath is not null)
+        {
+            Console.WriteLine($"Training curves: {Microsoft.ML.BootMae.Visualization.BootMaePictures.TrainingCurves(curve, args.CurvePath, $"BootMAE pretraining, {args.Preset}")}");
+        }
+    }
+}
