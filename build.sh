@@ -57,9 +57,10 @@ case "$command" in
     results="$root/artifacts/TestResults"
     rm -rf "$results"
     status=0
-    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx;LogFilePrefix=bootmae" --results-directory "$results" || status=$?
+    # Each test project writes its TRX into artifacts/TestResults/<project>/ (Directory.Build.targets).
+    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx" || status=$?
     passed=0; failed=0; total=0
-    for trx in "$results"/*.trx; do
+    for trx in "$results"/*.trx "$results"/*/*.trx; do
       [ -f "$trx" ] || continue
       counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
       get() { echo "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
