@@ -4,13 +4,15 @@ using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Modules;
 
-// Pre-norm ViT block: x += Attn(LN1 x); x += MLP(LN2 x). LN eps 1e-6, no layer-scale, no drop path.
+// Pre-norm ViT block: x += DropPath(Attn(LN1 x)); x += DropPath(MLP(LN2 x)). LN eps 1e-6, no layer-scale.
+// Drop path is 0 (identity) unless fine-tuning sets it; it owns no tensors, so the state_dict keys are unchanged.
 internal sealed class EncoderBlock : nn.Module<Tensor, Tensor>
 {
     private readonly LayerNorm norm1;
     private readonly Attention attn;
     private readonly LayerNorm norm2;
     private readonly Mlp mlp;
+    private readonly DropPath drop_path = new();
 
     public EncoderBlock(int dim, int heads, double mlpRatio) : base(nameof(EncoderBlock))
     {
@@ -21,10 +23,12 @@ internal sealed class EncoderBlock : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public DropPath DropPath => drop_path;
+
     public override Tensor forward(Tensor x)
     {
-        x = x + attn.forward(norm1.forward(x));
-        return x + mlp.forward(norm2.forward(x));
+        x = x + drop_path.forward(attn.forward(norm1.forward(x)));
+        return x + drop_path.forward(mlp.forward(norm2.forward(x)));
     }
 
     public void Initialize(Generator generator)

@@ -98,6 +98,31 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
         }
     }
 
+    // Fine-tuning path: cls + all N patches through blocks 0..lastBlock, raw (the fine-tuned network replaces the
+    // final LN by identity): B×(1+N)×D.
+    public Tensor ForwardRaw(Tensor images, int lastBlock)
+    {
+        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        x = cat(new[] { cls, x }, 1);
+        for (int i = 0; i <= lastBlock; i++)
+        {
+            x = blocks[i].forward(x);
+        }
+
+        return x;
+    }
+
+    // Stochastic depth rising linearly from 0 at block 0 to maxRate at the last block (timm); 0 turns it off.
+    public void SetDropPath(double maxRate, Generator? generator)
+    {
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            blocks[i].DropPath.Rate = blocks.Count == 1 ? maxRate : maxRate * i / (blocks.Count - 1);
+            blocks[i].DropPath.Generator = generator;
+        }
+    }
+
     private Tensor RunBlocks(Tensor x)
     {
         foreach (var block in blocks)

@@ -1,0 +1,114 @@
+namespace Microsoft.ML.BootMae.Training;
+
+/// <summary>
+/// Settings of <see cref="ImageClassifierEngine.Train"/>: full fine-tuning (spec §6, BootMAE run_class_finetuning)
+/// or, with <see cref="FreezeEncoder"/>, a linear probe (MAE main_linprobe). Defaults suit short CPU runs.
+/// </summary>
+internal sealed class FineTuneSettings
+{
+    /// <summary>Passes over the training set. Default 10.</summary>
+    public int MaxEpochs { get; set; } = 10;
+
+    /// <summary>Images per optimizer step. Default 32.</summary>
+    public int BatchSize { get; set; } = 32;
+
+    /// <summary>Absolute peak learning rate (no batch scaling; the paper uses 5e-3 at batch 2048). Default 1e-3.</summary>
+    public double LearningRate { get; set; } = 1e-3;
+
+    /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
+    public double MinLearningRate { get; set; } = 1e-6;
+
+    /// <summary>Fraction of the run spent in linear warmup from 0. Default 0.1.</summary>
+    public double WarmupFraction { get; set; } = 0.1;
+
+    /// <summary>AdamW weight decay on matrices (biases, norms, cls_token, pos_embed get 0). Default 0.05.</summary>
+    public double WeightDecay { get; set; } = 0.05;
+
+    /// <summary>Layer-wise lr decay: head and fc_norm ×1, block k × ld^(L−k), patch embed and cls × ld^(L+1). Default 0.65.</summary>
+    public double LayerDecay { get; set; } = 0.65;
+
+    /// <summary>Stochastic depth of the last block (rising linearly from 0 at block 0). Fine-tuning only. Default 0.1.</summary>
+    public double DropPathRate { get; set; } = 0.1;
+
+    /// <summary>Label smoothing ε of the soft-target cross-entropy. Default 0.1.</summary>
+    public double LabelSmoothing { get; set; } = 0.1;
+
+    /// <summary>Mixup Beta(α, α); 0 turns it off. Default 0 (the paper uses 0.8).</summary>
+    public double MixupAlpha { get; set; }
+
+    /// <summary>CutMix Beta(α, α); 0 turns it off. With mixup also on, each batch picks one of the two at random. Default 0 (the paper uses 1.0).</summary>
+    public double CutmixAlpha { get; set; }
+
+    /// <summary>
+    /// Linear probe: the encoder stays frozen (eval mode, no gradients), features are the mean patch token of
+    /// <see cref="SourceBlock"/> → frozen unit LN → BatchNorm1d(affine: false, eps 1e-6) → Linear (trunc-normal std 0.01),
+    /// and only the Linear trains. The optimizer is the same AdamW (β 0.9/0.999) instead of the paper's LARS at batch 16384,
+    /// which needs huge batches to work. Default false.
+    /// </summary>
+    public bool FreezeEncoder { get; set; }
+
+    /// <summary>0-based block whose output is pooled; blocks after it are unused. Null means the last block. Default null.</summary>
+    public int? SourceBlock { get; set; }
+
+    /// <summary>Random resized crop (area 0.2–1, ratio 3/4–4/3, bilinear) and horizontal flip on the training batches. Default false
+    /// (the ML.NET layer augments while decoding).</summary>
+    public bool Augment { get; set; }
+
+    /// <summary>Seeds the head initialisation, drop path, augmentation and mixup. Same seed and data → bit-identical weights on the CPU.</summary>
+    public int Seed { get; set; }
+
+    /// <summary>Where to train. Default <see cref="BootMaeDevice.Auto"/>.</summary>
+    public BootMaeDevice Device { get; set; } = BootMaeDevice.Auto;
+
+    /// <summary>With <see cref="BootMaeDevice.Cuda"/> and no usable GPU, train on the CPU instead of failing. Default true.</summary>
+    public bool FallbackToCpu { get; set; } = true;
+
+    /// <summary>Report training metrics every N steps (0: only at epoch ends). Default 50.</summary>
+    public int LogEveryNSteps { get; set; } = 50;
+
+    /// <summary>Stop after this many epochs without improvement of the monitored loss (validation loss, or the
+    /// training loss without a validation set). Null: never stop early.</summary>
+    public int? EarlyStoppingPatience { get; set; }
+
+    /// <summary>The smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
+    public double EarlyStoppingMinDelta { get; set; }
+
+    /// <summary>Return the weights of the epoch with the lowest monitored loss rather than the last. Default true.</summary>
+    public bool ReturnBestModel { get; set; } = true;
+
+    /// <summary>On cancellation, return the model trained so far (the best epoch's with <see cref="ReturnBestModel"/>)
+    /// instead of throwing <see cref="OperationCanceledException"/>. Default false.</summary>
+    public bool ReturnModelOnCancellation { get; set; }
+
+    /// <summary>Upper bound on optimizer steps (the schedule spans the smaller of this and MaxEpochs × steps per epoch).</summary>
+    public long? MaxSteps { get; set; }
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first bad setting.</summary>
+    public void Validate(BootMaeArchitecture architecture)
+    {
+        static void Require(bool ok, string name, object? value, string rule)
+        {
+            if (!ok)
+            {
+                throw new ArgumentOutOfRangeException(name, value, $"{name} {rule}.");
+            }
+        }
+
+        Require(MaxEpochs >= 1, nameof(MaxEpochs), MaxEpochs, "must be at least 1");
+        Require(BatchSize >= 1, nameof(BatchSize), BatchSize, "must be at least 1");
+        Require(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), LearningRate, "must be positive");
+        Require(MinLearningRate >= 0 && MinLearningRate <= LearningRate, nameof(MinLearningRate), MinLearningRate, "must be in [0, LearningRate]");
+        Require(WarmupFraction is >= 0 and <= 1, nameof(WarmupFraction), WarmupFraction, "must be in [0, 1]");
+        Require(WeightDecay >= 0, nameof(WeightDecay), WeightDecay, "must not be negative");
+        Require(LayerDecay is > 0 and <= 1, nameof(LayerDecay), LayerDecay, "must be in (0, 1]");
+        Require(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
+        Require(LabelSmoothing is >= 0 and < 1, nameof(LabelSmoothing), LabelSmoothing, "must be in [0, 1)");
+        Require(MixupAlpha >= 0, nameof(MixupAlpha), MixupAlpha, "must not be negative");
+        Require(CutmixAlpha >= 0, nameof(CutmixAlpha), CutmixAlpha, "must not be negative");
+        Require(SourceBlock is null || (SourceBlock >= 0 && SourceBlock < architecture.Depth), nameof(SourceBlock), SourceBlock, $"must be in [0, {architecture.Depth - 1}] for this {architecture.Depth}-block encoder");
+        Require(LogEveryNSteps >= 0, nameof(LogEveryNSteps), LogEveryNSteps, "must not be negative");
+        Require(EarlyStoppingPatience is null || EarlyStoppingPatience >= 1, nameof(EarlyStoppingPatience), EarlyStoppingPatience, "must be at least 1");
+        Require(EarlyStoppingMinDelta >= 0, nameof(EarlyStoppingMinDelta), EarlyStoppingMinDelta, "must not be negative");
+        Require(MaxSteps is null || MaxSteps >= 1, nameof(MaxSteps), MaxSteps, "must be at least 1");
+    }
+}

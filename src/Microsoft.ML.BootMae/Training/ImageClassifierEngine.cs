@@ -1,0 +1,726 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Microsoft.ML.BootMae.Interop;
+using Microsoft.ML.BootMae.Modules;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Training;
+
+/// <summary>
+/// Fine-tunes (or linearly probes) a <see cref="BootMaeEncoder"/> for image classification and runs the result:
+/// the engine behind <c>BootMaeImageClassification</c>. Spec §6: mean of the patch tokens (cls excluded) → fc_norm →
+/// Linear, soft-target cross-entropy with label smoothing, AdamW with layer-wise lr decay, warmup + cosine per step.
+/// </summary>
+/// <remarks>
+/// File format of <see cref="Save"/>: the 8 bytes <c>BOOTMAEC</c>, a little-endian int32 header length, a UTF-8 JSON
+/// header (format, version, architecture, class count, head kind, source block, payload length and SHA-256), then the
+/// whole classifier's state_dict as a safetensors payload (keys <c>encoder.*</c> and <c>classifier.*</c>).
+/// </remarks>
+internal sealed class ImageClassifierEngine : IDisposable
+{
+    private const string FormatName = "bootmae-classifier";
+    private const int FormatVersion = 1;
+    private const string FineTuneKind = "FineTune";
+    private const string LinearProbeKind = "LinearProbe";
+    private const double Beta1 = 0.9;
+    private const double Beta2 = 0.999;
+    private const double Epsilon = 1e-8;
+    private static readonly byte[] Magic = "BOOTMAEC"u8.ToArray();
+    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
+
+    private readonly ImageClassifier _model;
+    private readonly Device _device;
+    private bool _disposed;
+
+    private ImageClassifierEngine(ImageClassifier model, Device device)
+    {
+        _model = model;
+        _device = device;
+        _model.eval();
+    }
+
+    /// <summary>Number of classes K (scores per image).</summary>
+    public int NumberOfClasses => _model.NumberOfClasses;
+
+    /// <summary>The encoder's shape.</summary>
+    public BootMaeArchitecture Architecture => _model.Encoder.Architecture;
+
+    /// <summary>True for a linear probe (frozen encoder, BatchNorm head).</summary>
+    public bool IsLinearProbe => _model.IsLinearProbe;
+
+    /// <summary>0-based block whose patch tokens are pooled.</summary>
+    public int SourceBlock => _model.SourceBlock;
+
+    internal ImageClassifier Model => _model;
+
+    /// <summary>
+    /// Trains a classifier on a copy of <paramref name="encoder"/> (the argument is left unchanged).
+    /// </summary>
+    /// <param name="encoder">The pretrained encoder (the student of pretraining).</param>
+    /// <param name="numClasses">K ≥ 2; labels must be 0-based and below K.</param>
+    /// <param name="train">Labelled training batches.</param>
+    /// <param name="validation">Labelled validation batches evaluated after every epoch, or null.</param>
+    /// <param name="settings">Optimisation settings.</param>
+    /// <param name="metricsCallback">Receives training reports every <see cref="FineTuneSettings.LogEveryNSteps"/> steps and at each epoch end, and a validation report per epoch.</param>
+    /// <param name="log">Receives human-readable progress lines.</param>
+    /// <param name="cancellationToken">Checked between steps.</param>
+    /// <exception cref="OperationCanceledException">Cancelled, unless <see cref="FineTuneSettings.ReturnModelOnCancellation"/> is set and a step was done.</exception>
+    public static ImageClassifierEngine Train(BootMaeEncoder encoder, int numClasses, IImageBatchSource train, IImageBatchSource? validation,
+        FineTuneSettings settings, Action<BootMaeTrainingMetrics>? metricsCallback, Action<string>? log, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(encoder);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(settings);
+        BootMaeRuntime.EnsureTorchLoaded();
+        ArgumentOutOfRangeException.ThrowIfLessThan(numClasses, 2);
+        var architecture = encoder.Architecture;
+        settings.Validate(architecture);
+
+        var device = ResolveDevice(settings.Device, settings.FallbackToCpu, log);
+        var model = CreateModel(encoder.Module, architecture, numClasses, settings.FreezeEncoder, settings.SourceBlock ?? architecture.Depth - 1);
+        try
+        {
+            using (var generator = new Generator((ulong)settings.Seed))
+            {
+                model.Head.Initialize(generator);
+            }
+
+            model.to(device);
+            new Trainer(model, numClasses, train, validation, settings, metricsCallback, log, device).Run(cancellationToken);
+            return new ImageClassifierEngine(model, device);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Class probabilities (softmax) of <paramref name="count"/> images given as [count, C, H, W] floats in [0, 1]:
+    /// count × K values, row-major. Safe to call from several threads at once.
+    /// </summary>
+    public float[] PredictScores(float[] pixels01, int count)
+    {
+        ArgumentNullException.ThrowIfNull(pixels01);
+        ThrowIfDisposed();
+        using var scope = NewDisposeScope();
+        using var mode = inference_mode();
+        var logits = _model.forward(ToInput(pixels01, count, Architecture, _device));
+        return nn.functional.softmax(logits, 1).cpu().contiguous().data<float>().ToArray();
+    }
+
+    /// <summary>A copy of the (fine-tuned) encoder, for featurization or further training. Its final LN is the
+    /// pretrained one: fine-tuning replaces that LN by identity and never updates it.</summary>
+    public BootMaeEncoder ExtractEncoder()
+    {
+        ThrowIfDisposed();
+        var module = new VisionTransformerEncoder(Architecture);
+        try
+        {
+            using (var scope = NewDisposeScope())
+            {
+                var weights = _model.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
+                BootMaeEncoder.LoadWeights(module, weights, strict: true, source: "the classifier's encoder");
+            }
+
+            return new BootMaeEncoder(module.to(_device), Architecture);
+        }
+        catch
+        {
+            module.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Writes the classifier (header and weights) and leaves the stream open.</summary>
+    public void Save(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ThrowIfDisposed();
+        byte[] payload;
+        using (var buffer = new MemoryStream())
+        {
+            using var scope = NewDisposeScope();
+            Safetensors.Save(buffer, _model.state_dict());
+            payload = buffer.ToArray();
+        }
+
+        var header = new ClassifierHeader(FormatName, FormatVersion, Architecture, NumberOfClasses,
+            IsLinearProbe ? LinearProbeKind : FineTuneKind, SourceBlock, payload.LongLength, Convert.ToHexString(SHA256.HashData(payload)));
+        var headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, JsonOptions);
+        var prefix = new byte[Magic.Length + 4];
+        Magic.CopyTo(prefix, 0);
+        BinaryPrimitives.WriteInt32LittleEndian(prefix.AsSpan(Magic.Length), headerBytes.Length);
+        stream.Write(prefix);
+        stream.Write(headerBytes);
+        stream.Write(payload);
+    }
+
+    /// <summary>Reads a classifier written by <see cref="Save"/> (exactly its bytes; the stream stays open) onto the CPU.</summary>
+    /// <exception cref="InvalidDataException">Not a classifier, damaged, or saved for another architecture or class count.</exception>
+    public static ImageClassifierEngine Load(Stream stream, BootMaeArchitecture expectedArchitecture, int expectedNumClasses)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(expectedArchitecture);
+        BootMaeRuntime.EnsureTorchLoaded();
+        var prefix = ReadExactly(stream, Magic.Length + 4, "its header");
+        if (!prefix.AsSpan(0, Magic.Length).SequenceEqual(Magic))
+        {
+            throw new InvalidDataException("Not a BootMAE classifier (wrong magic bytes): the model file is damaged or is not a BootMaeImageClassification model.");
+        }
+
+        int headerLength = BinaryPrimitives.ReadInt32LittleEndian(prefix.AsSpan(Magic.Length));
+        if (headerLength <= 0 || headerLength > 1 << 20)
+        {
+            throw new InvalidDataException($"The classifier header length {headerLength} is invalid: the model file is damaged.");
+        }
+
+        ClassifierHeader header;
+        try
+        {
+            header = JsonSerializer.Deserialize<ClassifierHeader>(ReadExactly(stream, headerLength, "its header"), JsonOptions)
+                ?? throw new InvalidDataException("The classifier header is empty: the model file is damaged.");
+        }
+        catch (JsonException ex)
+        {
+            throw new InvalidDataException($"The classifier header is not valid JSON ({ex.Message}): the model file is damaged.", ex);
+        }
+
+        if (header.Format != FormatName || header.Version != FormatVersion)
+        {
+            throw new InvalidDataException($"Unsupported classifier format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
+        }
+
+        if (header.Architecture is null || header.Architecture != expectedArchitecture)
+        {
+            throw new InvalidDataException($"The classifier was saved for architecture {header.Architecture} but {expectedArchitecture} was expected.");
+        }
+
+        if (header.NumberOfClasses != expectedNumClasses)
+        {
+            throw new InvalidDataException($"The classifier was saved with {header.NumberOfClasses} classes but {expectedNumClasses} were expected.");
+        }
+
+        if (header.HeadKind is not (FineTuneKind or LinearProbeKind) || header.SourceBlock < 0 || header.SourceBlock >= header.Architecture.Depth)
+        {
+            throw new InvalidDataException($"The classifier header has an invalid head kind '{header.HeadKind}' or source block {header.SourceBlock}.");
+        }
+
+        var payload = ReadExactly(stream, checked((int)header.PayloadLength), "its weights");
+        if (Convert.ToHexString(SHA256.HashData(payload)) != header.PayloadSha256)
+        {
+            throw new InvalidDataException("The classifier weights do not match their SHA-256 checksum: the model file was altered or damaged.");
+        }
+
+        var model = new ImageClassifier(new VisionTransformerEncoder(header.Architecture), header.NumberOfClasses, header.HeadKind == LinearProbeKind, header.SourceBlock);
+        var weights = Safetensors.Load(new MemoryStream(payload, writable: false));
+        try
+        {
+            CopyState(model, weights, "the classifier file");
+            return new ImageClassifierEngine(model, CPU);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        finally
+        {
+            foreach (var t in weights.Values)
+            {
+                t.Dispose();
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            _model.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Learning-rate multiplier of a classifier parameter (spec §6, §10.15): layer id 0 for patch_embed, cls_token and
+    /// pos_embed, k + 1 for block k, L + 1 for everything else (fc_norm, head); scale = ld^(L + 1 − id).
+    /// </summary>
+    internal static double LayerDecayScale(string name, int depth, double layerDecay)
+    {
+        int id = depth + 1;
+        if (name.StartsWith("encoder.", StringComparison.Ordinal))
+        {
+            var rest = name["encoder.".Length..];
+            if (rest.StartsWith("patch_embed.", StringComparison.Ordinal) || rest is "cls_token" or "pos_embed")
+            {
+                id = 0;
+            }
+            else if (rest.StartsWith("blocks.", StringComparison.Ordinal))
+            {
+                var index = rest["blocks.".Length..];
+                id = int.Parse(index[..index.IndexOf('.')], System.Globalization.CultureInfo.InvariantCulture) + 1;
+            }
+        }
+
+        return Math.Pow(layerDecay, depth + 1 - id);
+    }
+
+    /// <summary>
+    /// The AdamW groups: one per (layer id, decay or not), in a fixed order; only parameters that train are listed.
+    /// The probe trains the Linear alone; fine-tuning trains everything except the fixed PE and the unused final LN.
+    /// </summary>
+    internal static List<FineTuneParameterGroup> BuildParameterGroups(ImageClassifier model, double layerDecay, double weightDecay)
+    {
+        int depth = model.Encoder.Depth;
+        var groups = new SortedDictionary<(double Scale, bool NoDecay), List<(string, Parameter)>>(
+            Comparer<(double Scale, bool NoDecay)>.Create((a, b) => a.Scale != b.Scale ? a.Scale.CompareTo(b.Scale) : a.NoDecay.CompareTo(b.NoDecay)));
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            if (!parameter.requires_grad)
+            {
+                continue;
+            }
+
+            var key = (LayerDecayScale(name, depth, layerDecay), ParameterGroups.IsNoDecay(name, parameter));
+            if (!groups.TryGetValue(key, out var list))
+            {
+                groups[key] = list = new List<(string, Parameter)>();
+            }
+
+            list.Add((name, parameter));
+        }
+
+        return groups.Select(g => new FineTuneParameterGroup(g.Value, g.Key.Scale, g.Key.NoDecay ? 0.0 : weightDecay)).ToList();
+    }
+
+    private static ImageClassifier CreateModel(VisionTransformerEncoder source, BootMaeArchitecture architecture, int numClasses, bool linearProbe, int sourceBlock)
+    {
+        var encoder = new VisionTransformerEncoder(architecture);
+        var model = new ImageClassifier(encoder, numClasses, linearProbe, sourceBlock);
+        try
+        {
+            using (var scope = NewDisposeScope())
+            {
+                var weights = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
+                BootMaeEncoder.LoadWeights(encoder, weights, strict: true, source: "the encoder");
+            }
+
+            // Decide what trains. The fixed sin-cos PE never does; the final LN is replaced by identity, so it gets no gradient.
+            foreach (var (name, parameter) in model.named_parameters())
+            {
+                bool trains = linearProbe
+                    ? name.StartsWith("classifier.head.", StringComparison.Ordinal)
+                    : name != "encoder.pos_embed" && !name.StartsWith("encoder.norm.", StringComparison.Ordinal);
+                parameter.requires_grad = trains;
+            }
+
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    private static Device ResolveDevice(BootMaeDevice requested, bool fallbackToCpu, Action<string>? log)
+    {
+        switch (requested)
+        {
+            case BootMaeDevice.Cpu:
+                return CPU;
+            case BootMaeDevice.Cuda when cuda.is_available():
+                return CUDA;
+            case BootMaeDevice.Cuda when fallbackToCpu:
+                log?.Invoke("Device Cuda was requested but no CUDA device is usable (CPU-only TorchSharp runtime or no GPU); training on the CPU.");
+                return CPU;
+            case BootMaeDevice.Cuda:
+                throw new InvalidOperationException("Device Cuda was requested but no CUDA device is usable. Reference the TorchSharp-cuda runtime (BootMaeTorchRuntime=cuda), or set FallbackToCpu.");
+            default:
+                return cuda.is_available() ? CUDA : CPU;
+        }
+    }
+
+    private static Tensor ToInput(float[] pixels01, int count, BootMaeArchitecture a, Device device)
+    {
+        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
+        if (count < 0 || pixels01.LongLength < count * perImage)
+        {
+            throw new ArgumentException($"{count} images of {a.Channels}×{a.ImageSize}×{a.ImageSize} need {count * perImage} floats, but {pixels01.LongLength} were given.", nameof(pixels01));
+        }
+
+        var input = tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize });
+        return BootMaeEncoder.Normalize(input.to(device));
+    }
+
+    private static Dictionary<string, Tensor> Snapshot(nn.Module model)
+    {
+        using var scope = NewDisposeScope();
+        return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().cpu().clone().DetachFromDisposeScope());
+    }
+
+    private static void CopyState(nn.Module model, IReadOnlyDictionary<string, Tensor> weights, string source)
+    {
+        var own = model.state_dict();
+        var missing = own.Keys.Where(k => !weights.ContainsKey(k)).ToList();
+        var unexpected = weights.Keys.Where(k => !own.ContainsKey(k)).ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+        {
+            throw new InvalidDataException($"{source} does not match the classifier. Missing: [{string.Join(", ", missing.Take(8))}]. Unexpected: [{string.Join(", ", unexpected.Take(8))}].");
+        }
+
+        using var _ = no_grad();
+        foreach (var (key, target) in own)
+        {
+            var value = weights[key];
+            if (!value.shape.SequenceEqual(target.shape))
+            {
+                throw new InvalidDataException($"{source}: '{key}' has shape [{string.Join(", ", value.shape)}] but the classifier needs [{string.Join(", ", target.shape)}].");
+            }
+
+            target.copy_(value);
+        }
+    }
+
+    private static byte[] ReadExactly(Stream stream, int length, string what)
+    {
+        var buffer = new byte[length];
+        int read = 0;
+        while (read < length)
+        {
+            int n = stream.Read(buffer, read, length - read);
+            if (n == 0)
+            {
+                throw new InvalidDataException($"The classifier data ends before {what}: the model file is truncated.");
+            }
+
+            read += n;
+        }
+
+        return buffer;
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    private sealed record ClassifierHeader(string Format, int Version, BootMaeArchitecture Architecture, int NumberOfClasses,
+        string HeadKind, int SourceBlock, long PayloadLength, string PayloadSha256);
+
+    // One training run; owns the optimizer, generators and best-model snapshot, and disposes them.
+    private sealed class Trainer
+    {
+        private readonly ImageClassifier _model;
+        private readonly int _numClasses;
+        private readonly IImageBatchSource _train;
+        private readonly IImageBatchSource? _validation;
+        private readonly FineTuneSettings _s;
+        private readonly Action<BootMaeTrainingMetrics>? _callback;
+        private readonly Action<string>? _log;
+        private readonly Device _device;
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private long _step;
+        private long _totalSteps;
+        private double _lastLearningRate;
+
+        public Trainer(ImageClassifier model, int numClasses, IImageBatchSource train, IImageBatchSource? validation, FineTuneSettings settings,
+            Action<BootMaeTrainingMetrics>? callback, Action<string>? log, Device device)
+        {
+            _model = model;
+            _numClasses = numClasses;
+            _train = train;
+            _validation = validation;
+            _s = settings;
+            _callback = callback;
+            _log = log;
+            _device = device;
+        }
+
+        public void Run(CancellationToken token)
+        {
+            long stepsPerEpoch = _train.Count is { } n
+                ? (n + _s.BatchSize - 1) / _s.BatchSize
+                : _train.ReadEpoch(0, _s.BatchSize, token).LongCount();
+            if (stepsPerEpoch == 0)
+            {
+                throw new InvalidOperationException("The training set is empty.");
+            }
+
+            _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
+            var schedule = new Schedules(_totalSteps, _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, 0, 1, 0, 0, 0, 0, 0);
+            var groups = BuildParameterGroups(_model, _s.LayerDecay, _s.WeightDecay);
+            // Independent streams per use, so turning one augmentation on does not shift the others' draws.
+            var random = (Crop: new Random(Seeds.Derive(_s.Seed, 0, stream: 1)), Mix: new Random(Seeds.Derive(_s.Seed, 0, stream: 3)));
+            using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
+            using var optimizer = optim.AdamW(
+                groups.Select(g => new AdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, Beta1, Beta2, Epsilon, g.WeightDecay, false, false)),
+                _s.LearningRate, Beta1, Beta2, Epsilon, _s.WeightDecay);
+            var optimizerGroups = optimizer.ParamGroups.ToList();
+            if (!_model.IsLinearProbe)
+            {
+                _model.Encoder.SetDropPath(_s.DropPathRate, dropPathGenerator);
+            }
+
+            _log?.Invoke($"{(_model.IsLinearProbe ? "Linear probe" : "Fine-tuning")} of a {_model.Encoder.Depth}-block encoder on features of block {_model.SourceBlock}: " +
+                $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {groups.Sum(g => g.Parameters.Count)} trained tensors in {groups.Count} groups, device {_device.type}.");
+
+            Dictionary<string, Tensor>? best = null;
+            int bestEpoch = -1;
+            double bestLoss = double.PositiveInfinity;
+            int epochsSinceBest = 0;
+            int lastCompletedEpoch = -1;
+            try
+            {
+                for (int epoch = 0; epoch < _s.MaxEpochs && _step < _totalSteps; epoch++)
+                {
+                    double trainLoss = RunEpoch(epoch, schedule, optimizerGroups, groups, optimizer, random, token);
+                    double monitored = trainLoss;
+                    if (_validation is not null)
+                    {
+                        monitored = Validate(epoch, token);
+                    }
+
+                    lastCompletedEpoch = epoch;
+                    if (monitored < bestLoss - _s.EarlyStoppingMinDelta)
+                    {
+                        bestLoss = monitored;
+                        bestEpoch = epoch;
+                        epochsSinceBest = 0;
+                        if (_s.ReturnBestModel)
+                        {
+                            DisposeAll(best);
+                            best = Snapshot(_model);
+                        }
+                    }
+                    else
+                    {
+                        epochsSinceBest++;
+                    }
+
+                    if (_s.EarlyStoppingPatience is { } patience && epochsSinceBest >= patience)
+                    {
+                        _log?.Invoke($"Early stopping after epoch {epoch}: no improvement of the {(_validation is null ? "training" : "validation")} loss for {patience} epochs (best {bestLoss:F4} at epoch {bestEpoch}).");
+                        break;
+                    }
+                }
+            }
+            catch (OperationCanceledException) when (token.IsCancellationRequested)
+            {
+                if (!_s.ReturnModelOnCancellation || _step == 0)
+                {
+                    DisposeAll(best);
+                    throw new OperationCanceledException("Fine-tuning was cancelled.", token);
+                }
+
+                _log?.Invoke($"Cancelled after {_step} steps; returning the model trained so far.");
+                lastCompletedEpoch = int.MinValue;
+            }
+            finally
+            {
+                _model.Encoder.SetDropPath(0, null);
+                _model.eval();
+            }
+
+            if (best is not null)
+            {
+                if (bestEpoch != lastCompletedEpoch)
+                {
+                    CopyState(_model, best, "the best-epoch snapshot");
+                    _log?.Invoke($"Restored the weights of epoch {bestEpoch} (lowest {(_validation is null ? "training" : "validation")} loss {bestLoss:F4}).");
+                }
+
+                DisposeAll(best);
+            }
+        }
+
+        private double RunEpoch(int epoch, Schedules schedule, List<optim.ILearningRateController> optimizerGroups, List<FineTuneParameterGroup> groups,
+            optim.Optimizer optimizer, (Random Crop, Random Mix) random, CancellationToken token)
+        {
+            _model.train();
+            if (_model.IsLinearProbe)
+            {
+                // The frozen encoder stays deterministic; only the head's BatchNorm collects batch statistics.
+                _model.Encoder.eval();
+            }
+
+            // Running sums stay on the device and are read only when reporting (a read forces a GPU sync).
+            using var lossSum = zeros(1, dtype: ScalarType.Float64, device: _device);
+            using var correctSum = zeros(1, dtype: ScalarType.Int64, device: _device);
+            long images = 0, windowImages = 0;
+            double windowLoss = 0, windowCorrect = 0;
+            var windowStart = _clock.Elapsed;
+            bool smallBatchLogged = false;
+
+            foreach (var batch in _train.ReadEpoch(epoch, _s.BatchSize, token))
+            {
+                token.ThrowIfCancellationRequested();
+                if (_step >= _totalSteps)
+                {
+                    break;
+                }
+
+                if (_model.IsLinearProbe && batch.Count < 2)
+                {
+                    // BatchNorm cannot normalise one sample in training mode.
+                    if (!smallBatchLogged)
+                    {
+                        _log?.Invoke("Skipped a training batch of one image (the probe's BatchNorm needs at least two).");
+                        smallBatchLogged = true;
+                    }
+
+                    continue;
+                }
+
+                var labels = CheckLabels(batch, "training");
+                _lastLearningRate = schedule.LearningRate(_step);
+                for (int i = 0; i < optimizerGroups.Count; i++)
+                {
+                    optimizerGroups[i].LearningRate = _lastLearningRate * groups[i].LearningRateScale;
+                }
+
+                using (var scope = NewDisposeScope())
+                {
+                    var x = ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
+                    var y = tensor(labels, new long[] { batch.Count }).to(_device);
+                    if (_s.Augment)
+                    {
+                        x = FineTuneAugmentation.RandomResizedCropFlip(x, random.Crop);
+                    }
+
+                    var targets = FineTuneAugmentation.SmoothedTargets(y, _numClasses, _s.LabelSmoothing);
+                    if (_s.MixupAlpha > 0 || _s.CutmixAlpha > 0)
+                    {
+                        (x, targets) = FineTuneAugmentation.MixupCutmix(x, targets, _s.MixupAlpha, _s.CutmixAlpha, random.Mix);
+                    }
+
+                    var logits = _model.forward(x);
+                    var loss = (-(targets * nn.functional.log_softmax(logits, 1))).sum(1).mean();
+                    optimizer.zero_grad();
+                    loss.backward();
+                    optimizer.step();
+                    using (no_grad())
+                    {
+                        lossSum.add_(loss.detach().to(ScalarType.Float64) * batch.Count);
+                        correctSum.add_(logits.argmax(1).eq(y).sum());
+                    }
+                }
+
+                _step++;
+                images += batch.Count;
+                windowImages += batch.Count;
+                if (_s.LogEveryNSteps > 0 && _step % _s.LogEveryNSteps == 0)
+                {
+                    double loss = lossSum.item<double>(), correct = correctSum.item<long>();
+                    Report(BootMaeDataset.Train, epoch, isEpochEnd: false, (loss - windowLoss) / windowImages, (correct - windowCorrect) / windowImages, windowImages, windowStart);
+                    (windowLoss, windowCorrect, windowImages, windowStart) = (loss, correct, 0, _clock.Elapsed);
+                }
+            }
+
+            if (images == 0)
+            {
+                throw new InvalidOperationException($"Epoch {epoch} of the training set gave no usable batch.");
+            }
+
+            double epochLoss = lossSum.item<double>() / images;
+            Report(BootMaeDataset.Train, epoch, isEpochEnd: true, epochLoss, (double)correctSum.item<long>() / images, windowImages, windowStart);
+            return epochLoss;
+        }
+
+        // Plain cross-entropy (no smoothing, as the official evaluation) and accuracy over the whole validation set.
+        private double Validate(int epoch, CancellationToken token)
+        {
+            _model.eval();
+            var start = _clock.Elapsed;
+            double lossSum = 0;
+            long correct = 0, images = 0;
+            using (inference_mode())
+            {
+                foreach (var batch in _validation!.ReadEpoch(epoch, _s.BatchSize, token))
+                {
+                    token.ThrowIfCancellationRequested();
+                    var labels = CheckLabels(batch, "validation");
+                    using var scope = NewDisposeScope();
+                    var y = tensor(labels, new long[] { batch.Count }).to(_device);
+                    var logits = _model.forward(ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device));
+                    lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+                    correct += logits.argmax(1).eq(y).sum().item<long>();
+                    images += batch.Count;
+                }
+            }
+
+            if (images == 0)
+            {
+                throw new InvalidOperationException("The validation set is empty.");
+            }
+
+            double loss = lossSum / images;
+            Report(BootMaeDataset.Validation, epoch, isEpochEnd: true, loss, (double)correct / images, images, start);
+            return loss;
+        }
+
+        private long[] CheckLabels(ImageBatch batch, string set)
+        {
+            if (batch.Labels is null)
+            {
+                throw new InvalidOperationException($"The {set} set has no labels; classification needs a 0-based label per image.");
+            }
+
+            var labels = new long[batch.Count];
+            for (int i = 0; i < batch.Count; i++)
+            {
+                int label = batch.Labels[i];
+                if (label < 0 || label >= _numClasses)
+                {
+                    throw new InvalidOperationException($"A {set} label is {label}, outside [0, {_numClasses - 1}] for {_numClasses} classes.");
+                }
+
+                labels[i] = label;
+            }
+
+            return labels;
+        }
+
+        private void Report(BootMaeDataset dataset, int epoch, bool isEpochEnd, double loss, double accuracy, long windowImages, TimeSpan windowStart)
+        {
+            var elapsed = _clock.Elapsed;
+            double seconds = (elapsed - windowStart).TotalSeconds;
+            var metrics = new BootMaeTrainingMetrics
+            {
+                Dataset = dataset,
+                Epoch = epoch,
+                Step = _step,
+                TotalSteps = _totalSteps,
+                IsEpochEnd = isEpochEnd,
+                Loss = (float)loss,
+                Accuracy = (float)accuracy,
+                LearningRate = _lastLearningRate,
+                ImagesPerSecond = seconds > 0 ? windowImages / seconds : 0,
+                Elapsed = elapsed,
+                Eta = _step > 0 ? TimeSpan.FromTicks((long)(elapsed.Ticks * (double)(_totalSteps - _step) / _step)) : null,
+            };
+            _log?.Invoke(metrics.ToString());
+            _callback?.Invoke(metrics);
+        }
+
+        private static void DisposeAll(Dictionary<string, Tensor>? tensors)
+        {
+            if (tensors is null)
+            {
+                return;
+            }
+
+            foreach (var t in tensors.Values)
+            {
+                t.Dispose();
+            }
+        }
+    }
+}
+
+/// <summary>One AdamW group of fine-tuning: its parameters, lr multiplier (layer decay) and weight decay.</summary>
+internal sealed record FineTuneParameterGroup(List<(string Name, Parameter Parameter)> Parameters, double LearningRateScale, double WeightDecay);

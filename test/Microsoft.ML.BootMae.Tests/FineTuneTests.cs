@@ -1,0 +1,360 @@
+using Microsoft.ML.BootMae.Modules;
+using Microsoft.ML.BootMae.Training;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Tests;
+
+/// <summary>The fine-tuning engine on a tiny ViT (width 32, depth 2, 28² Fashion-MNIST with 7-pixel patches).</summary>
+[TestClass]
+public sealed class FineTuneTests
+{
+    private const int Classes = 10;
+
+    private static readonly BootMaeArchitecture Tiny = new()
+    {
+        ImageSize = 28, PatchSize = 7, Channels = 1, EmbedDim = 32, Depth = 2, Heads = 2,
+        RegressorDim = 16, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 1,
+    };
+
+    private static readonly Lazy<(float[] Pixels, int[] Labels)> Data = new(() =>
+    {
+        var train = FashionMnistSample.LoadArrays(trainPerClass: 30, testPerClass: 0).Train;
+        var pixels = new float[train.Count * 28 * 28];
+        for (int i = 0; i < train.Count; i++)
+        {
+            train.GetImage(i).CopyTo(pixels, i * 28 * 28);
+        }
+
+        return (pixels, train.Labels.Select(l => (int)l).ToArray());
+    });
+
+    private static int Count => Data.Value.Labels.Length;
+
+    private static InMemoryImageSource Source(int seed = 7, bool shuffle = true) =>
+        new(Data.Value.Pixels, Data.Value.Labels, Count, 1, 28, seed, shuffle);
+
+    private static FineTuneSettings Settings(int epochs = 2) => new()
+    {
+        MaxEpochs = epochs, BatchSize = 32, LearningRate = 2e-3, Seed = 11, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0,
+    };
+
+    private static Dictionary<string, float[]> Weights(nn.Module module)
+    {
+        using var scope = NewDisposeScope();
+        return module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray());
+    }
+
+    private static double TrainingAccuracy(ImageClassifierEngine engine)
+    {
+        var scores = engine.PredictScores(Data.Value.Pixels, Count);
+        int correct = 0;
+        for (int i = 0; i < Count; i++)
+        {
+            var row = scores.AsSpan(i * Classes, Classes);
+            if (row.IndexOf(MaxOf(row)) == Data.Value.Labels[i])
+            {
+                correct++;
+            }
+        }
+
+        return (double)correct / Count;
+    }
+
+    private static float MaxOf(ReadOnlySpan<float> values)
+    {
+        float max = float.NegativeInfinity;
+        foreach (var v in values)
+        {
+            max = Math.Max(max, v);
+        }
+
+        return max;
+    }
+
+    private static byte[] Bytes(ImageClassifierEngine engine)
+    {
+        using var stream = new MemoryStream();
+        engine.Save(stream);
+        return stream.ToArray();
+    }
+
+    [TestMethod]
+    public void FineTuningLearnsAboveChanceAndLeavesTheInputEncoderUnchanged()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 1);
+        var before = Weights(encoder.Module);
+        var reports = new List<BootMaeTrainingMetrics>();
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, Settings(epochs: 6), reports.Add, null, CancellationToken.None);
+
+        double accuracy = TrainingAccuracy(engine);
+        Assert.IsGreaterThan(0.3, accuracy, $"training-set accuracy after 6 epochs (chance is 0.1), got {accuracy:P1}");
+        Assert.HasCount(6, reports.Where(r => r.IsEpochEnd && r.Dataset == BootMaeDataset.Train).ToList());
+        Assert.IsLessThan(reports.First().Loss, reports.Last().Loss, "the epoch loss decreases");
+        var after = Weights(encoder.Module);
+        foreach (var (key, value) in before)
+        {
+            CollectionAssert.AreEqual(value, after[key], $"the caller's encoder is not modified ({key})");
+        }
+
+        var scores = engine.PredictScores(Data.Value.Pixels, 3);
+        Assert.HasCount(3 * Classes, scores);
+        Assert.AreEqual(1.0, scores.Take(Classes).Sum(), 1e-5, "scores are probabilities");
+    }
+
+    [TestMethod]
+    public void LinearProbeTrainsOnlyTheHead()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
+        var settings = Settings(epochs: 6);
+        settings.LearningRate = 1e-2;
+        settings.FreezeEncoder = true;
+        settings.SourceBlock = 0;
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+
+        Assert.IsTrue(engine.IsLinearProbe);
+        Assert.AreEqual(0, engine.SourceBlock);
+        var original = Weights(encoder.Module);
+        using var extracted = engine.ExtractEncoder();
+        foreach (var (key, value) in Weights(extracted.Module))
+        {
+            CollectionAssert.AreEqual(original[key], value, $"frozen encoder weight {key} is bit-identical");
+        }
+
+        var head = Weights(engine.Model.Head);
+        Assert.IsTrue(head.ContainsKey("bn.running_mean"), "the probe head has a BatchNorm");
+        Assert.IsTrue(head["fc_norm.weight"].All(v => v == 1f), "fc_norm stays the frozen unit LN");
+        Assert.IsTrue(head["head.bias"].Any(v => v != 0f), "the Linear trained");
+        double accuracy = TrainingAccuracy(engine);
+        Assert.IsGreaterThan(0.3, accuracy, $"the probe learns above chance (0.1), got {accuracy:P1}");
+    }
+
+    [TestMethod]
+    public void LayerDecayScalesFollowSpec()
+    {
+        const double ld = 0.65;
+        const int depth = 2;
+        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.head.weight", depth, ld));
+        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.fc_norm.bias", depth, ld));
+        Assert.AreEqual(ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.blocks.0.attn.qkv.weight", depth, ld), 1e-12);
+        Assert.AreEqual(ld, ImageClassifierEngine.LayerDecayScale("encoder.blocks.1.mlp.fc2.bias", depth, ld), 1e-12);
+        Assert.AreEqual(ld * ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.patch_embed.proj.weight", depth, ld), 1e-12);
+        Assert.AreEqual(ld * ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.cls_token", depth, ld), 1e-12);
+
+        using var model = new ImageClassifier(new VisionTransformerEncoder(Tiny), Classes, linearProbe: false, sourceBlock: 1);
+        foreach (var (name, p) in model.named_parameters())
+        {
+            p.requires_grad = name != "encoder.pos_embed" && !name.StartsWith("encoder.norm.", StringComparison.Ordinal);
+        }
+
+        var groups = ImageClassifierEngine.BuildParameterGroups(model, ld, 0.05);
+        var listed = groups.SelectMany(g => g.Parameters.Select(p => (p.Name, g.LearningRateScale, g.WeightDecay))).ToList();
+        Assert.HasCount(listed.Count, listed.Select(x => x.Name).Distinct().ToList(), "each parameter is in one group");
+        Assert.IsFalse(listed.Any(x => x.Name == "encoder.pos_embed" || x.Name.StartsWith("encoder.norm.", StringComparison.Ordinal)), "the fixed PE and the unused final LN do not train");
+        var dims = model.named_parameters().ToDictionary(x => x.name, x => x.parameter.dim());
+        foreach (var (name, scale, wd) in listed)
+        {
+            Assert.AreEqual(ImageClassifierEngine.LayerDecayScale(name, depth, ld), scale, 1e-12, name);
+            // Spec §10.13: every 1-D tensor (biases, q/v biases, LN), and cls_token, are not decayed.
+            bool noDecay = dims[name] <= 1 || name == "encoder.cls_token";
+            Assert.AreEqual(noDecay ? 0.0 : 0.05, wd, name);
+        }
+
+        Assert.AreEqual(model.parameters().Count(p => p.requires_grad), listed.Count);
+    }
+
+    [TestMethod]
+    public void DropPathKeepsKeysAndOnlyActsInTraining()
+    {
+        using var encoder = new VisionTransformerEncoder(Tiny);
+        var keys = encoder.state_dict().Keys.ToList();
+        using var generator = new Generator(9);
+        encoder.Initialize(generator);
+        using var scope = NewDisposeScope();
+        var images = (rand(new long[] { 8, 1, 28, 28 }, generator: generator) * 2) - 1;
+        encoder.train();
+        var plain = encoder.ForwardRaw(images, 1);
+
+        encoder.SetDropPath(0.5, generator);
+
+        CollectionAssert.AreEqual(keys, encoder.state_dict().Keys.ToList(), "drop path adds no state_dict keys");
+        Assert.AreEqual(0.0, encoder.Blocks[0].DropPath.Rate, "rate rises linearly from 0 at block 0");
+        Assert.AreEqual(0.5, encoder.Blocks[1].DropPath.Rate);
+        Assert.IsFalse(plain.allclose(encoder.ForwardRaw(images, 1)), "training mode drops paths");
+        encoder.eval();
+        Assert.IsTrue(plain.allclose(encoder.ForwardRaw(images, 1), rtol: 0, atol: 0), "eval mode is the identity");
+    }
+
+    [TestMethod]
+    public void PoolingAveragesPatchTokensWithoutCls()
+    {
+        using var model = new ImageClassifier(new VisionTransformerEncoder(Tiny), Classes, linearProbe: false, sourceBlock: 1);
+        using var generator = new Generator(5);
+        model.Encoder.Initialize(generator);
+        model.eval();
+        using var scope = NewDisposeScope();
+        using var mode = inference_mode();
+        var images = (rand(new long[] { 2, 1, 28, 28 }, generator: generator) * 2) - 1;
+
+        var features = model.Features(images);
+        var tokens = model.Encoder.ForwardRaw(images, 1);
+
+        Assert.IsTrue(features.allclose(tokens[.., 1..].mean(new long[] { 1 }), rtol: 0, atol: 1e-6), "features = mean of the N patch tokens");
+        Assert.IsFalse(features.allclose(tokens.mean(new long[] { 1 }), rtol: 0, atol: 1e-6), "the cls token is not averaged in");
+        Assert.IsFalse(features.allclose(model.Encoder.ForwardTokens(images, 1)[.., 1..].mean(new long[] { 1 }), rtol: 0, atol: 1e-6), "the final LN is not applied");
+    }
+
+    [TestMethod]
+    public void SaveLoadRoundTripGivesIdenticalScoresAndClearErrors()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 4);
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, Settings(epochs: 1), null, null, CancellationToken.None);
+        using var stream = new MemoryStream();
+        engine.Save(stream);
+        long end = stream.Position;
+        stream.WriteByte(42);
+
+        stream.Position = 0;
+        using var loaded = ImageClassifierEngine.Load(stream, Tiny, Classes);
+
+        Assert.AreEqual(end, stream.Position, "Load reads exactly the classifier's bytes");
+        Assert.AreEqual(Classes, loaded.NumberOfClasses);
+        Assert.AreEqual(Tiny, loaded.Architecture);
+        CollectionAssert.AreEqual(engine.PredictScores(Data.Value.Pixels, 16), loaded.PredictScores(Data.Value.Pixels, 16));
+
+        stream.Position = 0;
+        var wrongK = Assert.ThrowsExactly<InvalidDataException>(() => ImageClassifierEngine.Load(stream, Tiny, 3));
+        StringAssert.Contains(wrongK.Message, "10 classes");
+        StringAssert.Contains(wrongK.Message, "3 were expected");
+
+        stream.Position = 0;
+        var other = Tiny with { Depth = 3 };
+        var wrongArchitecture = Assert.ThrowsExactly<InvalidDataException>(() => ImageClassifierEngine.Load(stream, other, Classes));
+        StringAssert.Contains(wrongArchitecture.Message, "Depth = 2");
+        StringAssert.Contains(wrongArchitecture.Message, "Depth = 3");
+
+        var bytes = stream.ToArray();
+        bytes[^10] ^= 0xFF;
+        var damaged = Assert.ThrowsExactly<InvalidDataException>(() => ImageClassifierEngine.Load(new MemoryStream(bytes[..(int)end]), Tiny, Classes));
+        StringAssert.Contains(damaged.Message, "SHA-256");
+    }
+
+    [TestMethod]
+    public void SameSeedGivesBitIdenticalWeights()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 5);
+        var settings = Settings(epochs: 1);
+        settings.Augment = true;
+        settings.MixupAlpha = 0.8;
+        settings.CutmixAlpha = 1.0;
+        settings.DropPathRate = 0.2;
+
+        using var first = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+        using var second = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+        settings.Seed++;
+        using var third = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+
+        CollectionAssert.AreEqual(Bytes(first), Bytes(second), "same seed, same data → same bytes");
+        CollectionAssert.AreNotEqual(Bytes(first), Bytes(third), "another seed gives other weights");
+    }
+
+    [TestMethod]
+    public void CancellationThrowsOrReturnsTheModelSoFar()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 6);
+        var settings = Settings(epochs: 3);
+        settings.LogEveryNSteps = 1;
+        var steps = new List<long>();
+        using (var cts = new CancellationTokenSource())
+        {
+            void CancelAtStep3(BootMaeTrainingMetrics m)
+            {
+                steps.Add(m.Step);
+                if (m.Step == 3)
+                {
+                    cts.Cancel();
+                }
+            }
+
+            Assert.Throws<OperationCanceledException>(() => ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, CancelAtStep3, null, cts.Token));
+            Assert.AreEqual(3L, steps.Max(), "no step runs after cancellation");
+        }
+
+        settings.ReturnModelOnCancellation = true;
+        using (var cts = new CancellationTokenSource())
+        {
+            void CancelAtStep3(BootMaeTrainingMetrics m)
+            {
+                if (m.Step == 3)
+                {
+                    cts.Cancel();
+                }
+            }
+
+            using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, CancelAtStep3, null, cts.Token);
+            Assert.HasCount(4 * Classes, engine.PredictScores(Data.Value.Pixels, 4));
+        }
+    }
+
+    [TestMethod]
+    public void TrainingStepsDoNotLeakTensors()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 7);
+        var settings = Settings(epochs: 1);
+        settings.BatchSize = 16;
+        settings.LogEveryNSteps = 1;
+        settings.Augment = true;
+        settings.MixupAlpha = 0.8;
+        var live = new List<long>();
+        void Record(BootMaeTrainingMetrics m)
+        {
+            if (!m.IsEpochEnd)
+            {
+                live.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+            }
+        }
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, Record, null, CancellationToken.None);
+
+        Assert.IsGreaterThan(10, live.Count);
+        // The optimizer's state appears at the first step; from then on the count of live tensors is flat.
+        CollectionAssert.AreEqual(Enumerable.Repeat(live[1], live.Count - 1).ToList(), live.Skip(1).ToList(), "live tensors per step");
+    }
+
+    [TestMethod]
+    public void EarlyStoppingStopsAndValidationIsReported()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 8);
+        var settings = Settings(epochs: 10);
+        settings.EarlyStoppingPatience = 2;
+        // No later epoch can beat the first by this much, so the run stops after epochs 1 and 2 fail to improve.
+        settings.EarlyStoppingMinDelta = 100;
+        var reports = new List<BootMaeTrainingMetrics>();
+        var validation = new InMemoryImageSource(Data.Value.Pixels, Data.Value.Labels, 64, 1, 28, seed: 0, shuffle: false);
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), validation, settings, reports.Add, null, CancellationToken.None);
+
+        var validationReports = reports.Where(r => r.Dataset == BootMaeDataset.Validation).ToList();
+        CollectionAssert.AreEqual(new[] { 0, 1, 2 }, validationReports.Select(r => r.Epoch).ToArray(), "stopped after 3 of 10 epochs");
+        Assert.IsTrue(validationReports.All(r => r.Accuracy is >= 0f and <= 1f && float.IsFinite(r.Loss)));
+    }
+
+    [TestMethod]
+    public void InMemorySourceShufflesPerEpochDeterministically()
+    {
+        var pixels = Enumerable.Range(0, 10).Select(i => (float)i).ToArray();
+        var labels = Enumerable.Range(0, 10).ToArray();
+        var source = new InMemoryImageSource(pixels, labels, 10, 1, 1, seed: 3, shuffle: true);
+
+        int[] Order(InMemoryImageSource s, int epoch) => s.ReadEpoch(epoch, 4, CancellationToken.None).SelectMany(b => b.Labels!).ToArray();
+
+        CollectionAssert.AreEqual(Order(source, 0), Order(new InMemoryImageSource(pixels, labels, 10, 1, 1, seed: 3, shuffle: true), 0));
+        CollectionAssert.AreNotEqual(Order(source, 0), Order(source, 1));
+        CollectionAssert.AreEquivalent(labels, Order(source, 1));
+        var first = source.ReadEpoch(0, 4, CancellationToken.None).First();
+        Assert.AreEqual(first.Labels![2], (int)first.Pixels[2], "pixels travel with their labels");
+    }
+}
