@@ -69,6 +69,8 @@ case "$command" in
     done
     if [ "$total" -eq 0 ]; then echo "build.sh: no test ran" >&2; status=1; fi
     [ "$failed" -gt 0 ] && status=1
+    # A crashed test host can leave a TRX without failures: never report a failing run as all-green.
+    [ "$status" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1
     echo "$passed passed, $failed failed"
     exit $status
     ;;
