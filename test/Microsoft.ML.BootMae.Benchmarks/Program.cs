@@ -233,7 +233,8 @@ internal static class PretrainRun
             curve.Add(new(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN));
             if (m.IsEpochEnd)
             {
-                Console.WriteLine($"epoch {m.Epoch + 1}/{args.Epochs}: {m}");
+                // Finish the live progress line first.
+                Console.WriteLine($"\repoch {m.Epoch + 1}/{args.Epochs}: {m}");
             }
             else
             {

@@ -339,7 +339,7 @@ public sealed class BootMaePretrainer
 
             // Fixed masks (one seed for the run) so successive epochs are comparable.
             var written = ReconstructionPreview.Write(_network, _previewPixels, _previewCount, _device, Seeds.Derive(Settings.Seed, 0, stream: 3), path,
-                $"{Settings.Mode} reconstructions after epoch {epoch + 1}");
+                $"{(Settings.Mode == BootMaeMode.Mae ? "MAE" : "BootMAE")} reconstructions after epoch {epoch + 1}");
             _log?.Invoke($"Reconstruction preview: '{written}'.");
         }
 
