@@ -228,6 +228,27 @@ public sealed class MlNetPipelineTests
     }
 
     [TestMethod]
+    public void ReconstructionPreviewGoesThroughOptions()
+    {
+        var ml = new MLContext(seed: 1);
+        var (train, _) = Load(ml);
+        var options = PretrainOptions();
+        options.MaxSteps = 1;
+        options.ReconstructionPreviewPath = Path.Combine(_folder, "preview", "recon.png");
+        options.ReconstructionPreviewCount = 2;
+        using (ml.Transforms.LoadRawImageBytes("Image", Files.Directory, "ImagePath").Append(ml.Transforms.BootMaePretrain(options)).Fit(train))
+        {
+        }
+
+        using var bitmap = SkiaSharp.SKBitmap.Decode(options.ReconstructionPreviewPath);
+        Assert.IsNotNull(bitmap, "a PNG is written at the end of the epoch");
+        Assert.IsGreaterThan(bitmap.Height, bitmap.Width, "two rows of four tiles are wider than tall");
+
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options { ReconstructionPreviewCount = 0 }));
+        Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options { ReconstructionPreviewPath = " " }));
+    }
+
+    [TestMethod]
     public void PretrainedEncoderFeedsFeaturizeAndSurvivesSaveLoad()
     {
         var ml = new MLContext(seed: 1);
