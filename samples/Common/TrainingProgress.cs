@@ -1,0 +1,98 @@
+using System.Globalization;
+using Microsoft.ML.BootMae;
+using Microsoft.ML.BootMae.Visualization;
+
+namespace BootMae.Samples;
+
+/// <summary>
+/// Prints BootMAE training progress from <c>MetricsCallback</c>: a live step line (rewritten in place on a terminal)
+/// and one line per epoch with the loss, images per second and ETA. Keeps every report for curves and step counts.
+/// </summary>
+public sealed class TrainingProgress
+{
+    private readonly TextWriter _output;
+    private readonly string _name;
+    private readonly int _epochs;
+    private readonly int _batchSize;
+    private readonly bool _live;
+    private readonly List<BootMaeTrainingMetrics> _reports = new();
+    private bool _lineOpen;
+
+    /// <summary>Progress of one run called <paramref name="name"/> of <paramref name="epochs"/> epochs.</summary>
+    /// <param name="output">Where lines go.</param>
+    /// <param name="name">Short run name shown at the start of each line.</param>
+    /// <param name="epochs">Planned epochs, for the "epoch e/E" counter.</param>
+    /// <param name="batchSize">Images per step, for the throughput of a whole epoch.</param>
+    public TrainingProgress(TextWriter output, string name, int epochs, int batchSize)
+    {
+        _batchSize = batchSize;
+        _output = output;
+        _name = name;
+        _epochs = epochs;
+        _live = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
+    }
+
+    /// <summary>Every report received, in order.</summary>
+    public IReadOnlyList<BootMaeTrainingMetrics> Reports => _reports;
+
+    /// <summary>Optimizer steps done (the last report's step).</summary>
+    public long Steps => _reports.Count == 0 ? 0 : _reports[^1].Step;
+
+    /// <summary>Pass this as the trainer's <c>MetricsCallback</c>.</summary>
+    public void Report(BootMaeTrainingMetrics m)
+    {
+        lock (_reports)
+        {
+            _reports.Add(m);
+            var c = CultureInfo.InvariantCulture;
+            var losses = string.Format(c, "loss {0:F4}", m.Loss);
+            if (m.PixelLoss is { } pixel && m.FeatureLoss is { } feature)
+            {
+                losses += string.Format(c, " (pixel {0:F4}, feature {1:F4})", pixel, feature);
+            }
+
+            if (m.Accuracy is { } accuracy)
+            {
+                losses += string.Format(c, ", {0} accuracy {1:P1}", m.Dataset == BootMaeDataset.Validation ? "validation" : "train", accuracy);
+            }
+
+            var eta = m.Eta is { } e ? " ETA " + Clock(e) : string.Empty;
+            if (m.IsEpochEnd)
+            {
+                // Throughput over the whole epoch: the epoch-end report itself only covers the time since the last step report.
+                var epochStart = _reports.LastOrDefault(r => r.IsEpochEnd && r.Epoch < m.Epoch && r.Dataset == m.Dataset);
+                var seconds = (m.Elapsed - (epochStart?.Elapsed ?? TimeSpan.Zero)).TotalSeconds;
+                var rate = seconds > 0 && _batchSize > 0 ? (m.Step - (epochStart?.Step ?? 0)) * _batchSize / seconds : m.ImagesPerSecond;
+                CloseLine();
+                _output.WriteLine(string.Format(c, "  {0} epoch {1,3}/{2}  step {3,5}/{4}  {5}  {6,5:F0} img/s  {7}{8}",
+                    _name, m.Epoch + 1, _epochs, m.Step, m.TotalSteps, losses, rate, Clock(m.Elapsed), eta));
+            }
+            else if (_live)
+            {
+                var line = string.Format(c, "  {0} step {1}/{2}  {3}  {4:F0} img/s{5}", _name, m.Step, m.TotalSteps, losses, m.ImagesPerSecond, eta);
+                _output.Write("\r" + line.PadRight(Math.Max(0, Console.WindowWidth - 1)));
+                _lineOpen = true;
+            }
+        }
+    }
+
+    /// <summary>The pretraining reports as points for <see cref="BootMaePictures.TrainingCurves"/>.</summary>
+    public IReadOnlyList<TrainingCurvePoint> CurvePoints() => _reports
+        .Where(r => !r.IsEpochEnd && r.Dataset == BootMaeDataset.Train)
+        .Select(r => new TrainingCurvePoint(r.Step, r.Loss, r.PixelLoss ?? double.NaN, r.FeatureLoss ?? double.NaN, r.LearningRate, r.EmaMomentum ?? double.NaN))
+        .ToArray();
+
+    /// <summary>Formats a duration as h:mm:ss or m:ss.</summary>
+    public static string Clock(TimeSpan t) => t.TotalHours >= 1
+        ? t.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture)
+        : t.ToString(@"m\:ss", CultureInfo.InvariantCulture);
+
+    private void CloseLine()
+    {
+        if (_lineOpen)
+        {
+            _output.Write("\r" + new string(' ', Math.Max(0, Console.WindowWidth - 1)) + "\r");
+            _lineOpen = false;
+        }
+    }
+}
