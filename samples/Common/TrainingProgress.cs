@@ -77,10 +77,15 @@ public sealed class TrainingProgress
     }
 
     /// <summary>The pretraining reports as points for <see cref="BootMaePictures.TrainingCurves"/>.</summary>
-    public IReadOnlyList<TrainingCurvePoint> CurvePoints() => _reports
-        .Where(r => !r.IsEpochEnd && r.Dataset == BootMaeDataset.Train)
-        .Select(r => new TrainingCurvePoint(r.Step, r.Loss, r.PixelLoss ?? double.NaN, r.FeatureLoss ?? double.NaN, r.LearningRate, r.EmaMomentum ?? double.NaN))
-        .ToArray();
+    /// <remarks>Uses the step reports, or the epoch averages when the run was too short for any.</remarks>
+    public IReadOnlyList<TrainingCurvePoint> CurvePoints()
+    {
+        var train = _reports.Where(r => r.Dataset == BootMaeDataset.Train).ToArray();
+        var steps = train.Any(r => !r.IsEpochEnd) ? train.Where(r => !r.IsEpochEnd) : train;
+        return steps
+            .Select(r => new TrainingCurvePoint(r.Step, r.Loss, r.PixelLoss ?? double.NaN, r.FeatureLoss ?? double.NaN, r.LearningRate, r.EmaMomentum ?? double.NaN))
+            .ToArray();
+    }
 
     /// <summary>Formats a duration as h:mm:ss or m:ss.</summary>
     public static string Clock(TimeSpan t) => t.TotalHours >= 1

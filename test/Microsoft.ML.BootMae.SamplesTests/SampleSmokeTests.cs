@@ -1,0 +1,169 @@
+using BootMae.Samples;
+using BootMae.Samples.BringYourOwnImages;
+using BootMae.Samples.Featurize;
+using BootMae.Samples.Quickstart;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+
+namespace Microsoft.ML.BootMae.SamplesTests;
+
+/// <summary>Each sample end to end with a tiny network and a handful of images (a few seconds each).</summary>
+[TestClass]
+[DoNotParallelize]
+public sealed class SampleSmokeTests
+{
+    private static readonly BootMaeArchitecture Tiny = SampleArchitectures.Small28 with
+    {
+        PatchSize = 7, EmbedDim = 32, Depth = 2, Heads = 2, RegressorDim = 16, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 1,
+    };
+
+    private string _folder = string.Empty;
+
+    [TestInitialize]
+    public void CreateFolder()
+    {
+        _folder = Path.Combine(Path.GetTempPath(), $"bootmae-samples-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(_folder);
+    }
+
+    [TestCleanup]
+    public void DeleteFolder()
+    {
+        try
+        {
+            Directory.Delete(_folder, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Best effort.
+        }
+    }
+
+    [TestMethod]
+    public void QuickstartComparesAtEqualStepsAndWritesPicturesAndModel()
+    {
+        var output = new StringWriter();
+        var results = QuickstartSample.Run(new QuickstartSettings
+        {
+            OutputDirectory = _folder, Architecture = Tiny, TrainPerClass = 4, LabelledPerClass = 2, TestPerClass = 2,
+            PretrainEpochs = 1, FineTuneEpochs = 2, BatchSize = 8,
+        }, output);
+
+        Assert.HasCount(3, results, output.ToString());
+        Assert.AreEqual(results[0].Steps, results[1].Steps, "scratch gets the steps of pretraining plus fine-tuning");
+        Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1 && r.LabelsUsed == 20), output.ToString());
+        foreach (var file in new[] { "masks.png", "reconstructions.png", "pretraining-curves.png", "model.zip", "encoder.bootmae" })
+        {
+            Assert.IsTrue(File.Exists(Path.Combine(_folder, file)), file);
+        }
+
+        StringAssert.Contains(output.ToString(), "| method");
+        StringAssert.Contains(output.ToString(), "Reloaded model.zip");
+    }
+
+    [TestMethod]
+    public void FeaturizeTrainsOnEmbeddingsAndFindsNeighboursFromASavedEncoder()
+    {
+        var encoderPath = Path.Combine(_folder, "encoder.bootmae");
+        using (var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 3))
+        {
+            encoder.Save(encoderPath);
+        }
+
+        var output = new StringWriter();
+        var result = FeaturizeSample.Run(new FeaturizeSettings
+        {
+            EncoderPath = encoderPath, OutputDirectory = _folder, TrainPerClass = 5, TestPerClass = 3, Queries = 2, Neighbours = 3,
+        }, output);
+
+        Assert.IsTrue(result.Accuracy is >= 0 and <= 1, output.ToString());
+        Assert.IsTrue(result.NeighbourLabelAgreement is >= 0 and <= 1);
+        Assert.IsTrue(File.Exists(result.PicturePath));
+        StringAssert.Contains(output.ToString(), "->");
+    }
+
+    [TestMethod]
+    public void FeaturizePretrainsWhenNoEncoderIsGiven()
+    {
+        var output = new StringWriter();
+        var result = FeaturizeSample.Run(new FeaturizeSettings
+        {
+            Architecture = Tiny, PretrainEpochs = 1, OutputDirectory = _folder, TrainPerClass = 3, TestPerClass = 2, Queries = 1, Neighbours = 2,
+        }, output);
+
+        StringAssert.Contains(output.ToString(), "pretrain epoch   1/1");
+        Assert.IsTrue(File.Exists(result.PicturePath));
+    }
+
+    [TestMethod]
+    public void BringYourOwnImagesPretrainsFineTunesSavesAndPredicts()
+    {
+        var images = Path.Combine(_folder, "images");
+        ByoiSample.MakeExample(images, trainPerClass: 5, TextWriter.Null);
+        var train = Path.Combine(images, "train");
+        Assert.HasCount(10, Directory.GetDirectories(train));
+        var pretrainModel = Path.Combine(_folder, "pretrained.zip");
+        ByoiSample.Run(new ByoiSettings
+        {
+            ImageDirectory = train, Mode = "pretrain", Unlabeled = true, Architecture = Tiny, Epochs = 1, BatchSize = 8, ModelPath = pretrainModel,
+        }, TextWriter.Null);
+        var encoder = Path.ChangeExtension(pretrainModel, ".encoder.bootmae");
+        Assert.IsTrue(File.Exists(encoder));
+
+        var newImages = Directory.GetFiles(Path.Combine(images, "new"));
+        var classifier = Path.Combine(_folder, "classifier.zip");
+        var output = new StringWriter();
+        var predictions = ByoiSample.Run(new ByoiSettings
+        {
+            ImageDirectory = train, EncoderPath = encoder, Epochs = 1, BatchSize = 8, ModelPath = classifier, Predict = newImages,
+        }, output);
+        Assert.HasCount(newImages.Length, predictions, output.ToString());
+        StringAssert.Contains(output.ToString(), "Held-out accuracy");
+
+        var again = ByoiSample.Run(new ByoiSettings { ModelPath = classifier, Predict = newImages.Take(2).ToArray() }, TextWriter.Null);
+        CollectionAssert.AreEqual(predictions.Take(2).Select(p => p.Label).ToArray(), again.Select(p => p.Label).ToArray(), "predict-only reloads the same model");
+    }
+
+    [TestMethod]
+    public void BringYourOwnImagesExplainsBadInput()
+    {
+        string Message(ByoiSettings settings) => Assert.ThrowsExactly<SampleUsageException>(() => ByoiSample.Run(settings, TextWriter.Null)).Message;
+
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = Path.Combine(_folder, "missing") }), "does not exist");
+        var empty = Directory.CreateDirectory(Path.Combine(_folder, "empty")).FullName;
+        File.WriteAllText(Path.Combine(empty, "notes.txt"), "not an image");
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = empty }), ".png .jpg");
+
+        var images = Path.Combine(_folder, "images");
+        ByoiSample.MakeExample(images, trainPerClass: 1, TextWriter.Null);
+        var oneClass = Path.Combine(images, "train", "Bag");
+        Assert.IsTrue(Directory.Exists(oneClass));
+        var single = Directory.CreateDirectory(Path.Combine(_folder, "single", "Bag")).FullName;
+        foreach (var file in Directory.GetFiles(oneClass))
+        {
+            File.Copy(file, Path.Combine(single, Path.GetFileName(file)));
+        }
+
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = Path.GetDirectoryName(single) }), "at least two classes");
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = oneClass }), "--mode pretrain");
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = images, Mode = "pretrain", Predict = Directory.GetFiles(oneClass) }), "needs a classifier");
+        StringAssert.Contains(Message(new ByoiSettings { ImageDirectory = images, Predict = ["nope.png"] }), "no file");
+        StringAssert.Contains(Message(new ByoiSettings()), "--images DIR is required");
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => SampleArchitectures.FromName("huge")).Message, "small28");
+    }
+
+    [TestMethod]
+    public void ArgumentsRejectTyposAndBadValues()
+    {
+        var arguments = new SampleArguments(["--epochs", "3", "--quick", "--predict", "a.png", "b.png"]);
+        Assert.AreEqual(3, arguments.Int("epochs", 1));
+        Assert.IsTrue(arguments.Flag("quick"));
+        Assert.HasCount(2, arguments.Strings("predict"));
+        arguments.ThrowOnUnknown();
+
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epoch", "3"]).ThrowOnUnknown()).Message, "--epoch");
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epochs", "x"]).Int("epochs", 1)).Message, "whole number");
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epochs", "0"]).Int("epochs", 1)).Message, "between 1");
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--mode", "train"]).Choice("mode", "finetune", "finetune", "pretrain")).Message, "pretrain");
+        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["oops"])).Message, "oops");
+    }
+}
