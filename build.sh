@@ -57,9 +57,10 @@ case "$command" in
     results="$root/artifacts/TestResults"
     rm -rf "$results"
     status=0
-    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx" --results-directory "$results" || status=$?
+    # Each test project writes its TRX into artifacts/TestResults/<project>/ (Directory.Build.targets).
+    dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx" || status=$?
     passed=0; failed=0; total=0
-    for trx in "$results"/*.trx; do
+    for trx in "$results"/*.trx "$results"/*/*.trx; do
       [ -f "$trx" ] || continue
       counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
       get() { echo "$counters" | sed -n "s/.* $1=\"\([0-9]*\)\".*/\1/p"; }
@@ -68,6 +69,8 @@ case "$command" in
     done
     if [ "$total" -eq 0 ]; then echo "build.sh: no test ran" >&2; status=1; fi
     [ "$failed" -gt 0 ] && status=1
+    # A crashed test host can leave a TRX without failures: never report a failing run as all-green.
+    [ "$status" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1
     echo "$passed passed, $failed failed"
     exit $status
     ;;
