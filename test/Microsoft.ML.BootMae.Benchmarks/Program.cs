@@ -10,7 +10,8 @@ using static TorchSharp.torch;
 //   step     --preset tiny28|small32 --mode bootmae|mae --batch 128 --steps 12 --warmup 3 --threads 2
 //            [--precision bf16|fp32] [--teacher-fraction 1.0]        one JSON line per run
 //   compare  (same options; runs MAE and BootMAE alternately, --rounds 2) and prints the step-time ratio
-//   pretrain --preset tiny28 --epochs 5 --batch 128 [--checkpoint-dir DIR] [--train-per-class 1000] [--curve FILE.png]
+//   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
+//            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
 var arguments = Arguments.Parse(args);
 BootMaeRuntime.EnsureTorchLoaded();
 if (arguments.Threads is { } threads)
@@ -69,6 +70,7 @@ internal sealed class Arguments
     public int TrainPerClass { get; private set; } = 1000;
     public string? CheckpointDirectory { get; private set; }
     public string? CurvePath { get; private set; }
+    public string? PreviewPath { get; private set; }
 
     public BootMaeArchitecture Architecture => Preset switch
     {
@@ -111,6 +113,7 @@ internal sealed class Arguments
                 case "--train-per-class": a.TrainPerClass = int.Parse(v, c); break;
                 case "--checkpoint-dir": a.CheckpointDirectory = v; break;
                 case "--curve": a.CurvePath = v; break;
+                case "--preview": a.PreviewPath = v; break;
                 default: throw new ArgumentException($"Unknown option {args[i]}.");
             }
         }
@@ -221,7 +224,7 @@ internal static class PretrainRun
         var settings = new BootMaePretrainerSettings
         {
             Mode = args.Mode, MaxEpochs = args.Epochs, BatchSize = args.Batch, Device = BootMaeDevice.Auto, Precision = args.Precision,
-            CheckpointDirectory = args.CheckpointDirectory, LogEveryNSteps = 20, Seed = 1,
+            CheckpointDirectory = args.CheckpointDirectory, LogEveryNSteps = 20, Seed = 1, ReconstructionPreviewPath = args.PreviewPath,
         };
         var curve = new List<Microsoft.ML.BootMae.Visualization.TrainingCurvePoint>();
         Console.WriteLine($"Pretraining {args.Mode} on {source.Count} embedded Fashion-MNIST images, preset {args.Preset}, {args.Epochs} epochs, batch {args.Batch}.");
@@ -230,7 +233,8 @@ internal static class PretrainRun
             curve.Add(new(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN));
             if (m.IsEpochEnd)
             {
-                Console.WriteLine($"epoch {m.Epoch + 1}/{args.Epochs}: {m}");
+                // Finish the live progress line first.
+                Console.WriteLine($"\repoch {m.Epoch + 1}/{args.Epochs}: {m}");
             }
             else
             {

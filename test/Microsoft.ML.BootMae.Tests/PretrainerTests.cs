@@ -222,5 +222,40 @@ public sealed class PretrainerTests
         StringAssert.Contains(error.Message, "BatchSize");
     }
 
+    [TestMethod]
+    [DataRow(BootMaeMode.BootMae)]
+    [DataRow(BootMaeMode.Mae)]
+    public void ReconstructionPreviewIsWrittenEachEpoch(BootMaeMode mode)
+    {
+        var path = Path.Combine(TempDirectory(), "preview.png");
+        var settings = Settings(epochs: 1);
+        settings.Mode = mode;
+        settings.ReconstructionPreviewPath = path;
+        settings.ReconstructionPreviewCount = 3;
+        var log = new List<string>();
+
+        using (new BootMaePretrainer(Tiny, settings).Train(FashionSource(4), log: log.Add))
+        {
+        }
+
+        using var bitmap = SkiaSharp.SKBitmap.Decode(path);
+        Assert.IsNotNull(bitmap, "a PNG is written");
+        Assert.IsGreaterThan(100, bitmap.Width);
+        Assert.IsTrue(log.Any(l => l.Contains("Reconstruction preview", StringComparison.Ordinal)));
+    }
+
+    [TestMethod]
+    public void MaskSamplesHaveTheConfiguredCount()
+    {
+        var architecture = BootMaeArchitecture.Tiny28;
+        foreach (var masking in new[] { BootMaeMasking.Random, BootMaeMasking.Block, BootMaeMasking.BlockFill })
+        {
+            var masks = BootMaeMasks.Sample(architecture, masking, count: 5, seed: 3);
+
+            Assert.HasCount(5, masks);
+            Assert.IsTrue(masks.All(m => m.Length == 49 && m.Count(x => x) == 37), $"{masking}: 37 of 49 patches masked");
+        }
+    }
+
     private static string FingerprintOf(BootMaePretrainerSettings s, long totalSteps) => BootMaePretrainer.Fingerprint(s, totalSteps);
 }

@@ -171,6 +171,8 @@ public sealed class BootMaePretrainer
         private TimeSpan _lastReport;
         private double _epochLoss, _epochPixel, _epochFeature;
         private long _epochSteps;
+        private float[]? _previewPixels;
+        private int _previewCount;
 
         public Run(BootMaePretrainer owner, BootMaeNetwork network, MomentumTeacher? teacher, AdamW optimizer, Schedules schedules, Device device,
             BootMaeModelSettings model, string fingerprint, Action<BootMaeTrainingMetrics>? metrics, Action<string>? log)
@@ -210,6 +212,7 @@ public sealed class BootMaePretrainer
                         }
 
                         cancellationToken.ThrowIfCancellationRequested();
+                        KeepPreviewImages(batch);
                         TrainStep(batch, step, epoch);
                         step++;
                         position = new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
@@ -237,6 +240,7 @@ public sealed class BootMaePretrainer
                     // A finished epoch resumes at the start of the next one.
                     position = new TrainingPosition(step, epoch + 1, 0, _schedules.TotalSteps, s.Seed);
                     Report(epoch, step, isEpochEnd: true);
+                    WritePreview(epoch);
                     if (s.CheckpointDirectory is not null && s.CheckpointEveryNSteps is null)
                     {
                         lastCheckpoint = SaveCheckpoint(position);
@@ -312,6 +316,31 @@ public sealed class BootMaePretrainer
             _epochLoss += total;
             _epochPixel += loss.Pixel is null ? 0 : loss.Pixel.item<float>();
             _epochFeature += loss.Feature is null ? 0 : loss.Feature.item<float>();
+        }
+
+        private void KeepPreviewImages(ImageBatch batch)
+        {
+            if (_previewPixels is not null || Settings.ReconstructionPreviewPath is null)
+            {
+                return;
+            }
+
+            var a = _network.Architecture;
+            _previewCount = Math.Min(batch.Count, Settings.ReconstructionPreviewCount);
+            _previewPixels = batch.Pixels.AsSpan(0, _previewCount * a.Channels * a.ImageSize * a.ImageSize).ToArray();
+        }
+
+        private void WritePreview(int epoch)
+        {
+            if (_previewPixels is null || Settings.ReconstructionPreviewPath is not { } path)
+            {
+                return;
+            }
+
+            // Fixed masks (one seed for the run) so successive epochs are comparable.
+            var written = ReconstructionPreview.Write(_network, _previewPixels, _previewCount, _device, Seeds.Derive(Settings.Seed, 0, stream: 3), path,
+                $"{(Settings.Mode == BootMaeMode.Mae ? "MAE" : "BootMAE")} reconstructions after epoch {epoch + 1}");
+            _log?.Invoke($"Reconstruction preview: '{written}'.");
         }
 
         private void ResetEpochAverages()

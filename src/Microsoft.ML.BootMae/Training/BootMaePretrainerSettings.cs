@@ -164,6 +164,13 @@ public sealed class BootMaePretrainerSettings
     /// <summary>On cancellation return the encoder trained so far instead of throwing <see cref="OperationCanceledException"/>. Default false.</summary>
     public bool ReturnModelOnCancellation;
 
+    /// <summary>When set, a PNG of original | masked | reconstructed images is written here at the end of every epoch, so you can
+    /// watch what the pixel regressor learns. The images are the first ones of the first batch. Default null.</summary>
+    public string? ReconstructionPreviewPath;
+
+    /// <summary>Images in the reconstruction preview. Default 6.</summary>
+    public int ReconstructionPreviewCount = 6;
+
     /// <summary>Checks the settings and throws <see cref="ArgumentException"/> naming the bad one.</summary>
     public void Validate()
     {
@@ -189,6 +196,7 @@ public sealed class BootMaePretrainerSettings
         Require(LogEveryNSteps > 0, nameof(LogEveryNSteps), "must be positive.");
         Require(CheckpointEveryNSteps is null or > 0, nameof(CheckpointEveryNSteps), "must be positive when set.");
         Require(CheckpointsToKeep > 0, nameof(CheckpointsToKeep), "must be positive.");
+        Require(ReconstructionPreviewCount > 0, nameof(ReconstructionPreviewCount), "must be positive.");
         Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), "needs a CheckpointDirectory.");
         Require(Teacher != BootMaeTeacher.Frozen || TeacherEncoder is not null, nameof(TeacherEncoder), "is required when Teacher is Frozen.");
         foreach (var (name, value) in new[] { (nameof(EmaMomentumStart), EmaMomentumStart), (nameof(EmaMomentumMid), EmaMomentumMid), (nameof(EmaMomentumEnd), EmaMomentumEnd) })
