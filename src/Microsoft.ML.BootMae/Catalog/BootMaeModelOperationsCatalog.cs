@@ -1,0 +1,70 @@
+using Microsoft.ML.BootMae;
+using Microsoft.ML.BootMae.Persistence;
+
+namespace Microsoft.ML;
+
+/// <summary>
+/// Saving and loading ML.NET models that contain BootMAE components. The file is an ordinary ML.NET model zip with
+/// the BootMAE weights and a manifest (with SHA-256 checksums) in a <c>BootMae/</c> folder. Plain
+/// <c>mlContext.Model.Save</c> refuses such models and plain <c>Model.Load</c> fails with a pointer to these methods.
+/// </summary>
+public static class BootMaeModelOperationsCatalog
+{
+    /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a file.</summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="model">The fitted model.</param>
+    /// <param name="inputSchema">The schema of the data the model was fitted on (or <c>null</c>).</param>
+    /// <param name="filePath">The zip to write.</param>
+    public static void SaveBootMae(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema? inputSchema, string filePath)
+    {
+        ArgumentNullException.ThrowIfNull(filePath);
+        using var file = File.Create(filePath);
+        SaveBootMae(catalog, model, inputSchema, file);
+    }
+
+    /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a stream, which is left open.</summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="model">The fitted model.</param>
+    /// <param name="inputSchema">The schema of the data the model was fitted on (or <c>null</c>).</param>
+    /// <param name="stream">A writable stream.</param>
+    public static void SaveBootMae(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema? inputSchema, Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(stream);
+        BootMaeRuntime.EnsureTorchLoaded();
+        BootMaeModelArchive.Save(catalog, model, inputSchema!, stream);
+    }
+
+    /// <summary>Loads a model saved by <see cref="SaveBootMae(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>.</summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="filePath">The model zip.</param>
+    /// <param name="inputSchema">The schema the model was saved with.</param>
+    /// <returns>The model; dispose it (<c>(model as IDisposable)?.Dispose()</c>) to free the BootMAE weights.</returns>
+    /// <exception cref="InvalidDataException">The file is truncated, modified or inconsistent.</exception>
+    public static ITransformer LoadBootMae(this ModelOperationsCatalog catalog, string filePath, out DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(filePath);
+        using var file = File.OpenRead(filePath);
+        return Load(catalog, file, $"'{filePath}'", out inputSchema);
+    }
+
+    /// <summary>Loads a model saved by <see cref="SaveBootMae(ModelOperationsCatalog, ITransformer, DataViewSchema, Stream)"/>.</summary>
+    /// <param name="catalog">The model operations catalog.</param>
+    /// <param name="stream">The model zip; left open.</param>
+    /// <param name="inputSchema">The schema the model was saved with.</param>
+    /// <returns>The model; dispose it to free the BootMAE weights.</returns>
+    /// <exception cref="InvalidDataException">The data is truncated, modified or inconsistent.</exception>
+    public static ITransformer LoadBootMae(this ModelOperationsCatalog catalog, Stream stream, out DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        return Load(catalog, stream, "stream", out inputSchema);
+    }
+
+    private static ITransformer Load(ModelOperationsCatalog catalog, Stream stream, string description, out DataViewSchema inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        BootMaeRuntime.EnsureTorchLoaded();
+        return BootMaeModelArchive.Load(catalog, stream, description, out inputSchema);
+    }
+}

@@ -1,0 +1,117 @@
+namespace Microsoft.ML.BootMae;
+
+/// <summary>Settings shared by the BootMAE trainers (pretraining and image classification).</summary>
+public abstract class BootMaeTrainingOptionsBase
+{
+    /// <summary>Shared defaults.</summary>
+    internal static class SharedDefaults
+    {
+        internal const string ImageColumnName = "Image";
+        internal const int LogEveryNSteps = 50;
+        internal const int ShufflePoolSize = 1000;
+    }
+
+    /// <summary>
+    /// The image column: <c>VarVector&lt;Byte&gt;</c> from <c>LoadRawImageBytes</c> (preferred: BootMAE decodes and
+    /// augments), <c>Image</c> from <c>LoadImages</c>, or <c>Vector&lt;Single, C, H, W&gt;</c> from <c>ExtractPixels</c> (never
+    /// augmented). Images of any size are resized to <see cref="Architecture"/>'s. Default <c>"Image"</c>.
+    /// </summary>
+    public string ImageColumnName = SharedDefaults.ImageColumnName;
+
+    /// <summary>
+    /// Shape of the network. Default <c>null</c>: the encoder's architecture when one is given, otherwise
+    /// <see cref="BootMaeArchitecture.VitBase16"/>.
+    /// </summary>
+    public BootMaeArchitecture? Architecture;
+
+    /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.</summary>
+    public long? MaxSteps;
+
+    /// <summary>
+    /// Seed of weight initialisation, masking, shuffling and augmentation. Default <c>null</c>: the seed of the
+    /// <see cref="MLContext"/> (<c>new MLContext(seed)</c>) where it can be read, otherwise 1.
+    /// </summary>
+    public int? Seed;
+
+    /// <summary>Where to train. Default <see cref="BootMaeDevice.Auto"/> (CUDA when available, otherwise the CPU). <c>MLContext.GpuDeviceId</c> is not used.</summary>
+    public BootMaeDevice Device = BootMaeDevice.Auto;
+
+    /// <summary>With <see cref="BootMaeDevice.Cuda"/> and no usable GPU: run on the CPU (true) or fail (false). Default <c>true</c>.</summary>
+    public bool FallbackToCpu = true;
+
+    /// <summary>CUDA device index. Default 0.</summary>
+    public int GpuDeviceId;
+
+    /// <summary>torch intra-op threads (process-wide). Default <c>null</c>: torch's default.</summary>
+    public int? NumberOfThreads;
+
+    /// <summary>Stops training between steps. Default <see cref="CancellationToken.None"/>.</summary>
+    public CancellationToken CancellationToken;
+
+    /// <summary>On cancellation, return the model trained so far instead of throwing <see cref="OperationCanceledException"/>. Default <c>false</c>.</summary>
+    public bool ReturnModelOnCancellation;
+
+    /// <summary>Receives progress every <see cref="LogEveryNSteps"/> steps and at each epoch end. Default <c>null</c>.</summary>
+    public Action<BootMaeTrainingMetrics>? MetricsCallback;
+
+    /// <summary>Receives every log line (they also go to <c>MLContext.Log</c>). Default <c>null</c>.</summary>
+    public Action<string>? LogCallback;
+
+    /// <summary>Steps between progress reports. Default 50.</summary>
+    public int LogEveryNSteps = SharedDefaults.LogEveryNSteps;
+
+    /// <summary>Skip rows whose image cannot be decoded, counting them in the log, instead of failing. Default <c>false</c>.</summary>
+    public bool SkipBadImages;
+
+    /// <summary>Random resized crop and horizontal flip of training images (never of pixel vectors). Default <c>true</c>.</summary>
+    public bool Augment = true;
+
+    /// <summary>Rows ML.NET's shuffle holds when the training data cannot shuffle itself. Default 1000.</summary>
+    public int ShufflePoolSize = SharedDefaults.ShufflePoolSize;
+
+    /// <summary>Checks the shared settings.</summary>
+    internal void ValidateCommon(int maxEpochs, int batchSize, int inferenceBatchSize)
+    {
+        if (string.IsNullOrWhiteSpace(ImageColumnName))
+        {
+            throw new ArgumentException("ImageColumnName must be set.", nameof(ImageColumnName));
+        }
+
+        if (maxEpochs <= 0)
+        {
+            throw new ArgumentOutOfRangeException("MaxEpochs", maxEpochs, "MaxEpochs must be positive.");
+        }
+
+        if (batchSize <= 0)
+        {
+            throw new ArgumentOutOfRangeException("BatchSize", batchSize, "BatchSize must be positive.");
+        }
+
+        if (inferenceBatchSize <= 0)
+        {
+            throw new ArgumentOutOfRangeException("InferenceBatchSize", inferenceBatchSize, "InferenceBatchSize must be positive.");
+        }
+
+        if (LogEveryNSteps <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(LogEveryNSteps), LogEveryNSteps, "LogEveryNSteps must be positive.");
+        }
+
+        if (NumberOfThreads is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(NumberOfThreads), NumberOfThreads, "NumberOfThreads must be positive.");
+        }
+
+        if (ShufflePoolSize <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(ShufflePoolSize), ShufflePoolSize, "ShufflePoolSize must be positive.");
+        }
+
+        if (MaxSteps is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxSteps), MaxSteps, "MaxSteps must be positive (or null for no cap).");
+        }
+
+        Architecture?.Validate();
+    }
+}

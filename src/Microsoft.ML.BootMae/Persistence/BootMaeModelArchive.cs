@@ -1,0 +1,387 @@
+using System.IO.Compression;
+using System.Reflection;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.ML.Data;
+
+namespace Microsoft.ML.BootMae.Persistence;
+
+/// <summary>
+/// Saves and loads ML.NET models that contain BootMAE stages. ML.NET writes its zip as usual, with a CustomMapping
+/// placeholder record per BootMAE stage; the weights and settings then go into a <c>BootMae/</c> folder of the same
+/// zip. ML.NET opens zip entries by name only, so the extra entries do not disturb it.
+/// </summary>
+/// <remarks>
+/// Binary format (inside the model zip):
+/// <code>
+/// BootMae/manifest.json   { "format": 1, "package": version, "stages": [ { "index", "kind", "entry", "length",
+///                           "sha256", "config": {...} } ], "entries": { name: sha256 of every other zip entry } }
+/// BootMae/stage-{i}.bin   the stage's weights (BootMaeEncoder.Save or the classifier's Save), stored uncompressed
+/// </code>
+/// Stages are listed in save order, which is the depth-first order of the transformer chain.
+/// </remarks>
+internal static class BootMaeModelArchive
+{
+    internal const string Folder = "BootMae/";
+    internal const string ManifestEntry = Folder + "manifest.json";
+    internal const int FormatVersion = 1;
+
+    internal const string PlainSaveMessage =
+        "This model contains BootMAE components, whose weights ML.NET's Model.Save cannot store. " +
+        "Save it with mlContext.Model.SaveBootMae(model, inputSchema, path) (using Microsoft.ML;) and load it with LoadBootMae.";
+
+    private static readonly AsyncLocal<List<IBootMaeStage>?> SaveScope = new();
+    private static readonly AsyncLocal<bool> LoadScope = new();
+
+    /// <summary>True while <see cref="Load"/> runs ML.NET's loader on this logical thread.</summary>
+    internal static bool IsLoading => LoadScope.Value;
+
+    /// <summary>Called from a BootMAE transformer's <c>ICanSaveModel.Save</c>: records the stage and writes the placeholder.</summary>
+    internal static void SaveStage(ModelSaveContext ctx, IBootMaeStage stage)
+    {
+        var stages = SaveScope.Value ?? throw new InvalidOperationException(PlainSaveMessage);
+        stages.Add(stage);
+        BootMaeStagePlaceholderFactory.Placeholder.Save(ctx);
+    }
+
+    /// <summary>Saves <paramref name="model"/> with its BootMAE stages to <paramref name="destination"/>.</summary>
+    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination)
+    {
+        var temp = Path.Combine(Path.GetTempPath(), $"bootmae-{Guid.NewGuid():N}.zip");
+        try
+        {
+            var stages = new List<IBootMaeStage>();
+            SaveScope.Value = stages;
+            try
+            {
+                catalog.Save(model, inputSchema, temp);
+            }
+            finally
+            {
+                SaveScope.Value = null;
+            }
+
+            WriteArchive(temp, stages, destination);
+            destination.Flush();
+        }
+        finally
+        {
+            TryDelete(temp);
+        }
+    }
+
+    // Streams ML.NET's entries into the destination zip, then the stage weights and the manifest (no in-memory zip).
+    private static void WriteArchive(string mlnetZip, List<IBootMaeStage> stages, Stream destination)
+    {
+        using var source = ZipFile.OpenRead(mlnetZip);
+        using var zip = new ZipArchive(destination, ZipArchiveMode.Create, leaveOpen: true);
+        var entries = new JsonObject();
+        foreach (var entry in source.Entries)
+        {
+            var copy = zip.CreateEntry(entry.FullName, CompressionLevel.Optimal);
+            using var read = entry.Open();
+            using var hashing = new HashingStream(copy.Open());
+            read.CopyTo(hashing);
+            entries[entry.FullName] = hashing.HashHex();
+        }
+
+        var stageList = new JsonArray();
+        for (int i = 0; i < stages.Count; i++)
+        {
+            var name = $"{Folder}stage-{i}.bin";
+            var entry = zip.CreateEntry(name, CompressionLevel.NoCompression);
+            using var hashing = new HashingStream(entry.Open());
+            stages[i].SaveWeights(hashing);
+            stageList.Add(new JsonObject
+            {
+                ["index"] = i,
+                ["kind"] = stages[i].StageKind,
+                ["entry"] = name,
+                ["length"] = hashing.Length,
+                ["sha256"] = hashing.HashHex(),
+                ["config"] = stages[i].GetStageConfig(),
+            });
+        }
+
+        var manifest = new JsonObject
+        {
+            ["format"] = FormatVersion,
+            ["package"] = typeof(BootMaeModelArchive).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown",
+            ["stages"] = stageList,
+            ["entries"] = entries,
+        };
+        var manifestEntry = zip.CreateEntry(ManifestEntry, CompressionLevel.Optimal);
+        using var writer = manifestEntry.Open();
+        JsonSerializer.Serialize(writer, manifest, new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    /// <summary>Loads a model saved by <see cref="Save"/> (or a plain ML.NET model without BootMAE stages).</summary>
+    internal static ITransformer Load(ModelOperationsCatalog catalog, Stream source, string description, out DataViewSchema inputSchema)
+    {
+        // ZipArchive and ML.NET both need to seek; keep a seekable copy of unseekable streams.
+        Stream seekable = source;
+        MemoryStream? copy = null;
+        if (!source.CanSeek)
+        {
+            copy = new MemoryStream();
+            source.CopyTo(copy);
+            copy.Position = 0;
+            seekable = copy;
+        }
+
+        try
+        {
+            long start = seekable.Position;
+            ZipArchive zip;
+            try
+            {
+                zip = new ZipArchive(seekable, ZipArchiveMode.Read, leaveOpen: true);
+            }
+            catch (InvalidDataException ex)
+            {
+                throw new InvalidDataException($"The model {description} is truncated or is not an ML.NET model zip: {ex.Message}", ex);
+            }
+
+            using (zip)
+            {
+                var manifestEntry = zip.GetEntry(ManifestEntry);
+                if (manifestEntry is null)
+                {
+                    // No BootMAE stages: an ordinary ML.NET model.
+                    seekable.Position = start;
+                    return catalog.Load(seekable, out inputSchema);
+                }
+
+                var manifest = ReadManifest(manifestEntry, description);
+                Verify(zip, manifest, description);
+                seekable.Position = start;
+                ITransformer loaded;
+                LoadScope.Value = true;
+                try
+                {
+                    loaded = catalog.Load(seekable, out inputSchema);
+                }
+                finally
+                {
+                    LoadScope.Value = false;
+                }
+
+                var stages = (JsonArray)manifest["stages"]!;
+                int next = 0;
+                var result = Replace(loaded, zip, stages, ref next, description);
+                if (next != stages.Count)
+                {
+                    throw new InvalidDataException($"The model {description} lists {stages.Count} BootMAE stages in its manifest but ML.NET's record has {next}; the file is inconsistent.");
+                }
+
+                return result;
+            }
+        }
+        finally
+        {
+            copy?.Dispose();
+        }
+    }
+
+    private static JsonObject ReadManifest(ZipArchiveEntry entry, string description)
+    {
+        try
+        {
+            using var s = entry.Open();
+            var manifest = JsonNode.Parse(s) as JsonObject ?? throw new InvalidDataException("the manifest is not a JSON object");
+            var format = (int?)manifest["format"] ?? 0;
+            if (format != FormatVersion)
+            {
+                throw new InvalidDataException($"manifest format {format} is not supported by this version (which reads format {FormatVersion}); update Microsoft.ML.BootMae");
+            }
+
+            return manifest;
+        }
+        catch (Exception ex) when (ex is JsonException or InvalidOperationException or FormatException or InvalidDataException)
+        {
+            throw new InvalidDataException($"The model {description} has an unreadable BootMAE manifest ({ex.Message}); the file is damaged.", ex);
+        }
+    }
+
+    private static void Verify(ZipArchive zip, JsonObject manifest, string description)
+    {
+        var expected = new Dictionary<string, string>();
+        foreach (var (name, hash) in (JsonObject)manifest["entries"]!)
+        {
+            expected[name] = (string)hash!;
+        }
+
+        foreach (var stage in (JsonArray)manifest["stages"]!)
+        {
+            expected[(string)stage!["entry"]!] = (string)stage["sha256"]!;
+        }
+
+        foreach (var (name, hash) in expected)
+        {
+            var entry = zip.GetEntry(name) ?? throw new InvalidDataException(
+                $"The model {description} is damaged: its entry '{name}' is missing (truncated or edited file). Save the model again with SaveBootMae.");
+            string actual;
+            try
+            {
+                using var s = entry.Open();
+                actual = Convert.ToHexString(SHA256.HashData(s));
+            }
+            catch (InvalidDataException ex)
+            {
+                throw new InvalidDataException($"The model {description} is damaged: entry '{name}' cannot be read ({ex.Message}).", ex);
+            }
+
+            if (!string.Equals(actual, hash, StringComparison.OrdinalIgnoreCase))
+            {
+                throw new InvalidDataException(
+                    $"The model {description} is damaged: the SHA-256 of entry '{name}' does not match its manifest (the file was truncated or modified after saving). Save the model again with SaveBootMae.");
+            }
+        }
+    }
+
+    private static ITransformer Replace(ITransformer transformer, ZipArchive zip, JsonArray stages, ref int next, string description)
+    {
+        if (BootMaeStagePlaceholderFactory.IsPlaceholder(transformer))
+        {
+            if (next >= stages.Count)
+            {
+                throw new InvalidDataException($"The model {description} has more BootMAE placeholders than its manifest lists stages; the file is inconsistent.");
+            }
+
+            var stage = (JsonObject)stages[next++]!;
+            return CreateStage(zip, stage, description);
+        }
+
+        if (transformer is TransformerChain<ITransformer> chain)
+        {
+            var items = chain.ToArray();
+            var scopes = ScopesOf(chain, items);
+            bool changed = false;
+            for (int i = 0; i < items.Length; i++)
+            {
+                var replaced = Replace(items[i], zip, stages, ref next, description);
+                changed |= !ReferenceEquals(replaced, items[i]);
+                items[i] = replaced;
+            }
+
+            return changed ? new TransformerChain<ITransformer>(items, scopes) : chain;
+        }
+
+        return transformer;
+    }
+
+    // TransformerChain keeps its scopes private; recover them from the public per-scope views.
+    private static TransformerScope[] ScopesOf(TransformerChain<ITransformer> chain, ITransformer[] items)
+    {
+        var scopes = new TransformerScope[items.Length];
+        foreach (var flag in new[] { TransformerScope.Training, TransformerScope.Testing, TransformerScope.Scoring })
+        {
+            var members = new HashSet<ITransformer>(chain.GetModelFor(flag), ReferenceEqualityComparer.Instance);
+            for (int i = 0; i < items.Length; i++)
+            {
+                if (members.Contains(items[i]))
+                {
+                    scopes[i] |= flag;
+                }
+            }
+        }
+
+        return scopes;
+    }
+
+    private static ITransformer CreateStage(ZipArchive zip, JsonObject stage, string description)
+    {
+        var kind = (string?)stage["kind"];
+        var config = (JsonObject)stage["config"]!;
+        var entry = zip.GetEntry((string)stage["entry"]!)!;
+        using var weights = entry.Open();
+        try
+        {
+            return kind switch
+            {
+                BootMaeEncoderTransformer.Kind => BootMaeEncoderTransformer.FromStage(config, weights),
+                BootMaeImageClassificationTransformer.Kind => BootMaeImageClassificationTransformer.FromStage(config, weights),
+                _ => throw new InvalidDataException($"unknown BootMAE stage kind '{kind}'; update Microsoft.ML.BootMae"),
+            };
+        }
+        catch (Exception ex) when (ex is not InvalidDataException and not BootMaeNativeLoadException and not OutOfMemoryException)
+        {
+            throw new InvalidDataException($"The model {description}: BootMAE stage {(int?)stage["index"]} ({kind}) could not be loaded: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>Reads the architecture record of a stage's settings.</summary>
+    internal static BootMaeArchitecture ReadArchitecture(JsonObject config) =>
+        config["architecture"].Deserialize<BootMaeArchitecture>() ?? throw new InvalidDataException("the stage has no architecture");
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (IOException)
+        {
+            // A leftover temp file is harmless.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // Same.
+        }
+    }
+
+    /// <summary>Write-through stream that counts and hashes what passes.</summary>
+    private sealed class HashingStream : Stream
+    {
+        private readonly Stream _inner;
+        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private long _length;
+
+        internal HashingStream(Stream inner) => _inner = inner;
+
+        public override bool CanRead => false;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => true;
+
+        public override long Length => _length;
+
+        public override long Position
+        {
+            get => _length;
+            set => throw new NotSupportedException();
+        }
+
+        internal string HashHex() => Convert.ToHexString(_hash.GetCurrentHash());
+
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            _hash.AppendData(buffer);
+            _inner.Write(buffer);
+            _length += buffer.Length;
+        }
+
+        public override void Flush() => _inner.Flush();
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                _inner.Dispose();
+                _hash.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+}

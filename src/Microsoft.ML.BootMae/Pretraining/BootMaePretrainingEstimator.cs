@@ -1,0 +1,209 @@
+using Microsoft.ML.BootMae.DataViews;
+using Microsoft.ML.BootMae.Training;
+using Microsoft.ML.Runtime;
+
+namespace Microsoft.ML.BootMae;
+
+/// <summary>
+/// Pretrains a BootMAE encoder (self-supervised, no labels) on an image column. Fitting runs the whole pretraining;
+/// the result adds an embedding column and exposes the encoder for fine-tuning or featurization.
+/// Create it with <see cref="BootMaeCatalog.BootMaePretrain(TransformsCatalog, string, string, BootMaeArchitecture, int, int)"/>.
+/// </summary>
+/// <remarks>
+/// <format type="text/markdown"><![CDATA[
+/// | Input column | Output column |
+/// | -- | -- |
+/// | `VarVector<Byte>` (LoadRawImageBytes, preferred), `Image` (LoadImages) or `Vector<Single, C, H, W>` (ExtractPixels) | `Vector<Single, D>` (`Vector<Single, N, D>` with Tokens pooling) |
+///
+/// | Trainer characteristics | |
+/// | -- | -- |
+/// | Machine learning task | Self-supervised representation learning |
+/// | Is normalization required? | No (images are scaled to [0, 1] and normalised inside) |
+/// | Is caching required? | No (images are decoded and augmented on a background thread) |
+/// | Required NuGet in addition to Microsoft.ML | Microsoft.ML.BootMae, TorchSharp-cpu or a TorchSharp CUDA bundle |
+/// | Exportable to ONNX | No |
+///
+/// Save the fitted pipeline with `mlContext.Model.SaveBootMae`; the encoder alone with `BootMaeEncoder.Save`.
+/// ]]></format>
+/// </remarks>
+public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTransformer>
+{
+    private readonly Options _options;
+    private readonly IHostEnvironment? _env;
+
+    internal BootMaePretrainingEstimator(IHostEnvironment? env, Options options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
+        if (options.ResumeFromCheckpoint && string.IsNullOrEmpty(options.CheckpointDirectory))
+        {
+            throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(options));
+        }
+
+        if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
+        {
+            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
+        }
+
+        _env = env;
+        _options = options;
+    }
+
+    /// <summary>Settings of <see cref="BootMaePretrainingEstimator"/>.</summary>
+    public sealed class Options : BootMaeTrainingOptionsBase
+    {
+        /// <summary>Default values.</summary>
+        internal static class Defaults
+        {
+            internal const string OutputColumnName = "Features";
+            internal const int MaxEpochs = 100;
+            internal const int BatchSize = 64;
+            internal const double LearningRate = 1.5e-3;
+            internal const double MinLearningRateFraction = 0.01;
+            internal const double WarmupFraction = 0.05;
+            internal const double WeightDecay = 0.05;
+            internal const double FeatureLossWeight = 1.0;
+            internal const double MaskRatio = 0.75;
+            internal const int InferenceBatchSize = 32;
+        }
+
+        /// <summary>The added embedding column. Default <c>"Features"</c>.</summary>
+        public string OutputColumnName = Defaults.OutputColumnName;
+
+        /// <summary>Passes over the data. Default 100 (the paper uses 800 on ImageNet).</summary>
+        public int MaxEpochs = Defaults.MaxEpochs;
+
+        /// <summary>Images per optimizer step. Default 64.</summary>
+        public int BatchSize = Defaults.BatchSize;
+
+        /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-3 (the paper's 1.5e-4 suits 800-epoch runs; shorter runs need more).</summary>
+        public double LearningRate = Defaults.LearningRate;
+
+        /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
+        public double MinLearningRateFraction = Defaults.MinLearningRateFraction;
+
+        /// <summary>Share of the steps spent in linear warmup. Default 0.05 (40 of 800 epochs in the paper).</summary>
+        public double WarmupFraction = Defaults.WarmupFraction;
+
+        /// <summary>AdamW weight decay (not applied to biases, norms and position tables). Default 0.05.</summary>
+        public double WeightDecay = Defaults.WeightDecay;
+
+        /// <summary>Final weight λ of the feature-prediction loss (ramped up over the first quarter). Default 1.</summary>
+        public double FeatureLossWeight = Defaults.FeatureLossWeight;
+
+        /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run).</summary>
+        public double? EmaMomentumStart;
+
+        /// <summary>Share of patches masked. Default 0.75.</summary>
+        public double MaskRatio = Defaults.MaskRatio;
+
+        /// <summary>BootMAE, or plain MAE as a baseline. Default <see cref="BootMaeMode.BootMae"/>.</summary>
+        public BootMaeMode Mode = BootMaeMode.BootMae;
+
+        /// <summary>Continue from these weights instead of a random start. Default <c>null</c>.</summary>
+        public BootMaeEncoder? InitialEncoder;
+
+        /// <summary>Pooling of the output column. Default <see cref="BootMaePooling.Mean"/>.</summary>
+        public BootMaePooling Pooling = BootMaePooling.Mean;
+
+        /// <summary>0-based encoder block the output column reads. Default <c>null</c>: the last block.</summary>
+        public int? SourceBlock;
+
+        /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
+        public int InferenceBatchSize = Defaults.InferenceBatchSize;
+
+        /// <summary>
+        /// <see cref="BootMaePrecision.BFloat16"/> runs the momentum teacher in bfloat16 (32-bit master weights) where the
+        /// hardware has fast bfloat16 and falls back to 32-bit elsewhere. The fitted transformer infers in 32-bit.
+        /// Default <see cref="BootMaePrecision.BFloat16"/>.
+        /// </summary>
+        public BootMaePrecision Precision = BootMaePrecision.BFloat16;
+
+        /// <summary>Folder for training checkpoints (student, teacher, optimizer, position). Default <c>null</c>: no checkpoints.</summary>
+        public string? CheckpointDirectory;
+
+        /// <summary>Steps between checkpoints when <see cref="CheckpointDirectory"/> is set. Default <c>null</c>: at the end of every epoch.</summary>
+        public long? CheckpointEveryNSteps;
+
+        /// <summary>Resume from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
+        public bool ResumeFromCheckpoint;
+    }
+
+    /// <summary>Checks the input shape and adds the embedding column.</summary>
+    public SchemaShape GetOutputSchema(SchemaShape inputSchema)
+    {
+        ArgumentNullException.ThrowIfNull(inputSchema);
+        ImageColumn.CheckShape(inputSchema, _options.ImageColumnName);
+        return SchemaShapeFactory.Merge(inputSchema, new[] { SchemaShapeFactory.FloatVector(_options.OutputColumnName) });
+    }
+
+    /// <summary>Pretrains an encoder on <paramref name="input"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">The image column is missing or of the wrong type.</exception>
+    /// <exception cref="InvalidOperationException">The data has no rows, or CUDA was required and is missing.</exception>
+    /// <exception cref="OperationCanceledException">Cancelled, unless <see cref="BootMaeTrainingOptionsBase.ReturnModelOnCancellation"/>.</exception>
+    public BootMaeEncoderTransformer Fit(IDataView input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        BootMaeRuntime.EnsureTorchLoaded();
+        var options = _options;
+        var image = ImageColumn.Resolve(input.Schema, options.ImageColumnName, nameof(input));
+        var architecture = options.Architecture ?? options.InitialEncoder?.Architecture ?? BootMaeArchitecture.VitBase16;
+        architecture.Validate();
+        if (options.SourceBlock is { } block && (block < 0 || block >= architecture.Depth))
+        {
+            throw new ArgumentOutOfRangeException(nameof(input), block, $"SourceBlock must be a 0-based encoder block in [0, {architecture.Depth - 1}].");
+        }
+
+        using var log = new BootMaeLogger(_env, "BootMaePretrain", options.LogCallback);
+        long rows = DataViewImageBatchSource.CountRows(input);
+        if (rows == 0)
+        {
+            throw new InvalidOperationException($"BootMaePretrain: the training data has no rows; check the data path and any filters before the estimator.");
+        }
+
+        int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
+        // Fails now, not after the data is read, when CUDA is required and missing; the engine logs the device it uses.
+        TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log: null);
+        log.Info($"BootMaePretrain: {rows} images from column '{image.Name}' ({image.Kind}), {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels}, " +
+            $"D={architecture.EmbedDim}, depth {architecture.Depth}, {options.MaxEpochs} epochs of batch {options.BatchSize}, seed {seed}, mode {options.Mode}, augment {options.Augment}.");
+        var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
+            options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
+            seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize);
+        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed));
+        var encoder = pretrainer.Train(source, options.MetricsCallback, log.Info, options.CancellationToken);
+        if (source.BadImagesSkipped > 0)
+        {
+            log.Warning($"BootMaePretrain: {source.BadImagesSkipped} undecodable images were skipped in the last epoch.");
+        }
+
+        return new BootMaeEncoderTransformer(encoder, ownsEncoder: true, options.ImageColumnName, options.OutputColumnName,
+            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize);
+    }
+
+    private static BootMaePretrainerSettings ToSettings(Options o, int seed) => new()
+    {
+        MaxEpochs = o.MaxEpochs,
+        BatchSize = o.BatchSize,
+        LearningRate = o.LearningRate,
+        MaxSteps = o.MaxSteps,
+        MinLearningRateFraction = o.MinLearningRateFraction,
+        WarmupFraction = o.WarmupFraction,
+        WeightDecay = o.WeightDecay,
+        FeatureLossWeight = o.FeatureLossWeight,
+        EmaMomentumStart = o.EmaMomentumStart,
+        MaskRatio = o.MaskRatio,
+        Mode = o.Mode,
+        Seed = seed,
+        Device = o.Device,
+        FallbackToCpu = o.FallbackToCpu,
+        GpuDeviceId = o.GpuDeviceId,
+        NumberOfThreads = o.NumberOfThreads,
+        Precision = o.Precision,
+        LogEveryNSteps = o.LogEveryNSteps,
+        CheckpointDirectory = o.CheckpointDirectory,
+        CheckpointEveryNSteps = o.CheckpointEveryNSteps,
+        ResumeFromCheckpoint = o.ResumeFromCheckpoint,
+        ReturnModelOnCancellation = o.ReturnModelOnCancellation,
+        InitialEncoder = o.InitialEncoder,
+    };
+}
