@@ -56,6 +56,23 @@ public sealed class DocSnippetRunTests
     }
 
     [TestMethod]
+    public void ReadmeQuickStartRuns()
+    {
+        float accuracy = MlNetSnippets.QuickStart();
+
+        Assert.IsTrue(accuracy is >= 0 and <= 1, $"macro accuracy {accuracy}");
+    }
+
+    [TestMethod]
+    public void TutorialRuns()
+    {
+        var (features, fineTuned, probe, predicted) = MlNetSnippets.Tutorial(tiny: true);
+
+        Assert.IsTrue(features is >= 0 and <= 1 && fineTuned is >= 0 and <= 1 && probe is >= 0 and <= 1);
+        CollectionAssert.Contains(FashionMnistSample.ClassNames.ToList(), predicted, "the saved model predicts a class name");
+    }
+
+    [TestMethod]
     public void RuntimeLogSnippetRuns()
     {
         var log = EngineSnippets.ShowNativePreparation();
