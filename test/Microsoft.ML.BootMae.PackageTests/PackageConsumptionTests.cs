@@ -77,6 +77,7 @@ public sealed class PackageConsumptionTests
             Assert.Contains("pixels: 20 images x 784 values", run.Output);
             Assert.Contains("pretrained: step 1/1, loss finite: True", run.Output);
             Assert.Contains("encoder round trip: D=32, depth=2", run.Output);
+            Assert.Contains("featurized: 20 images x 32 floats, finite: True", run.Output);
             Assert.Contains(
                 Path.Combine(app, "bin") + Path.DirectorySeparatorChar, run.Output, "The native preparation did not examine the app's own LibTorchSharp.");
             Assert.Contains("BOOTMAE-CONSUMER-OK", run.Output);

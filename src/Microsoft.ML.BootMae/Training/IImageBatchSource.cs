@@ -1,4 +1,4 @@
-namespace Microsoft.ML.BootMae.Training;
+namespace Microsoft.ML.BootMae;
 
 /// <summary>
 /// A batch of decoded images handed to the engine: pixels as float32 in [0, 1], planar [B, C, H, W]

@@ -2,7 +2,6 @@
 // package. It uses only the public API and prints one line per step; the test checks the lines and the exit code.
 using Microsoft.ML;
 using Microsoft.ML.BootMae;
-using Microsoft.ML.BootMae.Training;
 using Microsoft.ML.Data;
 using Microsoft.ML.Transforms.Image;
 
@@ -47,6 +46,15 @@ Console.WriteLine($"pretrained: step {last.Step}/{last.TotalSteps}, loss finite:
 // 4. The saved encoder loads back (checksummed file).
 using var loaded = BootMaeEncoder.Load(encoderPath);
 Console.WriteLine($"encoder round trip: D={loaded.EmbeddingDim}, depth={loaded.Architecture.Depth}, {new FileInfo(encoderPath).Length} bytes");
+
+// 5. Featurize through the ML.NET catalog: LoadRawImageBytes → BootMaeFeaturize → a Features column of D floats.
+var bytes = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(ImageRow.ImagePath))
+    .Append(ml.Transforms.BootMaeFeaturize(loaded, outputColumnName: "Features", imageColumnName: "Image"));
+using (var featurizer = bytes.Fit(rows))
+{
+    var features = featurizer.Transform(rows).GetColumn<VBuffer<float>>("Features").ToList();
+    Console.WriteLine($"featurized: {features.Count} images x {features[0].Length} floats, finite: {features.All(f => f.DenseValues().All(float.IsFinite))}");
+}
 
 foreach (var line in BootMaeRuntime.PreparationLog)
 {
