@@ -1,4 +1,3 @@
-using Microsoft.ML.BootMae.Training;
 
 namespace Microsoft.ML.BootMae.Tests.DocSnippets;
 
