@@ -6,9 +6,9 @@ const string usage = """
     sub-folder per class, save the model, and predict new files.
 
     Usage: dotnet run -c Release --project samples/BringYourOwnImages -- --images DIR [options]
-      --images DIR        image folder: DIR/<class>/*.png for fine-tuning; images directly in DIR (or --unlabeled) for pretraining
+      --images DIR        image folder: DIR/<class>/*.png for fine-tuning; any images under DIR for pretraining
       --mode M            finetune (default) or pretrain
-      --unlabeled         pretrain on every image under DIR, ignoring sub-folder names
+      --unlabeled         the folder's sub-folders are not classes (pretraining only)
       --preset P          network: small28 (default), tiny28, small32, vit-tiny16, vit-small16, vit-base16
       --epochs N          training epochs (default 10)
       --batch N           images per step (default 32)
