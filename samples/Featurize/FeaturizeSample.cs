@@ -89,11 +89,11 @@ public static class FeaturizeSample
 
         // Nearest neighbours: cosine similarity between the embeddings of the test images.
         using var featurizer = featurize.Fit(test);
-        var embeddings = featurizer.Transform(test).GetColumn<float[]>("Features").Select(Normalize).ToArray();
+        var embeddings = CenterAndNormalize(featurizer.Transform(test).GetColumn<float[]>("Features").ToArray());
         var rows = ImageRow.ReadTsv(files.TestTsvPath);
         var queries = rows.Select((row, index) => (row, index)).GroupBy(x => x.row.Label).Take(settings.Queries).Select(g => g.First().index).ToArray();
         output.WriteLine();
-        output.WriteLine($"Images most like each query (top {settings.Neighbours} of {rows.Count} test images by cosine similarity):");
+        output.WriteLine($"Images most like each query (top {settings.Neighbours} of {rows.Count} test images by cosine similarity of centred embeddings):");
         var matches = new List<(int Query, (int Index, float Similarity)[] Neighbours)>();
         int agreeing = 0;
         foreach (var query in queries)
@@ -134,10 +134,24 @@ public static class FeaturizeSample
         return pretrained.LastTransformer.Encoder.Clone(); // the transformer owns (and disposes) its encoder
     }
 
-    private static float[] Normalize(float[] v)
+    // Mean-pooled embeddings share a large common component: without removing it every cosine is close to 1.
+    private static float[][] CenterAndNormalize(float[][] embeddings)
     {
-        var norm = MathF.Sqrt(Dot(v, v));
-        return v.Select(x => x / Math.Max(norm, 1e-12f)).ToArray();
+        var mean = new float[embeddings[0].Length];
+        foreach (var e in embeddings)
+        {
+            for (int i = 0; i < mean.Length; i++)
+            {
+                mean[i] += e[i] / embeddings.Length;
+            }
+        }
+
+        return embeddings.Select(e =>
+        {
+            var centered = e.Select((x, i) => x - mean[i]).ToArray();
+            var norm = MathF.Max(MathF.Sqrt(Dot(centered, centered)), 1e-12f);
+            return centered.Select(x => x / norm).ToArray();
+        }).ToArray();
     }
 
     private static float Dot(float[] a, float[] b)
@@ -172,7 +186,13 @@ internal static class NeighbourGrid
         using var text = new SKPaint { Color = new SKColor(0x22, 0x22, 0x22), IsAntialias = true, TextSize = 11, Typeface = typeface };
         using var pixels = new SKPaint { FilterQuality = SKFilterQuality.None };
         using var frame = new SKPaint { Color = new SKColor(0xD0, 0x30, 0x30), Style = SKPaintStyle.Stroke, StrokeWidth = 3 };
-        canvas.DrawText("Query (red frame) and its nearest neighbours by embedding cosine similarity", Gap, 26, title);
+        const string heading = "Query (red frame) and its nearest neighbours by embedding cosine similarity";
+        while (title.MeasureText(heading) > width - (2 * Gap) && title.TextSize > 8)
+        {
+            title.TextSize -= 0.5f;
+        }
+
+        canvas.DrawText(heading, Gap, 26, title);
         for (int r = 0; r < matches.Count; r++)
         {
             float top = 40 + (r * (Tile + Caption + Gap));

@@ -7,7 +7,7 @@ const string usage = """
 
     Usage: dotnet run -c Release --project samples/Quickstart [-- options]
       --epochs N            pretraining epochs (default 5)
-      --finetune-epochs N   fine-tuning epochs on the 1,000 labelled images (default 10)
+      --finetune-epochs N   fine-tuning epochs on the 1,000 labelled images (default 30)
       --output DIR          pictures, model and data (default out/quickstart)
       --quick               a smoke run of about a minute on a small subset
       --no-probe            skip the linear-probe row

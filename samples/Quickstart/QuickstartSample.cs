@@ -40,7 +40,7 @@ public sealed record QuickstartSettings
     public int PretrainEpochs { get; init; } = 5;
 
     /// <summary>Fine-tuning (and linear-probe) epochs.</summary>
-    public int FineTuneEpochs { get; init; } = 10;
+    public int FineTuneEpochs { get; init; } = 30;
 
     /// <summary>Images per optimizer step in every run, so equal steps also mean equal images seen.</summary>
     public int BatchSize { get; init; } = 64;
