@@ -40,6 +40,11 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(options));
         }
 
+        if (options.ReconstructionPreviewCount <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.ReconstructionPreviewCount, "ReconstructionPreviewCount must be positive.");
+        }
+
         if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
         {
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
@@ -127,6 +132,15 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
 
         /// <summary>Resume from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
         public bool ResumeFromCheckpoint;
+
+        /// <summary>
+        /// When set, a PNG of original | masked | reconstructed images (the first images of the first batch, fixed masks) is
+        /// written here at the end of every epoch, to watch what the pixel regressor learns. Default <c>null</c>: none.
+        /// </summary>
+        public string? ReconstructionPreviewPath;
+
+        /// <summary>Images in the reconstruction preview. Default 6.</summary>
+        public int ReconstructionPreviewCount = 6;
     }
 
     /// <summary>Checks the input shape and adds the embedding column.</summary>
@@ -205,5 +219,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         ResumeFromCheckpoint = o.ResumeFromCheckpoint,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
         InitialEncoder = o.InitialEncoder,
+        ReconstructionPreviewPath = o.ReconstructionPreviewPath,
+        ReconstructionPreviewCount = o.ReconstructionPreviewCount,
     };
 }
