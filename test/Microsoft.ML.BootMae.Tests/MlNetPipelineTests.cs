@@ -146,6 +146,27 @@ public sealed class MlNetPipelineTests
     }
 
     [TestMethod]
+    public void PretrainWritesTheReconstructionPreview()
+    {
+        var ml = new MLContext(seed: 1);
+        var (train, _) = Load(ml);
+        var path = Path.Combine(Path.GetTempPath(), "bootmae-preview-" + Guid.NewGuid().ToString("N") + ".png");
+        try
+        {
+            var options = PretrainOptions();
+            options.ReconstructionPreviewPath = path;
+            options.ReconstructionPreviewCount = 2;
+            using var model = ml.Transforms.LoadRawImageBytes("Image", Files.Directory, "ImagePath").Append(ml.Transforms.BootMaePretrain(options)).Fit(train);
+            Assert.IsTrue(File.Exists(path), "BootMaePretrain did not pass ReconstructionPreviewPath on.");
+            CollectionAssert.AreEqual(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, File.ReadAllBytes(path)[..4]);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
     public void PretrainingIsDeterministicAndUsesTheMlContextSeed()
     {
         float[][] Run(int? seed, int contextSeed, List<string> lines)
