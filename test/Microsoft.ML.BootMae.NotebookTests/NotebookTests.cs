@@ -65,16 +65,42 @@ public sealed class NotebookTests
                 var output = await RunCellAsync(kernel, i, codes[i]);
                 outputs.Add(output);
                 TestContext.WriteLine($"--- cell {i} ({output.Elapsed.TotalSeconds:F1} s)\n{output.Text}");
+                RecordOutputs(cells[i], output);
             }
         }
         finally
         {
             Environment.SetEnvironmentVariable("TMPDIR", previousTemp);
             TryDelete(temp);
+            SaveExecutedNotebook(notebook);
         }
 
         TestContext.WriteLine($"Notebook ran in {total.Elapsed.TotalSeconds:F0} s.");
         AssertKeyOutputs(outputs);
+    }
+
+    private static void RecordOutputs(InteractiveDocumentElement cell, CellOutput output)
+    {
+        if (output.Text.Length > 0)
+        {
+            cell.Outputs.Add(new TextElement(output.Text));
+        }
+
+        foreach (var html in output.Html)
+        {
+            cell.Outputs.Add(new DisplayElement(new Dictionary<string, object> { ["text/html"] = html }));
+        }
+    }
+
+    /// <summary>Keeps the notebook with its outputs (as far as it ran) among the test results, for reviewers.</summary>
+    private void SaveExecutedNotebook(InteractiveDocument notebook)
+    {
+        var folder = TestContext.TestRunResultsDirectory ?? Path.GetTempPath();
+        Directory.CreateDirectory(folder);
+        var path = Path.Combine(folder, Path.GetFileNameWithoutExtension(NotebookFile) + ".executed.ipynb");
+        File.WriteAllText(path, notebook.ToJupyterJson());
+        TestContext.AddResultFile(path);
+        TestContext.WriteLine($"Executed notebook: {path}");
     }
 
     /// <summary>The setup cell for CI: #r of the assemblies built into this test's output folder.</summary>
