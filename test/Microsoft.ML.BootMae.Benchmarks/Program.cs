@@ -201,7 +201,8 @@ internal static class Data
                 split.GetImage(i).CopyTo(pixels, i * 28 * 28);
             }
 
-            return new InMemoryImageSource(pixels, null, split.Count, 1, 28, seed: 3, shuffle: true);
+            // Exactly count images when asked for fewer than loaded, so every timed step has a full batch.
+            return new InMemoryImageSource(pixels, null, Math.Min(count, split.Count), 1, 28, seed: 3, shuffle: true);
         }
 
         var random = new Random(3);
