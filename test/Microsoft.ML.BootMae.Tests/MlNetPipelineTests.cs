@@ -195,6 +195,35 @@ public sealed class MlNetPipelineTests
     }
 
     [TestMethod]
+    public void FineTuningIsDeterministic()
+    {
+        // Same seed, same data → bit-identical scores, with augmentation and multi-threaded decoding on.
+        float[][] Run(int seed)
+        {
+            var ml = new MLContext(seed: 1);
+            var (train, test) = Load(ml);
+            using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
+            var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
+                .Append(ml.Transforms.LoadRawImageBytes("Image", Files.Directory, "ImagePath"))
+                .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(new BootMaeImageClassificationTrainer.Options
+                {
+                    Encoder = encoder, MaxEpochs = 3, BatchSize = 8, Seed = seed, Augment = true,
+                }));
+            using var model = pipeline.Fit(train);
+            return Column(model.Transform(test), "Score");
+        }
+
+        var first = Run(5);
+        var second = Run(5);
+        for (int i = 0; i < first.Length; i++)
+        {
+            CollectionAssert.AreEqual(first[i], second[i], $"row {i}");
+        }
+
+        Assert.IsFalse(first[0].SequenceEqual(Run(6)[0]), "another seed gives another model");
+    }
+
+    [TestMethod]
     public void CancellationThrowsOrReturnsTheModel()
     {
         var ml = new MLContext(seed: 1);
