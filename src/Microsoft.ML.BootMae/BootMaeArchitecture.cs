@@ -79,11 +79,11 @@ public sealed record BootMaeArchitecture
         EmbedDim = 1024, Depth = 24, Heads = 16, RegressorDim = 512, RegressorHeads = 16, PredictorHeads = 16,
     };
 
-    /// <summary>28×28 grey images (Fashion-MNIST), patch 4: D 192, depth 12, 3 heads; regressor 128 wide with 4 heads.</summary>
+    /// <summary>28×28 grey images (Fashion-MNIST), patch 4: D 192, depth 12, 3 heads; regressor 128 wide with 4 heads; injection from blocks 0 and 11 (the last).</summary>
     public static BootMaeArchitecture Tiny28 { get; } = new()
     {
         ImageSize = 28, PatchSize = 4, Channels = 1, EmbedDim = 192, Depth = 12, Heads = 3,
-        RegressorDim = 128, RegressorHeads = 4, PredictorHeads = 3, DecoderDepth = 2, ShallowBlock = 0, DeepBlock = 11,
+        RegressorDim = 128, RegressorHeads = 4, PredictorHeads = 3, DecoderDepth = 2, ShallowBlock = 0,
     };
 
     /// <summary>32×32 RGB images (CIFAR-sized), patch 4: D 384, depth 12, 6 heads; regressor 256 wide with 8 heads.</summary>

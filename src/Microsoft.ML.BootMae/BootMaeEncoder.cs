@@ -147,7 +147,8 @@ public sealed class BootMaeEncoder : IDisposable
     /// <param name="path">The weights file. Nothing in it is executed: <c>.pth</c> files are read as data only.</param>
     /// <param name="architecture">The shape the weights were trained with (e.g. <see cref="BootMaeArchitecture.VitBase16"/>).</param>
     /// <remarks>
-    /// Keys may carry a <c>model.</c>, <c>module.</c> or <c>encoder.</c> prefix, or sit under a <c>model</c> entry.
+    /// Keys may carry <c>model.</c>, <c>module.</c>, <c>encoder.</c> or <c>backbone.</c> prefixes. A checkpoint that nests the
+    /// weights under a key (the official BootMAE files keep them under <c>model</c>) must be re-saved as a plain state_dict first.
     /// Decoder and head keys are ignored. For MAE/timm checkpoints, <c>attn.qkv.bias</c> becomes q_bias and v_bias and
     /// its key part is dropped: a key bias adds the same amount to every logit of a query, which softmax ignores.
     /// <c>pos_embed</c> is taken from the file, since MAE orders the sin-cos halves differently.

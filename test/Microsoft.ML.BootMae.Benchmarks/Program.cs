@@ -155,7 +155,7 @@ internal static class StepBenchmark
         double gemm = _gemm ??= GemmCalibration();
         return new StepResult("torchsharp", mode == BootMaeMode.Mae ? "mae" : "bootmae",
             $"{args.Preset} {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels} p{architecture.PatchSize} d{architecture.EmbedDim} L{architecture.Depth} reg{architecture.RegressorDim} dec{(mode == BootMaeMode.Mae ? settings.MaeDecoderDepth : architecture.DecoderDepth)} tf{args.TeacherFraction}",
-            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae ? "fp32 student, bf16 teacher" : "fp32",
+            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae && Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(CPU) ? "fp32 student, bf16 teacher" : "fp32",
             args.Batch, times.Count, Math.Round(median, 1), Math.Round(times[0], 1), Math.Round(args.Batch / (median / 1000), 1), PeakRssMb(),
             flops, Math.Round(gemm, 1), Math.Round(flops / (median / 1000) / (gemm * 1e9), 3),
             stamps[0].Loss, stamps[^1].Loss, get_num_threads());

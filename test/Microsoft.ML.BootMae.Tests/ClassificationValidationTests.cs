@@ -75,6 +75,8 @@ public sealed class ClassificationValidationTests
             new BootMaeImageClassificationTrainer.Options { InferenceBatchSize = 0 }));
         Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(
             new BootMaePretrainingEstimator.Options { ResumeFromCheckpoint = true }));
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.Transforms.BootMaePretrain(
+            new BootMaePretrainingEstimator.Options { ReconstructionPreviewCount = 0 }));
         using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 1);
         Assert.ThrowsExactly<ArgumentException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(
             new BootMaeImageClassificationTrainer.Options { Encoder = encoder, Architecture = MlNetTestData.Tiny8Grey }));

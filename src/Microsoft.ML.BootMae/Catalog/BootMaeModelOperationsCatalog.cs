@@ -10,7 +10,7 @@ namespace Microsoft.ML;
 /// </summary>
 public static class BootMaeModelOperationsCatalog
 {
-    /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a file.</summary>
+    /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a file, replacing it atomically.</summary>
     /// <param name="catalog">The model operations catalog.</param>
     /// <param name="model">The fitted model.</param>
     /// <param name="inputSchema">The schema of the data the model was fitted on (or <c>null</c>).</param>
@@ -18,8 +18,27 @@ public static class BootMaeModelOperationsCatalog
     public static void SaveBootMae(this ModelOperationsCatalog catalog, ITransformer model, DataViewSchema? inputSchema, string filePath)
     {
         ArgumentNullException.ThrowIfNull(filePath);
-        using var file = File.Create(filePath);
-        SaveBootMae(catalog, model, inputSchema, file);
+        // Written beside the target and renamed into place, so a crash or an error never leaves a torn model and a
+        // reader of the previous file keeps a consistent copy.
+        var full = Path.GetFullPath(filePath);
+        var temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
+            {
+                SaveBootMae(catalog, model, inputSchema, file);
+                file.Flush(flushToDisk: true);
+            }
+
+            File.Move(temp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temp))
+            {
+                File.Delete(temp);
+            }
+        }
     }
 
     /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a stream, which is left open.</summary>

@@ -129,7 +129,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>CutMix with Beta(α, α); 0 turns it off (with mixup also on, each batch picks one). Default 0 (the paper uses 1.0).</summary>
         public double CutmixAlpha;
 
-        /// <summary>0-based encoder block the head reads. Default <c>null</c>: the last block. The official linear probe of a 12-block ViT uses 8 (block 9).</summary>
+        /// <summary>0-based encoder block the head reads. Default <c>null</c>: the last block. The official linear probe of a 12-block ViT keeps its first 10 blocks: 9.</summary>
         public int? SourceBlock;
 
         /// <summary>Labelled data (same image and label columns, same key mapping) scored after every epoch: metrics,

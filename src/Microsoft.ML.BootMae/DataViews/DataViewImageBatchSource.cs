@@ -174,7 +174,7 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
             return ImageRowReader.OpenSequential(_data, columns);
         }
 
-        int epochSeed = HashCode.Combine(_seed, epoch);
+        int epochSeed = Seeds.Derive(_seed, epoch, stream: 4);
         if (_data.CanShuffle)
         {
             return ImageRowReader.OpenSequential(_data, columns, new Random(epochSeed));

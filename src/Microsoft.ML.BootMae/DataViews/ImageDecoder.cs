@@ -1,3 +1,4 @@
+using Microsoft.ML.BootMae.Training;
 using SkiaSharp;
 
 namespace Microsoft.ML.BootMae.DataViews;
@@ -11,7 +12,7 @@ internal sealed record ImageAugmentation(double MinScale, double FlipProbability
     internal static ImageAugmentation For(BootMaeArchitecture architecture) => new(architecture.ImageSize < 64 ? 0.5 : 0.2);
 
     /// <summary>The per-image generator: depends only on seed, epoch and the row's position, never on threads.</summary>
-    internal static Random RandomFor(int seed, int epoch, long position) => new(HashCode.Combine(seed, epoch, position, 0x5EED));
+    internal static Random RandomFor(int seed, int epoch, long position) => new(Seeds.Derive(Seeds.Derive(seed, epoch, stream: 5), position, stream: 6));
 }
 
 /// <summary>

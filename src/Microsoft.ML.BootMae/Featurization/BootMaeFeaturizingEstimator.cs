@@ -12,7 +12,7 @@ namespace Microsoft.ML.BootMae;
 /// | -- | -- |
 /// | `VarVector<Byte>` (LoadRawImageBytes), `Image` (LoadImages) or `Vector<Single, C, H, W>` (ExtractPixels) | `Vector<Single, D>`, or `Vector<Single, N, D>` for `Tokens` |
 ///
-/// The official linear probe of a 12-block ViT reads block 9 (`SourceBlock = 8`, 0-based) with mean pooling.
+/// The official linear probe of a 12-block ViT keeps its first 10 blocks (`SourceBlock = 9`, 0-based) with mean pooling.
 /// The encoder stays the caller's: disposing the transformer does not dispose it.
 /// ]]></format>
 /// </remarks>

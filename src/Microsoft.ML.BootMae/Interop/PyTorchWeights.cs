@@ -46,12 +46,10 @@ internal static class PyTorchWeights
         foreach (var (rawKey, value) in raw)
         {
             var key = rawKey;
-            foreach (var prefix in Prefixes)
+            // Wrappers nest in any order (model.module.encoder.blocks…): strip until none is left.
+            while (Prefixes.FirstOrDefault(p => key.StartsWith(p, StringComparison.Ordinal)) is { } prefix)
             {
-                if (key.StartsWith(prefix, StringComparison.Ordinal))
-                {
-                    key = key[prefix.Length..];
-                }
+                key = key[prefix.Length..];
             }
 
             if (!IsEncoderKey(key))
@@ -81,7 +79,7 @@ internal static class PyTorchWeights
 
     // TorchSharp.PyBridge reads torch.save's zip + pickle format with an unpickler that only rebuilds tensors and
     // dictionaries. Its public API loads straight into a module by matching keys, which cannot express the key
-    // remapping above, so its unpickler is called directly; PyTorchInteropTests pins this for PyBridge 1.4.4.
+    // remapping above, so its unpickler is called directly; BootMaeEncoderTests.MaeStyleWeightsMatchPyTorch pins this for PyBridge 1.4.4.
     private static Dictionary<string, Tensor> UnpickleStateDict(Stream stream)
     {
         var unpickler = typeof(PyBridgeModuleExtensions).Assembly.GetType("TorchSharp.PyBridge.PyTorchUnpickler")

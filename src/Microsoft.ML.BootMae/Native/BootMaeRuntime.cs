@@ -247,6 +247,12 @@ public static class BootMaeRuntime
             text.Append("  - ").AppendLine(line);
         }
 
+        foreach (var foreign in LoadedLibTorchOutsidePackages())
+        {
+            text.Append("  - A different libtorch is already loaded in this process: ").Append(foreign)
+                .AppendLine(". TorchSharp found it by name because no libtorch sits next to the app (typical of notebooks), and LibTorchSharp 0.107 needs libtorch 2.10. It usually comes from Debian/Ubuntu's libtorch-dev (python3-torch): reference TorchSharp-cpu in the app so libtorch 2.10 is app-local, or remove that package.");
+        }
+
         text.AppendLine("What you can do:");
         text.AppendLine("  - Reference a runtime package in your app: TorchSharp-cpu 0.107.0 (CPU), or TorchSharp-cuda-linux 0.107.0 (NVIDIA GPUs on Linux).");
         text.AppendLine("  - Linux needs libstdc++ with GLIBCXX_3.4.30 (GCC 12 or newer: Debian 12, Ubuntu 22.04, Fedora 36+). On RHEL 9 install a newer GCC runtime (e.g. gcc-toolset-13) and put its libstdc++ on LD_LIBRARY_PATH.");
@@ -254,6 +260,30 @@ public static class BootMaeRuntime
         text.AppendLine("  - Windows: TorchSharp 0.107.0's native library is known not to load there (TorchSharp issue 1567); use Linux.");
         text.Append("Original error: ").Append(ex.GetType().Name).Append(": ").Append(ex.InnerException?.Message ?? ex.Message);
         return text.ToString();
+    }
+
+    /// <summary>libtorch_cpu copies mapped into this process from outside NuGet package folders (e.g. a system libtorch).</summary>
+    private static IEnumerable<string> LoadedLibTorchOutsidePackages()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return Array.Empty<string>();
+        }
+
+        try
+        {
+            return File.ReadLines("/proc/self/maps")
+                .Select(line => line.IndexOf('/') is var i and >= 0 ? line[i..].Trim() : string.Empty)
+                .Where(path => Path.GetFileName(path).StartsWith("libtorch_cpu.so", StringComparison.Ordinal))
+                .Where(path => !path.Contains("/runtimes/", StringComparison.Ordinal) && !path.StartsWith(AppContext.BaseDirectory, StringComparison.Ordinal)
+                    && !path.Contains("/cpu/libtorch_cpu.so", StringComparison.Ordinal) && !path.Contains("/cuda/libtorch_cpu.so", StringComparison.Ordinal))
+                .Distinct(StringComparer.Ordinal)
+                .ToList();
+        }
+        catch (IOException)
+        {
+            return Array.Empty<string>();
+        }
     }
 
     private static string? NativeGetEnv(string name)

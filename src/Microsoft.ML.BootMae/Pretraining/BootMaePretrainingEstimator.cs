@@ -45,11 +45,6 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentOutOfRangeException(nameof(options), options.ReconstructionPreviewCount, "ReconstructionPreviewCount must be positive.");
         }
 
-        if (options.ReconstructionPreviewPath is { } preview && string.IsNullOrWhiteSpace(preview))
-        {
-            throw new ArgumentException("ReconstructionPreviewPath must name a PNG file (or be null for no preview).", nameof(options));
-        }
-
         if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
         {
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
@@ -75,7 +70,6 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             internal const double FeatureLossWeight = 1.0;
             internal const double MaskRatio = 0.75;
             internal const int InferenceBatchSize = 32;
-            internal const int ReconstructionPreviewCount = 6;
         }
 
         /// <summary>The added embedding column. Default <c>"Features"</c>.</summary>
@@ -139,12 +133,14 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Resume from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
         public bool ResumeFromCheckpoint;
 
-        /// <summary>PNG rewritten at the end of every epoch with original | masked | reconstruction rows of the first training
-        /// images, to watch what the pixel regressor learns. Default <c>null</c>: none.</summary>
+        /// <summary>
+        /// When set, a PNG of original | masked | reconstructed images (the first images of the first batch, fixed masks) is
+        /// written here at the end of every epoch, to watch what the pixel regressor learns. Default <c>null</c>: none.
+        /// </summary>
         public string? ReconstructionPreviewPath;
 
         /// <summary>Images in the reconstruction preview. Default 6.</summary>
-        public int ReconstructionPreviewCount = Defaults.ReconstructionPreviewCount;
+        public int ReconstructionPreviewCount = 6;
     }
 
     /// <summary>Checks the input shape and adds the embedding column.</summary>
