@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using Microsoft.ML;
 using Microsoft.ML.BootMae;
 using Microsoft.ML.BootMae.Benchmarks;
 using Microsoft.ML.BootMae.Training;
@@ -10,6 +11,9 @@ using static TorchSharp.torch;
 //   step     --preset tiny28|small32 --mode bootmae|mae --batch 128 --steps 12 --warmup 3 --threads 2
 //            [--precision bf16|fp32] [--teacher-fraction 1.0]        one JSON line per run
 //   compare  (same options; runs MAE and BootMAE alternately, --rounds 2) and prints the step-time ratio
+//   probe    --preset small28 --epochs 2 --batch 64 --lr 1.5e-3 [--mode bootmae|mae] [--train-per-class 1000]
+//            [--norm-pix true|false] [--feature-weight 1.0]
+//            pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
 //   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
 //            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
 var arguments = Arguments.Parse(args);
@@ -43,6 +47,9 @@ switch (arguments.Command)
     case "pretrain":
         PretrainRun.Run(arguments);
         break;
+    case "probe":
+        Console.WriteLine(JsonSerializer.Serialize(ProbeRun.Run(arguments)));
+        break;
     default:
         Console.Error.WriteLine($"Unknown command '{arguments.Command}'. Use step, compare or pretrain.");
         return 2;
@@ -66,6 +73,9 @@ internal sealed class Arguments
     public BootMaePrecision Precision { get; private set; } = BootMaePrecision.BFloat16;
     public double TeacherFraction { get; private set; } = 1.0;
     public int Rounds { get; private set; } = 2;
+    public double LearningRate { get; private set; } = new BootMaePretrainerSettings().LearningRate;
+    public bool NormPixTarget { get; private set; } = true;
+    public double FeatureWeight { get; private set; } = 1.0;
     public int Epochs { get; private set; } = 5;
     public int TrainPerClass { get; private set; } = 1000;
     public string? CheckpointDirectory { get; private set; }
@@ -76,7 +86,9 @@ internal sealed class Arguments
     {
         "tiny28" => BootMaeArchitecture.Tiny28,
         "small32" => BootMaeArchitecture.Small32,
-        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28 or small32."),
+        // The samples' default: Tiny28 cut to D 128, depth 4.
+        "small28" => BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 },
+        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28 or small32."),
     };
 
     public static Arguments Parse(string[] args)
@@ -109,6 +121,9 @@ internal sealed class Arguments
                 case "--precision": a.Precision = v is "fp32" or "float32" ? BootMaePrecision.Float32 : v is "bf16" or "bfloat16" ? BootMaePrecision.BFloat16 : throw new ArgumentException($"--precision {v}: use bf16 or fp32."); break;
                 case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
                 case "--rounds": a.Rounds = int.Parse(v, c); break;
+                case "--lr": a.LearningRate = double.Parse(v, c); break;
+                case "--norm-pix": a.NormPixTarget = bool.Parse(v); break;
+                case "--feature-weight": a.FeatureWeight = double.Parse(v, c); break;
                 case "--epochs": a.Epochs = int.Parse(v, c); break;
                 case "--train-per-class": a.TrainPerClass = int.Parse(v, c); break;
                 case "--checkpoint-dir": a.CheckpointDirectory = v; break;
@@ -213,6 +228,84 @@ internal static class Data
         }
 
         return new InMemoryImageSource(noise, null, count, a.Channels, a.ImageSize, seed: 3, shuffle: true);
+    }
+}
+
+internal static class ProbeRun
+{
+    public static object Run(Arguments args)
+    {
+        var architecture = args.Architecture;
+        var data = FashionMnistSample.LoadArrays(trainPerClass: args.TrainPerClass, testPerClass: 200);
+        float[] Pixels(FashionMnistSplit split)
+        {
+            var pixels = new float[split.Count * 28 * 28];
+            for (int i = 0; i < split.Count; i++)
+            {
+                split.GetImage(i).CopyTo(pixels, i * 28 * 28);
+            }
+
+            return pixels;
+        }
+
+        var trainPixels = Pixels(data.Train);
+        var settings = new BootMaePretrainerSettings
+        {
+            Mode = args.Mode, MaxEpochs = args.Epochs, BatchSize = args.Batch, LearningRate = args.LearningRate,
+            Device = BootMaeDevice.Cpu, Precision = args.Precision, LogEveryNSteps = 1_000_000, Seed = 1,
+            NormPixTarget = args.NormPixTarget, FeatureLossWeight = args.FeatureWeight,
+        };
+        var watch = Stopwatch.StartNew();
+        float lastLoss = float.NaN, lastPixel = float.NaN;
+        using var encoder = new BootMaePretrainer(architecture, settings).Train(
+            new InMemoryImageSource(trainPixels, null, data.Train.Count, 1, 28, seed: 1, shuffle: true),
+            m => { lastLoss = m.Loss; lastPixel = m.PixelLoss ?? float.NaN; });
+        double pretrainSeconds = watch.Elapsed.TotalSeconds;
+
+        // Linear probe on 2,000 labelled training images (200 per class) and the 2,000 test images.
+        var probeTrain = Enumerable.Range(0, data.Train.Count).Where(i => data.Train.Indices[i] % Math.Max(1, args.TrainPerClass / 200) == 0).Take(2000).ToArray();
+        var ml = new Microsoft.ML.MLContext(seed: 1);
+        Microsoft.ML.IDataView Features(FashionMnistSplit split, int[] rows)
+        {
+            var pixels = new float[rows.Length * 28 * 28];
+            for (int i = 0; i < rows.Length; i++)
+            {
+                split.GetImage(rows[i]).CopyTo(pixels, i * 28 * 28);
+            }
+
+            var embedded = new List<float>();
+            for (int start = 0; start < rows.Length; start += 256)
+            {
+                int n = Math.Min(256, rows.Length - start);
+                embedded.AddRange(encoder.Embed(pixels.AsSpan(start * 784, n * 784).ToArray(), n, BootMaePooling.Mean, architecture.Depth - 1, BootMaePrecision.Float32));
+            }
+
+            int d = architecture.EmbedDim;
+            var items = rows.Select((r, i) => new ProbeRow { Label = split.Labels[r], Features = embedded.Skip(i * d).Take(d).ToArray() }).ToList();
+            var schema = Microsoft.ML.Data.SchemaDefinition.Create(typeof(ProbeRow));
+            schema[nameof(ProbeRow.Features)].ColumnType = new Microsoft.ML.Data.VectorDataViewType(Microsoft.ML.Data.NumberDataViewType.Single, d);
+            return ml.Data.LoadFromEnumerable(items, schema);
+        }
+
+        var train = Features(data.Train, probeTrain);
+        var test = Features(data.Test, Enumerable.Range(0, data.Test.Count).ToArray());
+        var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.NormalizeMeanVariance("Features"))
+            .Append(ml.MulticlassClassification.Trainers.LbfgsMaximumEntropy("Label", "Features"));
+        var metrics = ml.MulticlassClassification.Evaluate(pipeline.Fit(train).Transform(test));
+        return new
+        {
+            preset = args.Preset, mode = args.Mode.ToString(), norm_pix = args.NormPixTarget, feature_weight = args.FeatureWeight, epochs = args.Epochs, batch = args.Batch, base_lr = args.LearningRate,
+            images = data.Train.Count, final_loss = lastLoss, final_pixel_loss = lastPixel,
+            probe_accuracy = Math.Round(metrics.MicroAccuracy, 4), pretrain_seconds = Math.Round(pretrainSeconds, 1),
+        };
+    }
+
+    private sealed class ProbeRow
+    {
+        public uint Label { get; set; }
+
+        public float[] Features { get; set; } = Array.Empty<float>();
     }
 }
 
