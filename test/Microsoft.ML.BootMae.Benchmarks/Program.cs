@@ -47,6 +47,9 @@ switch (arguments.Command)
     case "pretrain":
         PretrainRun.Run(arguments);
         break;
+    case "profile":
+        PhaseProfile.Run(arguments);
+        break;
     case "probe":
         Console.WriteLine(JsonSerializer.Serialize(ProbeRun.Run(arguments)));
         break;
@@ -228,6 +231,65 @@ internal static class Data
         }
 
         return new InMemoryImageSource(noise, null, count, a.Channels, a.ImageSize, seed: 3, shuffle: true);
+    }
+}
+
+// Times the phases of one BootMAE step (median of --steps after --warmup), to see where a step's time goes.
+internal static class PhaseProfile
+{
+    public static void Run(Arguments args)
+    {
+        var a = args.Architecture;
+        var settings = new BootMaePretrainerSettings { Precision = args.Precision, TeacherFraction = args.TeacherFraction };
+        var model = BootMaePretrainer.ToModelSettings(settings, bf16Teacher: args.Precision == BootMaePrecision.BFloat16);
+        using var network = Microsoft.ML.BootMae.Modules.BootMaeNetwork.Create(a, model, 1);
+        using var teacher = new Microsoft.ML.BootMae.Modules.MomentumTeacher(network.Encoder, model.TeacherBFloat16);
+        using var optimizer = ParameterGroups.CreateAdamW(network, 1e-4, 0.05);
+        var times = new Dictionary<string, List<double>>();
+        void Time(string name, Action action)
+        {
+            var watch = Stopwatch.StartNew();
+            action();
+            (times.TryGetValue(name, out var list) ? list : times[name] = new List<double>()).Add(watch.Elapsed.TotalMilliseconds);
+        }
+
+        for (int i = 0; i < args.Warmup + args.Steps; i++)
+        {
+            using var scope = NewDisposeScope();
+            var images = rand(args.Batch, a.Channels, a.ImageSize, a.ImageSize) * 2 - 1;
+            MaskBatch masks = null!;
+            Tensor target = null!;
+            Microsoft.ML.BootMae.Modules.BootMaeForward forward = default;
+            LossResult loss = default;
+            Time("masks", () => masks = MaskingGenerator.ForSettings(a, model, i).Next(args.Batch));
+            Time("teacher", () => target = teacher.Targets(images, masks, model.TeacherFraction, new Random(i)).Target);
+            Time("student forward", () => forward = network.Forward(images, masks));
+            using (no_grad())
+            {
+                Microsoft.ML.BootMae.Modules.EncoderOutput enc = default;
+                Time("  encoder fwd*", () => enc = network.Encoder.ForwardVisible(images, masks.IdsKeep, a.ShallowBlock, a.DeepBlockIndex));
+                Time("  regressor fwd*", () => network.Regressor!.forward(enc.Latent, enc.Shallow, masks));
+                Time("  predictor fwd*", () => network.Predictor!.forward(enc.Latent, enc.Deep, masks, network.Encoder.PositionEmbedding));
+            }
+
+            Time("losses", () => loss = BootMaeLosses.Compute(network, forward, images, masks, target, null, 1.0));
+            Time("item", () => _ = loss.Total.item<float>());
+            Time("backward", () => { optimizer.zero_grad(); loss.Total.backward(); });
+            Time("adamw", () => optimizer.step());
+            Time("ema + bf16 sync", () => teacher.Update(network.Encoder, 0.99));
+            if (i < args.Warmup)
+            {
+                times.Clear();
+            }
+        }
+
+        foreach (var (name, list) in times)
+        {
+            list.Sort();
+            Console.WriteLine($"{name,-18} {list[list.Count / 2],8:F1} ms");
+        }
+
+        Console.WriteLine($"{"total",-18} {times.Where(kv => !kv.Key.EndsWith('*')).Sum(kv => kv.Value[kv.Value.Count / 2]),8:F1} ms (* = extra no-grad timing, not in the total)");
     }
 }
 
