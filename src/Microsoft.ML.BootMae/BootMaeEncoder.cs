@@ -26,7 +26,6 @@ public sealed class BootMaeEncoder : IDisposable
     private const string FormatName = "bootmae-encoder";
     private const int FormatVersion = 1;
     private static readonly byte[] Magic = "BOOTMAE1"u8.ToArray();
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
 
     private readonly object _bf16Gate = new();
     private VisionTransformerEncoder? _bf16Module;
@@ -87,42 +86,15 @@ public sealed class BootMaeEncoder : IDisposable
     {
         ArgumentNullException.ThrowIfNull(stream);
         BootMaeRuntime.EnsureTorchLoaded();
-        var prefix = ReadExactly(stream, Magic.Length + 4, "its header");
-        if (!prefix.AsSpan(0, Magic.Length).SequenceEqual(Magic))
-        {
-            throw new InvalidDataException("not a BootMAE encoder file (wrong magic bytes). Save encoders with BootMaeEncoder.Save; import PyTorch weights with BootMaeEncoder.FromPyTorch.");
-        }
-
-        int headerLength = BinaryPrimitives.ReadInt32LittleEndian(prefix.AsSpan(Magic.Length));
-        if (headerLength <= 0 || headerLength > 1 << 20)
-        {
-            throw new InvalidDataException($"the encoder header length {headerLength} is invalid: the file is damaged.");
-        }
-
-        EncoderHeader header;
-        try
-        {
-            header = JsonSerializer.Deserialize<EncoderHeader>(ReadExactly(stream, headerLength, "its header"), JsonOptions)
-                ?? throw new InvalidDataException("the encoder header is empty.");
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"the encoder header is not valid JSON ({ex.Message}): the file is damaged.", ex);
-        }
-
+        var header = WeightsContainer.ReadHeader<EncoderHeader>(stream, Magic, "encoder",
+            "Save encoders with BootMaeEncoder.Save; import PyTorch weights with BootMaeEncoder.FromPyTorch.");
         if (header.Format != FormatName || header.Version != FormatVersion)
         {
             throw new InvalidDataException($"unsupported encoder format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
         }
 
-        var payload = ReadExactly(stream, checked((int)header.PayloadLength), "its weights");
-        if (Convert.ToHexString(SHA256.HashData(payload)) != header.PayloadSha256)
-        {
-            throw new InvalidDataException("the encoder weights do not match their SHA-256 checksum: the file was altered or damaged.");
-        }
-
         header.Architecture.Validate();
-        var weights = Safetensors.Load(new MemoryStream(payload, writable: false));
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "encoder");
         var module = new VisionTransformerEncoder(header.Architecture);
         try
         {
@@ -210,22 +182,9 @@ public sealed class BootMaeEncoder : IDisposable
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowIfDisposed();
-        byte[] payload;
-        using (var buffer = new MemoryStream())
-        {
-            using var scope = NewDisposeScope();
-            Safetensors.Save(buffer, Module.state_dict());
-            payload = buffer.ToArray();
-        }
-
-        var header = new EncoderHeader(FormatName, FormatVersion, Architecture, payload.LongLength, Convert.ToHexString(SHA256.HashData(payload)));
-        var headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, JsonOptions);
-        var prefix = new byte[Magic.Length + 4];
-        Magic.CopyTo(prefix, 0);
-        BinaryPrimitives.WriteInt32LittleEndian(prefix.AsSpan(Magic.Length), headerBytes.Length);
-        stream.Write(prefix);
-        stream.Write(headerBytes);
-        stream.Write(payload);
+        using var scope = NewDisposeScope();
+        var (payload, length, sha256) = WeightsContainer.Serialize(Module.state_dict());
+        WeightsContainer.Write(stream, Magic, new EncoderHeader(FormatName, FormatVersion, Architecture, length, sha256), payload);
     }
 
     /// <summary>Creates an independent copy (same weights, own memory).</summary>
@@ -339,24 +298,6 @@ public sealed class BootMaeEncoder : IDisposable
 
             return _bf16Module;
         }
-    }
-
-    private static byte[] ReadExactly(Stream stream, int length, string what)
-    {
-        var buffer = new byte[length];
-        int read = 0;
-        while (read < length)
-        {
-            int n = stream.Read(buffer, read, length - read);
-            if (n == 0)
-            {
-                throw new InvalidDataException($"the encoder data ends early while reading {what} ({read} of {length} bytes): the file is truncated.");
-            }
-
-            read += n;
-        }
-
-        return buffer;
     }
 
     private static void WriteAtomically(string path, Action<Stream> write)

@@ -33,7 +33,8 @@ public sealed record BootMaeTrainingMetrics
     /// <summary>True for the report that closes an epoch (averages over the epoch).</summary>
     public bool IsEpochEnd { get; init; }
 
-    /// <summary>Total loss (pretraining: pixel + λ·feature; classification: cross-entropy).</summary>
+    /// <summary>Total loss (pretraining: pixel + λ·feature; classification: cross-entropy), averaged over the steps of the
+    /// current epoch so far (at an epoch end: over the whole epoch). The same holds for the pixel and feature losses.</summary>
     public float Loss { get; init; }
 
     /// <summary>Pixel-reconstruction loss L_R (pretraining only).</summary>

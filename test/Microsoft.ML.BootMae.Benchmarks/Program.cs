@@ -384,9 +384,28 @@ internal static class PretrainRun
         };
         var curve = new List<Microsoft.ML.BootMae.Visualization.TrainingCurvePoint>();
         Console.WriteLine($"Pretraining {args.Mode} on {source.Count} embedded Fashion-MNIST images, preset {args.Preset}, {args.Epochs} epochs, batch {args.Batch}.");
+        // Reports carry averages since the start of their epoch; the curve plots the average of each interval instead.
+        BootMaeTrainingMetrics? previous = null;
+        long epochStart = 0;
         using var encoder = new BootMaePretrainer(architecture, settings).Train(source, m =>
         {
-            curve.Add(new(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN));
+            long before = previous is null || previous.Epoch != m.Epoch ? 0 : previous.Step - epochStart;
+            long upTo = m.Step - epochStart;
+            double Interval(double? now, double? then) => now is not { } n ? double.NaN
+                : before == 0 || then is not { } t ? n : ((n * upTo) - (t * before)) / (upTo - before);
+            if (upTo > before)
+            {
+                curve.Add(new(m.Step, Interval(m.Loss, previous?.Loss), Interval(m.PixelLoss, previous?.PixelLoss),
+                    Interval(m.FeatureLoss, previous?.FeatureLoss), m.LearningRate, m.EmaMomentum ?? double.NaN));
+            }
+
+            previous = m;
+            if (m.IsEpochEnd)
+            {
+                epochStart = m.Step;
+                previous = null;
+            }
+
             if (m.IsEpochEnd)
             {
                 // Finish the live progress line first.

@@ -224,6 +224,30 @@ public sealed class MlNetPipelineTests
     }
 
     [TestMethod]
+    public void PretrainingSwitchesReachTheEngine()
+    {
+        var ml = new MLContext(seed: 1);
+        var (train, _) = Load(ml);
+        var metrics = new List<BootMaeTrainingMetrics>();
+        var options = PretrainOptions();
+        options.MaxSteps = 2;
+        options.Target = BootMaeTarget.Pixel;
+        options.Masking = BootMaeMasking.Random;
+        options.InjectRegressor = false;
+        options.MetricsCallback = metrics.Add;
+
+        using var model = ml.Transforms.LoadRawImageBytes("Image", Files.Directory, "ImagePath").Append(ml.Transforms.BootMaePretrain(options)).Fit(train);
+
+        Assert.IsNotEmpty(metrics);
+        Assert.IsTrue(metrics.All(m => m.FeatureLoss is null && m.EmaMomentum is null && m.PixelLoss is > 0), "a pixel-only run has no teacher and no feature loss");
+
+        var bad = PretrainOptions();
+        bad.TeacherFraction = 0;
+        var error = Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(bad));
+        StringAssert.Contains(error.Message, "TeacherFraction");
+    }
+
+    [TestMethod]
     public void CancellationThrowsOrReturnsTheModel()
     {
         var ml = new MLContext(seed: 1);

@@ -50,6 +50,8 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
+        // The engine's own checks, now rather than after the data has been read (the seed does not matter here).
+        ToSettings(options, seed: 1).Validate();
         _env = env;
         _options = options;
     }
@@ -99,8 +101,45 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run).</summary>
         public double? EmaMomentumStart;
 
+        /// <summary>EMA momentum at the end of the first ramp (12.5% of the run). Default <c>null</c>: scaled (horizon 1/25 of the run).</summary>
+        public double? EmaMomentumMid;
+
+        /// <summary>EMA momentum from half the run on. Default <c>null</c>: scaled (horizon 1/2.5 of the run).</summary>
+        public double? EmaMomentumEnd;
+
         /// <summary>Share of patches masked. Default 0.75.</summary>
         public double MaskRatio = Defaults.MaskRatio;
+
+        /// <summary>Masking strategy. Default <see cref="BootMaeMasking.BlockFill"/> (the official code); MAE mode always masks at random.</summary>
+        public BootMaeMasking Masking = BootMaeMasking.BlockFill;
+
+        /// <summary>Targets the student predicts. Default <see cref="BootMaeTarget.Both"/>.</summary>
+        public BootMaeTarget Target = BootMaeTarget.Both;
+
+        /// <summary>Teacher kind. Default <see cref="BootMaeTeacher.Ema"/>; <see cref="BootMaeTeacher.Frozen"/> needs <see cref="TeacherEncoder"/>.</summary>
+        public BootMaeTeacher Teacher = BootMaeTeacher.Ema;
+
+        /// <summary>The fixed teacher for <see cref="BootMaeTeacher.Frozen"/>. Default <c>null</c>.</summary>
+        public BootMaeEncoder? TeacherEncoder;
+
+        /// <summary>Share of the image the teacher sees (paper Table 5); below 1 it sees a sample of the masked patches and the
+        /// feature loss covers only those. Default 1 (the full image).</summary>
+        public double TeacherFraction = 1.0;
+
+        /// <summary>Shallow-feature cross-attention in the pixel regressor. Default <c>true</c>.</summary>
+        public bool InjectRegressor = true;
+
+        /// <summary>Deep-feature cross-attention in the feature predictor. Default <c>true</c>.</summary>
+        public bool InjectPredictor = true;
+
+        /// <summary>Centre-weighted loss mask (paper App. C). Default <c>true</c>.</summary>
+        public bool WeightMask = true;
+
+        /// <summary>Per-patch normalised pixel target. Default <c>true</c>.</summary>
+        public bool NormPixTarget = true;
+
+        /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
+        public int CheckpointsToKeep = 2;
 
         /// <summary>BootMAE, or plain MAE as a baseline. Default <see cref="BootMaeMode.BootMae"/>.</summary>
         public BootMaeMode Mode = BootMaeMode.BootMae;
@@ -205,7 +244,19 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         WeightDecay = o.WeightDecay,
         FeatureLossWeight = o.FeatureLossWeight,
         EmaMomentumStart = o.EmaMomentumStart,
+        EmaMomentumMid = o.EmaMomentumMid,
+        EmaMomentumEnd = o.EmaMomentumEnd,
         MaskRatio = o.MaskRatio,
+        Masking = o.Masking,
+        Target = o.Target,
+        Teacher = o.Teacher,
+        TeacherEncoder = o.TeacherEncoder,
+        TeacherFraction = o.TeacherFraction,
+        InjectRegressor = o.InjectRegressor,
+        InjectPredictor = o.InjectPredictor,
+        WeightMask = o.WeightMask,
+        NormPixTarget = o.NormPixTarget,
+        CheckpointsToKeep = o.CheckpointsToKeep,
         Mode = o.Mode,
         Seed = seed,
         Device = o.Device,

@@ -30,7 +30,6 @@ internal sealed class ImageClassifierEngine : IDisposable
     private const double Beta2 = 0.999;
     private const double Epsilon = 1e-8;
     private static readonly byte[] Magic = "BOOTMAEC"u8.ToArray();
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
 
     private readonly ImageClassifier _model;
     private readonly Device _device;
@@ -142,23 +141,10 @@ internal sealed class ImageClassifierEngine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowIfDisposed();
-        byte[] payload;
-        using (var buffer = new MemoryStream())
-        {
-            using var scope = NewDisposeScope();
-            Safetensors.Save(buffer, _model.state_dict());
-            payload = buffer.ToArray();
-        }
-
-        var header = new ClassifierHeader(FormatName, FormatVersion, Architecture, NumberOfClasses,
-            IsLinearProbe ? LinearProbeKind : FineTuneKind, SourceBlock, payload.LongLength, Convert.ToHexString(SHA256.HashData(payload)));
-        var headerBytes = JsonSerializer.SerializeToUtf8Bytes(header, JsonOptions);
-        var prefix = new byte[Magic.Length + 4];
-        Magic.CopyTo(prefix, 0);
-        BinaryPrimitives.WriteInt32LittleEndian(prefix.AsSpan(Magic.Length), headerBytes.Length);
-        stream.Write(prefix);
-        stream.Write(headerBytes);
-        stream.Write(payload);
+        using var scope = NewDisposeScope();
+        var (payload, length, sha256) = WeightsContainer.Serialize(_model.state_dict());
+        WeightsContainer.Write(stream, Magic, new ClassifierHeader(FormatName, FormatVersion, Architecture, NumberOfClasses,
+            IsLinearProbe ? LinearProbeKind : FineTuneKind, SourceBlock, length, sha256), payload);
     }
 
     /// <summary>Reads a classifier written by <see cref="Save"/> (exactly its bytes; the stream stays open) onto the CPU.</summary>
@@ -168,29 +154,8 @@ internal sealed class ImageClassifierEngine : IDisposable
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(expectedArchitecture);
         BootMaeRuntime.EnsureTorchLoaded();
-        var prefix = ReadExactly(stream, Magic.Length + 4, "its header");
-        if (!prefix.AsSpan(0, Magic.Length).SequenceEqual(Magic))
-        {
-            throw new InvalidDataException("Not a BootMAE classifier (wrong magic bytes): the model file is damaged or is not a BootMaeImageClassification model.");
-        }
-
-        int headerLength = BinaryPrimitives.ReadInt32LittleEndian(prefix.AsSpan(Magic.Length));
-        if (headerLength <= 0 || headerLength > 1 << 20)
-        {
-            throw new InvalidDataException($"The classifier header length {headerLength} is invalid: the model file is damaged.");
-        }
-
-        ClassifierHeader header;
-        try
-        {
-            header = JsonSerializer.Deserialize<ClassifierHeader>(ReadExactly(stream, headerLength, "its header"), JsonOptions)
-                ?? throw new InvalidDataException("The classifier header is empty: the model file is damaged.");
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidDataException($"The classifier header is not valid JSON ({ex.Message}): the model file is damaged.", ex);
-        }
-
+        var header = WeightsContainer.ReadHeader<ClassifierHeader>(stream, Magic, "classifier",
+            "The model file is damaged or is not a BootMaeImageClassification model.");
         if (header.Format != FormatName || header.Version != FormatVersion)
         {
             throw new InvalidDataException($"Unsupported classifier format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
@@ -211,14 +176,8 @@ internal sealed class ImageClassifierEngine : IDisposable
             throw new InvalidDataException($"The classifier header has an invalid head kind '{header.HeadKind}' or source block {header.SourceBlock}.");
         }
 
-        var payload = ReadExactly(stream, checked((int)header.PayloadLength), "its weights");
-        if (Convert.ToHexString(SHA256.HashData(payload)) != header.PayloadSha256)
-        {
-            throw new InvalidDataException("The classifier weights do not match their SHA-256 checksum: the model file was altered or damaged.");
-        }
-
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "classifier");
         var model = new ImageClassifier(new VisionTransformerEncoder(header.Architecture), header.NumberOfClasses, header.HeadKind == LinearProbeKind, header.SourceBlock);
-        var weights = Safetensors.Load(new MemoryStream(payload, writable: false));
         try
         {
             CopyState(model, weights, "the classifier file");
@@ -387,24 +346,6 @@ internal sealed class ImageClassifierEngine : IDisposable
 
             target.copy_(value);
         }
-    }
-
-    private static byte[] ReadExactly(Stream stream, int length, string what)
-    {
-        var buffer = new byte[length];
-        int read = 0;
-        while (read < length)
-        {
-            int n = stream.Read(buffer, read, length - read);
-            if (n == 0)
-            {
-                throw new InvalidDataException($"The classifier data ends before {what}: the model file is truncated.");
-            }
-
-            read += n;
-        }
-
-        return buffer;
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
