@@ -357,4 +357,127 @@ public sealed class FineTuneTests
         var first = source.ReadEpoch(0, 4, CancellationToken.None).First();
         Assert.AreEqual(first.Labels![2], (int)first.Pixels[2], "pixels travel with their labels");
     }
+
+    private static string TempDirectory() => Path.Combine(Path.GetTempPath(), "bootmae-ftckpt-" + Guid.NewGuid().ToString("N"));
+
+    private static InMemoryImageSource ValidationSource() => new(Data.Value.Pixels, Data.Value.Labels, 64, 1, 28, seed: 0, shuffle: false);
+
+    private static FineTuneSettings ResumableSettings(bool augment, long? checkpointEvery)
+    {
+        // 300 images / 32 = 10 steps per epoch. Patience 5 never triggers in 3 epochs, but its state must carry over.
+        var settings = Settings(epochs: 3);
+        settings.LogEveryNSteps = 1;
+        settings.EarlyStoppingPatience = 5;
+        settings.CheckpointEveryNSteps = checkpointEvery;
+        if (augment)
+        {
+            settings.Augment = true;
+            settings.MixupAlpha = 0.8;
+            settings.CutmixAlpha = 1.0;
+            settings.DropPathRate = 0.2;
+        }
+
+        return settings;
+    }
+
+    [TestMethod]
+    [DataRow(false, 0L)]
+    [DataRow(true, 4L)]
+    public void ResumeContinuesExactly(bool augment, long checkpointEvery)
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 9);
+        long? every = checkpointEvery > 0 ? checkpointEvery : null;
+        var straightReports = new List<BootMaeTrainingMetrics>();
+        using var straight = ImageClassifierEngine.Train(encoder, Classes, Source(), ValidationSource(), ResumableSettings(augment, every),
+            straightReports.Add, null, CancellationToken.None);
+
+        var directory = TempDirectory();
+        try
+        {
+            var firstHalf = ResumableSettings(augment, every);
+            firstHalf.CheckpointDirectory = directory;
+            using (var cts = new CancellationTokenSource())
+            {
+                // Mid-epoch 1: after the first epoch's best snapshot, between checkpoints.
+                void CancelAtStep14(BootMaeTrainingMetrics m)
+                {
+                    if (m.Step == 14)
+                    {
+                        cts.Cancel();
+                    }
+                }
+
+                Assert.Throws<OperationCanceledException>(() => ImageClassifierEngine.Train(encoder, Classes, Source(), ValidationSource(), firstHalf, CancelAtStep14, null, cts.Token));
+            }
+
+            var secondHalf = ResumableSettings(augment, every);
+            secondHalf.CheckpointDirectory = directory;
+            secondHalf.ResumeFromCheckpoint = true;
+            var log = new List<string>();
+            var reports = new List<BootMaeTrainingMetrics>();
+            using var resumed = ImageClassifierEngine.Train(encoder, Classes, Source(), ValidationSource(), secondHalf, reports.Add, log.Add, CancellationToken.None);
+
+            Assert.IsTrue(log.Any(l => l.Contains("Resumed from", StringComparison.Ordinal) && l.Contains("step 14", StringComparison.Ordinal)), "resumed from the checkpoint written on cancellation");
+            Assert.AreEqual(15L, reports.Min(r => r.Step), "the resumed run starts at step 15");
+            CollectionAssert.AreEqual(Bytes(straight), Bytes(resumed), "bit-identical weights");
+            CollectionAssert.AreEqual(Scores(straight), Scores(resumed), "identical scores");
+            // The epoch-end reports of the resumed epochs (training loss from restored running sums, validation) match too.
+            var expected = straightReports.Where(r => r.IsEpochEnd && r.Epoch >= 1).Select(r => (r.Dataset, r.Epoch, r.Loss, r.Accuracy)).ToList();
+            var actual = reports.Where(r => r.IsEpochEnd).Select(r => (r.Dataset, r.Epoch, r.Loss, r.Accuracy)).ToList();
+            CollectionAssert.AreEqual(expected, actual);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public void DamagedCheckpointIsSkippedForTheOlderOne()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 10);
+        var settings = Settings(epochs: 2);
+        using var straight = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+
+        var directory = TempDirectory();
+        try
+        {
+            settings.CheckpointDirectory = directory;
+            using (ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None))
+            {
+            }
+
+            var newest = Path.Combine(directory, "step-00000020", "model.bin");
+            var bytes = File.ReadAllBytes(newest);
+            bytes[^1] ^= 1;
+            File.WriteAllBytes(newest, bytes);
+
+            settings.ResumeFromCheckpoint = true;
+            settings.LogEveryNSteps = 1;
+            var log = new List<string>();
+            var steps = new List<long>();
+            using var resumed = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, m => steps.Add(m.Step), log.Add, CancellationToken.None);
+
+            Assert.IsTrue(log.Any(l => l.Contains("step-00000020", StringComparison.Ordinal) && l.Contains("SHA-256", StringComparison.Ordinal)), "the damaged checkpoint is reported");
+            Assert.IsTrue(log.Any(l => l.Contains("Resumed from", StringComparison.Ordinal) && l.Contains("step-00000010", StringComparison.Ordinal)));
+            Assert.AreEqual(11L, steps.Min(), "the run goes on after the older checkpoint");
+            CollectionAssert.AreEqual(Bytes(straight), Bytes(resumed));
+
+            // Other run-shaping settings: no checkpoint fits, so the run starts over and says why.
+            settings.LearningRate *= 2;
+            log.Clear();
+            using (ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, log.Add, CancellationToken.None))
+            {
+            }
+
+            Assert.IsTrue(log.Any(l => l.Contains("different run settings", StringComparison.Ordinal)));
+            Assert.IsFalse(log.Any(l => l.Contains("Resumed from", StringComparison.Ordinal)));
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static float[] Scores(ImageClassifierEngine engine) => engine.PredictScores(Data.Value.Pixels, Count);
 }

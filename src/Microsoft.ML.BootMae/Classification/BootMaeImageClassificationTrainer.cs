@@ -148,6 +148,21 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
+
+        /// <summary>Folder for fine-tuning checkpoints (weights, optimizer, position, early-stopping state and best
+        /// weights), written atomically, also on cancellation. Default <c>null</c>: none.</summary>
+        public string? CheckpointDirectory;
+
+        /// <summary>Checkpoint every this many steps. Default <c>null</c>: at every epoch end (after its validation).</summary>
+        public long? CheckpointEveryNSteps;
+
+        /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
+        public int CheckpointsToKeep = 2;
+
+        /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one;
+        /// damaged ones, and ones made with another architecture, class count or run-shaping settings, are skipped
+        /// (logged). Default <c>false</c>.</summary>
+        public bool ResumeFromCheckpoint;
     }
 
     /// <summary>Checks the input shape and adds the Score and PredictedLabel columns.</summary>
@@ -262,5 +277,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         EarlyStoppingPatience = o.EarlyStoppingPatience,
         EarlyStoppingMinDelta = o.EarlyStoppingMinDelta,
         ReturnBestModel = o.ReturnBestModel,
+        CheckpointDirectory = o.CheckpointDirectory,
+        CheckpointEveryNSteps = o.CheckpointEveryNSteps,
+        CheckpointsToKeep = o.CheckpointsToKeep,
+        ResumeFromCheckpoint = o.ResumeFromCheckpoint,
     };
 }

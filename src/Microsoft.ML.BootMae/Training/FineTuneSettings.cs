@@ -83,6 +83,19 @@ internal sealed class FineTuneSettings
     /// <summary>Upper bound on optimizer steps (the schedule spans the smaller of this and MaxEpochs × steps per epoch).</summary>
     public long? MaxSteps { get; set; }
 
+    /// <summary>Folder for checkpoints (classifier, optimizer, position, early-stopping state and best weights). Default null: none.</summary>
+    public string? CheckpointDirectory { get; set; }
+
+    /// <summary>Checkpoint every this many steps; null (default) = at the end of every epoch (after its validation).</summary>
+    public long? CheckpointEveryNSteps { get; set; }
+
+    /// <summary>Checkpoints kept (older ones are deleted). Default 2.</summary>
+    public int CheckpointsToKeep { get; set; } = 2;
+
+    /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one; it must
+    /// match the architecture, class count and run-shaping settings. Default false.</summary>
+    public bool ResumeFromCheckpoint { get; set; }
+
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first bad setting.</summary>
     public void Validate(BootMaeArchitecture architecture)
     {
@@ -110,5 +123,8 @@ internal sealed class FineTuneSettings
         Require(EarlyStoppingPatience is null || EarlyStoppingPatience >= 1, nameof(EarlyStoppingPatience), EarlyStoppingPatience, "must be at least 1");
         Require(EarlyStoppingMinDelta >= 0, nameof(EarlyStoppingMinDelta), EarlyStoppingMinDelta, "must not be negative");
         Require(MaxSteps is null || MaxSteps >= 1, nameof(MaxSteps), MaxSteps, "must be at least 1");
+        Require(CheckpointEveryNSteps is null || CheckpointEveryNSteps >= 1, nameof(CheckpointEveryNSteps), CheckpointEveryNSteps, "must be at least 1 when set");
+        Require(CheckpointsToKeep >= 1, nameof(CheckpointsToKeep), CheckpointsToKeep, "must be at least 1");
+        Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), ResumeFromCheckpoint, "needs a CheckpointDirectory");
     }
 }

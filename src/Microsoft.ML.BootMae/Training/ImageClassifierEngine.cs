@@ -368,6 +368,22 @@ internal sealed class ImageClassifierEngine : IDisposable
         private long _step;
         private long _totalSteps;
         private double _lastLearningRate;
+        private string _fingerprint = "";
+        private AdamW? _optimizer;
+
+        // Where the run stands: the epoch, the batches of it consumed (skipped ones included), and its running sums
+        // (on the device; read only when reporting or checkpointing, as a read forces a GPU sync).
+        private TrainingPosition _position = new(0, 0, 0, 0, 0);
+        private Tensor? _epochLoss;
+        private Tensor? _epochCorrect;
+        private long _epochImages;
+
+        // Early stopping and the best epoch.
+        private Dictionary<string, Tensor>? _best;
+        private int _bestEpoch = -1;
+        private double _bestLoss = double.PositiveInfinity;
+        private int _epochsSinceBest;
+        private int _lastCompletedEpoch = -1;
 
         public Trainer(ImageClassifier model, int numClasses, IImageBatchSource train, IImageBatchSource? validation, FineTuneSettings settings,
             Action<BootMaeTrainingMetrics>? callback, Action<string>? log, Device device)
@@ -395,92 +411,152 @@ internal sealed class ImageClassifierEngine : IDisposable
             _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
             var schedule = new Schedules(_totalSteps, _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, 0, 1, 0, 0, 0, 0, 0);
             var groups = BuildParameterGroups(_model, _s.LayerDecay, _s.WeightDecay);
-            // Independent streams per use, so turning one augmentation on does not shift the others' draws.
-            var random = (Crop: new Random(Seeds.Derive(_s.Seed, 0, stream: 1)), Mix: new Random(Seeds.Derive(_s.Seed, 0, stream: 3)));
             using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
             using var optimizer = optim.AdamW(
                 groups.Select(g => new AdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, Beta1, Beta2, Epsilon, g.WeightDecay, false, false)),
                 _s.LearningRate, Beta1, Beta2, Epsilon, _s.WeightDecay);
+            _optimizer = optimizer;
             var optimizerGroups = optimizer.ParamGroups.ToList();
             if (!_model.IsLinearProbe)
             {
                 _model.Encoder.SetDropPath(_s.DropPathRate, dropPathGenerator);
             }
 
+            using var epochLoss = zeros(1, dtype: ScalarType.Float64, device: _device);
+            using var epochCorrect = zeros(1, dtype: ScalarType.Int64, device: _device);
+            (_epochLoss, _epochCorrect) = (epochLoss, epochCorrect);
+            _fingerprint = Fingerprint();
+            _position = new TrainingPosition(0, 0, 0, _totalSteps, _s.Seed);
+            if (_s.ResumeFromCheckpoint && FineTuneCheckpoint.FindLatestValid(_s.CheckpointDirectory!, _model.Encoder.Architecture, _fingerprint, _log) is { } found)
+            {
+                Restore(found.Path, found.Position);
+            }
+
+            var start = _position;
             _log?.Invoke($"{(_model.IsLinearProbe ? "Linear probe" : "Fine-tuning")} of a {_model.Encoder.Depth}-block encoder on features of block {_model.SourceBlock}: " +
                 $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {groups.Sum(g => g.Parameters.Count)} trained tensors in {groups.Count} groups, device {_device.type}.");
 
-            Dictionary<string, Tensor>? best = null;
-            int bestEpoch = -1;
-            double bestLoss = double.PositiveInfinity;
-            int epochsSinceBest = 0;
-            int lastCompletedEpoch = -1;
+            bool Stopped() => _s.EarlyStoppingPatience is { } patience && _epochsSinceBest >= patience;
             try
             {
-                for (int epoch = 0; epoch < _s.MaxEpochs && _step < _totalSteps; epoch++)
+                // A checkpoint taken after the last step but before its epoch was validated still has that epoch to
+                // finish; one taken after early stopping has nothing left to do.
+                for (int epoch = start.Epoch; epoch < _s.MaxEpochs && (_step < _totalSteps || (epoch == start.Epoch && start.StepInEpoch > 0)) && !Stopped(); epoch++)
                 {
-                    double trainLoss = RunEpoch(epoch, schedule, optimizerGroups, groups, optimizer, random, token);
+                    double trainLoss = RunEpoch(epoch, epoch == start.Epoch ? start.StepInEpoch : 0, schedule, optimizerGroups, groups, dropPathGenerator, token);
                     double monitored = trainLoss;
                     if (_validation is not null)
                     {
                         monitored = Validate(epoch, token);
                     }
 
-                    lastCompletedEpoch = epoch;
-                    if (monitored < bestLoss - _s.EarlyStoppingMinDelta)
+                    _lastCompletedEpoch = epoch;
+                    if (monitored < _bestLoss - _s.EarlyStoppingMinDelta)
                     {
-                        bestLoss = monitored;
-                        bestEpoch = epoch;
-                        epochsSinceBest = 0;
+                        _bestLoss = monitored;
+                        _bestEpoch = epoch;
+                        _epochsSinceBest = 0;
                         if (_s.ReturnBestModel)
                         {
-                            DisposeAll(best);
-                            best = Snapshot(_model);
+                            DisposeAll(_best);
+                            _best = Snapshot(_model);
                         }
                     }
                     else
                     {
-                        epochsSinceBest++;
+                        _epochsSinceBest++;
                     }
 
-                    if (_s.EarlyStoppingPatience is { } patience && epochsSinceBest >= patience)
+                    // A finished epoch resumes at the start of the next one, with fresh sums.
+                    _position = new TrainingPosition(_step, epoch + 1, 0, _totalSteps, _s.Seed);
+                    ResetEpochSums();
+                    if (_s.CheckpointDirectory is not null && _s.CheckpointEveryNSteps is null)
                     {
-                        _log?.Invoke($"Early stopping after epoch {epoch}: no improvement of the {(_validation is null ? "training" : "validation")} loss for {patience} epochs (best {bestLoss:F4} at epoch {bestEpoch}).");
+                        SaveCheckpoint();
+                    }
+
+                    if (Stopped())
+                    {
+                        _log?.Invoke($"Early stopping after epoch {epoch}: no improvement of the {(_validation is null ? "training" : "validation")} loss for {_s.EarlyStoppingPatience} epochs (best {_bestLoss:F4} at epoch {_bestEpoch}).");
                         break;
                     }
                 }
             }
             catch (OperationCanceledException) when (token.IsCancellationRequested)
             {
+                if (_s.CheckpointDirectory is not null && _step > start.Step)
+                {
+                    SaveCheckpoint();
+                }
+
                 if (!_s.ReturnModelOnCancellation || _step == 0)
                 {
-                    DisposeAll(best);
+                    DisposeAll(_best);
                     throw new OperationCanceledException("Fine-tuning was cancelled.", token);
                 }
 
                 _log?.Invoke($"Cancelled after {_step} steps; returning the model trained so far.");
-                lastCompletedEpoch = int.MinValue;
+                _lastCompletedEpoch = int.MinValue;
             }
             finally
             {
                 _model.Encoder.SetDropPath(0, null);
                 _model.eval();
+                (_epochLoss, _epochCorrect, _optimizer) = (null, null, null);
             }
 
-            if (best is not null)
+            if (_best is not null)
             {
-                if (bestEpoch != lastCompletedEpoch)
+                if (_bestEpoch != _lastCompletedEpoch)
                 {
-                    CopyState(_model, best, "the best-epoch snapshot");
-                    _log?.Invoke($"Restored the weights of epoch {bestEpoch} (lowest {(_validation is null ? "training" : "validation")} loss {bestLoss:F4}).");
+                    CopyState(_model, _best, "the best-epoch snapshot");
+                    _log?.Invoke($"Restored the weights of epoch {_bestEpoch} (lowest {(_validation is null ? "training" : "validation")} loss {_bestLoss:F4}).");
                 }
 
-                DisposeAll(best);
+                DisposeAll(_best);
             }
         }
 
-        private double RunEpoch(int epoch, Schedules schedule, List<optim.ILearningRateController> optimizerGroups, List<FineTuneParameterGroup> groups,
-            optim.Optimizer optimizer, (Random Crop, Random Mix) random, CancellationToken token)
+        // What must not change between a checkpoint and its resume (the architecture is checked on its own).
+        private string Fingerprint() => string.Join('|', new object?[]
+        {
+            _numClasses, _model.IsLinearProbe, _model.SourceBlock, _s.BatchSize, _s.MaxEpochs, _totalSteps, _s.Seed,
+            _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, _s.WeightDecay, _s.LayerDecay, _s.DropPathRate, _s.LabelSmoothing,
+            _s.MixupAlpha, _s.CutmixAlpha, _s.Augment, _s.EarlyStoppingPatience, _s.EarlyStoppingMinDelta, _s.ReturnBestModel, _validation is not null,
+        }.Select(o => Convert.ToString(o, System.Globalization.CultureInfo.InvariantCulture)));
+
+        private void Restore(string path, TrainingPosition position)
+        {
+            var (progress, best) = FineTuneCheckpoint.Load(path, _model, _optimizer!);
+            _step = position.Step;
+            _position = position;
+            (_bestLoss, _bestEpoch, _epochsSinceBest, _lastCompletedEpoch) =
+                (progress.BestLoss ?? double.PositiveInfinity, progress.BestEpoch, progress.EpochsSinceBest, progress.LastCompletedEpoch);
+            _epochLoss!.fill_(progress.EpochLossSum);
+            _epochCorrect!.fill_(progress.EpochCorrect);
+            _epochImages = progress.EpochImages;
+            _best = best;
+            _log?.Invoke($"Resumed from '{path}' at step {position.Step} (epoch {position.Epoch}).");
+        }
+
+        private void SaveCheckpoint()
+        {
+            var progress = new FineTuneProgress(double.IsFinite(_bestLoss) ? _bestLoss : null, _bestEpoch, _epochsSinceBest, _lastCompletedEpoch,
+                _epochLoss!.item<double>(), _epochCorrect!.item<long>(), _epochImages, _best is not null);
+            var path = FineTuneCheckpoint.Save(_s.CheckpointDirectory!, _position, _model.Encoder.Architecture, _fingerprint,
+                _model, _optimizer!, progress, _best, _s.CheckpointsToKeep);
+            _log?.Invoke($"Checkpoint written: '{path}' (step {_position.Step}).");
+        }
+
+        private void ResetEpochSums()
+        {
+            _epochLoss!.zero_();
+            _epochCorrect!.zero_();
+            _epochImages = 0;
+        }
+
+        private double RunEpoch(int epoch, long skip, Schedules schedule, List<optim.ILearningRateController> optimizerGroups, List<FineTuneParameterGroup> groups,
+            Generator dropPathGenerator, CancellationToken token)
         {
             _model.train();
             if (_model.IsLinearProbe)
@@ -489,22 +565,28 @@ internal sealed class ImageClassifierEngine : IDisposable
                 _model.Encoder.eval();
             }
 
-            // Running sums stay on the device and are read only when reporting (a read forces a GPU sync).
-            using var lossSum = zeros(1, dtype: ScalarType.Float64, device: _device);
-            using var correctSum = zeros(1, dtype: ScalarType.Int64, device: _device);
-            long images = 0, windowImages = 0;
-            double windowLoss = 0, windowCorrect = 0;
+            var lossSum = _epochLoss!;
+            var correctSum = _epochCorrect!;
+            long windowImages = 0, inEpoch = 0;
+            double windowLoss = skip > 0 ? lossSum.item<double>() : 0, windowCorrect = skip > 0 ? correctSum.item<long>() : 0;
             var windowStart = _clock.Elapsed;
             bool smallBatchLogged = false;
 
             foreach (var batch in _train.ReadEpoch(epoch, _s.BatchSize, token))
             {
+                if (inEpoch < skip)
+                {
+                    inEpoch++;
+                    continue;
+                }
+
                 token.ThrowIfCancellationRequested();
                 if (_step >= _totalSteps)
                 {
                     break;
                 }
 
+                inEpoch++;
                 if (_model.IsLinearProbe && batch.Count < 2)
                 {
                     // BatchNorm cannot normalise one sample in training mode.
@@ -514,6 +596,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                         smallBatchLogged = true;
                     }
 
+                    _position = new TrainingPosition(_step, epoch, inEpoch, _totalSteps, _s.Seed);
                     continue;
                 }
 
@@ -524,26 +607,31 @@ internal sealed class ImageClassifierEngine : IDisposable
                     optimizerGroups[i].LearningRate = _lastLearningRate * groups[i].LearningRateScale;
                 }
 
+                // Every draw of the step comes from (seed, step), in independent streams per use, so a resumed run
+                // repeats the straight one and turning one augmentation on does not shift the others' draws.
+                var crop = new Random(Seeds.Derive(_s.Seed, _step, stream: 1));
+                var mix = new Random(Seeds.Derive(_s.Seed, _step, stream: 3));
+                dropPathGenerator.manual_seed(Seeds.Derive(_s.Seed, _step, stream: 2));
                 using (var scope = NewDisposeScope())
                 {
                     var x = ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
                     var y = tensor(labels, new long[] { batch.Count }).to(_device);
                     if (_s.Augment)
                     {
-                        x = FineTuneAugmentation.RandomResizedCropFlip(x, random.Crop);
+                        x = FineTuneAugmentation.RandomResizedCropFlip(x, crop);
                     }
 
                     var targets = FineTuneAugmentation.SmoothedTargets(y, _numClasses, _s.LabelSmoothing);
                     if (_s.MixupAlpha > 0 || _s.CutmixAlpha > 0)
                     {
-                        (x, targets) = FineTuneAugmentation.MixupCutmix(x, targets, _s.MixupAlpha, _s.CutmixAlpha, random.Mix);
+                        (x, targets) = FineTuneAugmentation.MixupCutmix(x, targets, _s.MixupAlpha, _s.CutmixAlpha, mix);
                     }
 
                     var logits = _model.forward(x);
                     var loss = (-(targets * nn.functional.log_softmax(logits, 1))).sum(1).mean();
-                    optimizer.zero_grad();
+                    _optimizer!.zero_grad();
                     loss.backward();
-                    optimizer.step();
+                    _optimizer.step();
                     using (no_grad())
                     {
                         lossSum.add_(loss.detach().to(ScalarType.Float64) * batch.Count);
@@ -552,23 +640,29 @@ internal sealed class ImageClassifierEngine : IDisposable
                 }
 
                 _step++;
-                images += batch.Count;
+                _epochImages += batch.Count;
                 windowImages += batch.Count;
+                _position = new TrainingPosition(_step, epoch, inEpoch, _totalSteps, _s.Seed);
                 if (_s.LogEveryNSteps > 0 && _step % _s.LogEveryNSteps == 0)
                 {
                     double loss = lossSum.item<double>(), correct = correctSum.item<long>();
                     Report(BootMaeDataset.Train, epoch, isEpochEnd: false, (loss - windowLoss) / windowImages, (correct - windowCorrect) / windowImages, windowImages, windowStart);
                     (windowLoss, windowCorrect, windowImages, windowStart) = (loss, correct, 0, _clock.Elapsed);
                 }
+
+                if (_s.CheckpointDirectory is not null && _s.CheckpointEveryNSteps is { } every && _step % every == 0)
+                {
+                    SaveCheckpoint();
+                }
             }
 
-            if (images == 0)
+            if (_epochImages == 0)
             {
                 throw new InvalidOperationException($"Epoch {epoch} of the training set gave no usable batch.");
             }
 
-            double epochLoss = lossSum.item<double>() / images;
-            Report(BootMaeDataset.Train, epoch, isEpochEnd: true, epochLoss, (double)correctSum.item<long>() / images, windowImages, windowStart);
+            double epochLoss = lossSum.item<double>() / _epochImages;
+            Report(BootMaeDataset.Train, epoch, isEpochEnd: true, epochLoss, (double)correctSum.item<long>() / _epochImages, windowImages, windowStart);
             return epochLoss;
         }
 

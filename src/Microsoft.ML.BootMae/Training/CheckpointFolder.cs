@@ -1,0 +1,157 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+
+namespace Microsoft.ML.BootMae.Training;
+
+/// <summary>Where a run stands: what a checkpoint records besides the weights.</summary>
+internal sealed record TrainingPosition(long Step, int Epoch, long StepInEpoch, long TotalSteps, int Seed);
+
+/// <summary>
+/// The checkpoint machinery shared by pretraining and fine-tuning: one folder per checkpoint, <c>step-00000123/</c>,
+/// holding named files and <c>manifest.json</c> with the format, the position, the architecture, a fingerprint of the
+/// settings that shape the run, and a SHA-256 of each file.
+/// </summary>
+/// <remarks>
+/// Writes are atomic: everything goes to a hidden temporary folder that is renamed into place only when complete,
+/// so a crash or a cancel never leaves a torn checkpoint, and the newest complete one stays usable.
+/// </remarks>
+internal static class CheckpointFolder
+{
+    private const string Prefix = "step-";
+
+    /// <summary>Writes the files and the manifest atomically, then deletes all but the newest <paramref name="keep"/> checkpoints.</summary>
+    public static string Save(string directory, string format, int version, TrainingPosition position, BootMaeArchitecture architecture,
+        string settingsFingerprint, IReadOnlyList<(string Name, Action<BinaryWriter> Write)> files, int keep)
+    {
+        Directory.CreateDirectory(directory);
+        var name = $"{Prefix}{position.Step:D8}";
+        var final = Path.Combine(directory, name);
+        var temp = Path.Combine(directory, $".{name}.{Guid.NewGuid():N}.tmp");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            foreach (var (file, write) in files)
+            {
+                WriteWith(Path.Combine(temp, file), write);
+            }
+
+            var manifest = new Manifest(format, version, position, architecture, settingsFingerprint,
+                files.ToDictionary(f => f.Name, f => Hash(Path.Combine(temp, f.Name))));
+            File.WriteAllBytes(Path.Combine(temp, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }));
+            if (Directory.Exists(final))
+            {
+                Directory.Delete(final, recursive: true);
+            }
+
+            Directory.Move(temp, final);
+        }
+        catch
+        {
+            if (Directory.Exists(temp))
+            {
+                Directory.Delete(temp, recursive: true);
+            }
+
+            throw;
+        }
+
+        foreach (var old in ListCheckpoints(directory).Skip(keep))
+        {
+            Directory.Delete(old, recursive: true);
+        }
+
+        return final;
+    }
+
+    /// <summary>
+    /// The newest checkpoint folder of <paramref name="format"/> whose manifest and files check out and whose architecture
+    /// and fingerprint match, or null; the others are reported through <c>log</c> and skipped. <c>settingsHint</c>
+    /// names the fingerprinted settings in the message of a mismatch.
+    /// </summary>
+    public static (string Path, TrainingPosition Position)? FindLatestValid(string directory, string format, int version, BootMaeArchitecture architecture,
+        string settingsFingerprint, string settingsHint, Action<string>? log)
+    {
+        if (!Directory.Exists(directory))
+        {
+            return null;
+        }
+
+        foreach (var candidate in ListCheckpoints(directory))
+        {
+            try
+            {
+                var manifest = ReadManifest(candidate, format, version);
+                if (manifest.Architecture != architecture)
+                {
+                    throw new InvalidDataException($"it was made with a different architecture ({manifest.Architecture}).");
+                }
+
+                if (manifest.SettingsFingerprint != settingsFingerprint)
+                {
+                    throw new InvalidDataException($"it was made with different run settings ({settingsHint}); resume needs the same ones.");
+                }
+
+                return (candidate, manifest.Position);
+            }
+            catch (Exception ex) when (ex is InvalidDataException or IOException or JsonException)
+            {
+                log?.Invoke($"Skipping checkpoint '{candidate}': {ex.Message}");
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Reads one file of a checkpoint found by <see cref="FindLatestValid"/>.</summary>
+    public static void ReadWith(string checkpoint, string file, Action<BinaryReader> read)
+    {
+        using var stream = File.OpenRead(Path.Combine(checkpoint, file));
+        using var reader = new BinaryReader(stream, System.Text.Encoding.UTF8, leaveOpen: true);
+        read(reader);
+    }
+
+    private static Manifest ReadManifest(string path, string format, int version)
+    {
+        var manifest = JsonSerializer.Deserialize<Manifest>(File.ReadAllBytes(Path.Combine(path, "manifest.json")))
+            ?? throw new InvalidDataException("empty manifest.");
+        if (manifest.Format != format || manifest.Version != version)
+        {
+            throw new InvalidDataException($"unknown checkpoint format {manifest.Format} v{manifest.Version} (expected {format} v{version}).");
+        }
+
+        foreach (var (file, hash) in manifest.Sha256)
+        {
+            if (Hash(Path.Combine(path, file)) != hash)
+            {
+                throw new InvalidDataException($"{file} does not match its SHA-256 in manifest.json (damaged).");
+            }
+        }
+
+        return manifest;
+    }
+
+    private static IEnumerable<string> ListCheckpoints(string directory)
+        => Directory.GetDirectories(directory, Prefix + "*")
+            .Where(d => !Path.GetFileName(d).StartsWith('.'))
+            .OrderByDescending(d => Path.GetFileName(d), StringComparer.Ordinal);
+
+    private static void WriteWith(string path, Action<BinaryWriter> write)
+    {
+        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
+        using (var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            write(writer);
+        }
+
+        stream.Flush(flushToDisk: true);
+    }
+
+    private static string Hash(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexString(SHA256.HashData(stream));
+    }
+
+    private sealed record Manifest(string Format, int Version, TrainingPosition Position, BootMaeArchitecture Architecture,
+        string SettingsFingerprint, Dictionary<string, string> Sha256);
+}
