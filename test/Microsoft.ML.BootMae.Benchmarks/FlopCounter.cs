@@ -35,12 +35,23 @@ internal static class FlopCounter
                 student += 2.0 * (1 + visible) * a.EmbedDim * a.EmbedDim;
                 student += a.DecoderDepth * Block(1 + n, a.EmbedDim, a.PredictorHeads, a.MlpRatio, s.InjectPredictor ? context : 0, a.EmbedDim);
                 student += 2.0 * n * a.EmbedDim * a.EmbedDim;
-                int seen = s.TeacherFraction >= 1 ? n : Math.Min(masked, (int)Math.Round(s.TeacherFraction * n));
-                teacher = 2.0 * n * patchValues * a.EmbedDim + a.Depth * Block(1 + seen, a.EmbedDim, a.Heads, a.MlpRatio, 0, 0);
+                teacher = TeacherPerImage(a, s);
             }
         }
 
         return batch * (3 * student + teacher);
+    }
+
+    // The teacher's forward (no backward) for one batch: zero where there is no teacher (MAE mode, pixel target).
+    public static double Teacher(BootMaeArchitecture a, BootMaePretrainerSettings s, int batch) =>
+        s.Mode == BootMaeMode.Mae || s.Target == BootMaeTarget.Pixel ? 0 : batch * TeacherPerImage(a, s);
+
+    private static double TeacherPerImage(BootMaeArchitecture a, BootMaePretrainerSettings s)
+    {
+        int n = a.NumPatches;
+        int masked = n - (int)((1 - s.MaskRatio) * n);
+        int seen = s.TeacherFraction >= 1 ? n : Math.Min(masked, (int)Math.Round(s.TeacherFraction * n));
+        return 2.0 * n * a.Channels * a.PatchSize * a.PatchSize * a.EmbedDim + a.Depth * Block(1 + seen, a.EmbedDim, a.Heads, a.MlpRatio, 0, 0);
     }
 
     // One pre-norm block over t tokens of width dim; with a context, a cross-attention over that many tokens.

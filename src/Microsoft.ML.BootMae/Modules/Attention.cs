@@ -35,8 +35,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         var qkvOut = nn.functional.linear(x, qkv.weight!, bias)
             .reshape(b, n, 3, heads, headDim)
             .permute(2, 0, 3, 1, 4);
-        // The default scale of scaled_dot_product_attention is head_dim^-0.5, the reference's scale.
-        var o = nn.functional.scaled_dot_product_attention(qkvOut[0], qkvOut[1], qkvOut[2]);
+        var o = AttentionKernels.Attend(qkvOut[0], qkvOut[1], qkvOut[2]);
         return proj.forward(o.transpose(1, 2).reshape(b, n, heads * headDim));
     }
 

@@ -37,7 +37,7 @@ internal sealed class CrossAttention : nn.Module<Tensor, Tensor, Tensor>
         var query = nn.functional.linear(x, q.weight!, q_bias).reshape(b, n, heads, headDim).transpose(1, 2);
         var kvBias = cat(new[] { zeros_like(v_bias), v_bias }, 0);
         var keyValue = nn.functional.linear(context, kv.weight!, kvBias).reshape(b, m, 2, heads, headDim).permute(2, 0, 3, 1, 4);
-        var o = nn.functional.scaled_dot_product_attention(query, keyValue[0], keyValue[1]);
+        var o = AttentionKernels.Attend(query, keyValue[0], keyValue[1]);
         return proj.forward(o.transpose(1, 2).reshape(b, n, heads * headDim));
     }
 

@@ -65,7 +65,8 @@ internal sealed class MomentumTeacher : IDisposable
         {
             foreach (var (t, s) in pairs)
             {
-                t.mul_(momentum).add_(s, alpha: 1 - momentum);
+                // One kernel per tensor instead of mul_ + add_: about 3 ms less per tiny28 step.
+                t.lerp_(s, 1 - momentum);
             }
         }
 
