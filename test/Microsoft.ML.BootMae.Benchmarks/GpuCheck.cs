@@ -36,7 +36,8 @@ internal static class GpuCheck
         bool ok = true;
 
         var cpu = Losses(architecture, BootMaeDevice.Cpu, BootMaePrecision.Float32, steps, null, resume: false, out var cpuWeights);
-        var gpu = Losses(architecture, device, BootMaePrecision.Float32, steps, null, resume: false, out var gpuWeights);
+        // The straight device run's encoder is kept for the embedding check at the end.
+        using var deviceEncoder = Train(architecture, device, BootMaePrecision.Float32, steps, null, resume: false, out var gpu, out var gpuWeights);
         double lossDiff = MaxRelative(cpu, gpu);
         double weightDiff = MaxAbsolute(cpuWeights, gpuWeights, out string worstKey);
         ok &= Check("fp32_device_vs_cpu", lossDiff <= LossTolerance, new { cpu_losses = cpu, device_losses = gpu, max_rel_loss_diff = lossDiff, tolerance = LossTolerance, max_abs_weight_diff = weightDiff, worst_weight = worstKey });
@@ -85,15 +86,12 @@ internal static class GpuCheck
         }
 
         // The encoder trained on the GPU embeds the same way on both devices.
-        using (var encoder = new BootMaePretrainer(architecture, Settings(device, BootMaePrecision.Float32, steps, null, false)).Train(global::Data.Source(architecture, 256)))
-        {
-            var random = new Random(11);
-            var pixels = Enumerable.Range(0, 16 * 28 * 28).Select(_ => (float)random.NextDouble()).ToArray();
-            var onGpu = encoder.Embed(pixels, 16, BootMaePooling.Mean, architecture.Depth - 1, BootMaePrecision.Float32);
-            var onCpu = EmbedOnCpu(encoder, pixels, architecture);
-            double embedDiff = onGpu.Zip(onCpu).Max(p => Math.Abs(p.First - p.Second)) / onCpu.Max(Math.Abs);
-            ok &= Check("encoder_embed_device_vs_cpu", embedDiff <= LossTolerance, new { encoder_device = encoder.Device.ToString(), max_rel_embedding_diff = embedDiff });
-        }
+        var random = new Random(11);
+        var pixels = Enumerable.Range(0, 16 * 28 * 28).Select(_ => (float)random.NextDouble()).ToArray();
+        var onDevice = deviceEncoder.Embed(pixels, 16, BootMaePooling.Mean, architecture.Depth - 1, BootMaePrecision.Float32);
+        var onCpu = EmbedOnCpu(deviceEncoder, pixels, architecture);
+        double embedDiff = onDevice.Zip(onCpu).Max(p => Math.Abs(p.First - p.Second)) / onCpu.Max(Math.Abs);
+        ok &= Check("encoder_embed_device_vs_cpu", embedDiff <= LossTolerance, new { encoder_device = deviceEncoder.Device.ToString(), max_rel_embedding_diff = embedDiff });
 
         Console.WriteLine(ok ? "gpucheck: all checks passed" : "gpucheck: FAILED");
         return ok ? 0 : 1;
@@ -109,13 +107,22 @@ internal static class GpuCheck
     private static float[] Losses(BootMaeArchitecture architecture, BootMaeDevice device, BootMaePrecision precision, int steps, string? folder, bool resume,
         out Dictionary<string, float[]> weights)
     {
-        var losses = new SortedDictionary<long, float>();
+        using var encoder = Train(architecture, device, precision, steps, folder, resume, out var losses, out weights);
+        return losses;
+    }
+
+    // One run: the trained encoder (the caller disposes it), its per-step reported losses and its weights on the host.
+    private static BootMaeEncoder Train(BootMaeArchitecture architecture, BootMaeDevice device, BootMaePrecision precision, int steps, string? folder, bool resume,
+        out float[] losses, out Dictionary<string, float[]> weights)
+    {
+        var byStep = new SortedDictionary<long, float>();
         var watch = Stopwatch.StartNew();
-        using var encoder = new BootMaePretrainer(architecture, Settings(device, precision, steps, folder, resume))
-            .Train(global::Data.Source(architecture, 256), m => losses[m.Step] = m.Loss);
+        var encoder = new BootMaePretrainer(architecture, Settings(device, precision, steps, folder, resume))
+            .Train(global::Data.Source(architecture, 256), m => byStep[m.Step] = m.Loss);
+        losses = byStep.Values.ToArray();
         weights = encoder.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().cpu().data<float>().ToArray());
         Report(new { run = $"{device} {precision} {steps} steps{(resume ? " (resumed)" : string.Empty)}", seconds = Math.Round(watch.Elapsed.TotalSeconds, 2), encoder_device = encoder.Device.ToString() });
-        return losses.Values.ToArray();
+        return encoder;
     }
 
     private static float[] EmbedOnCpu(BootMaeEncoder encoder, float[] pixels, BootMaeArchitecture architecture)
@@ -134,7 +141,7 @@ internal static class GpuCheck
     }
 
     private static double MaxRelative(float[] a, float[] b) =>
-        a.Length != b.Length ? double.PositiveInfinity : a.Zip(b).Max(p => Math.Abs(p.First - p.Second) / Math.Max(1e-6, Math.Abs(p.First)));
+        a.Length != b.Length ? double.MaxValue : a.Zip(b).Max(p => Math.Abs(p.First - p.Second) / Math.Max(1e-6, Math.Abs(p.First)));
 
     private static double MaxAbsolute(Dictionary<string, float[]> a, Dictionary<string, float[]> b, out string worst)
     {

@@ -6,15 +6,12 @@ namespace Microsoft.ML.BootMae.Modules;
 // softmax(q·kᵀ/√d)·v over B×H×N×d inputs, for self- and cross-attention.
 internal static class AttentionKernels
 {
-    // Benchmarks turn the split path off to time it against the fused kernel in one process.
-    internal static bool SplitBFloat16OnCpu { get; set; } = true;
-
     public static Tensor Attend(Tensor q, Tensor k, Tensor v)
     {
-        if (SplitBFloat16OnCpu && q.dtype == ScalarType.BFloat16 && q.device_type == DeviceType.CPU && !q.requires_grad)
+        if (q.dtype == ScalarType.BFloat16 && q.device_type == DeviceType.CPU && !q.requires_grad)
         {
             // The bf16 teacher on a CPU: libtorch's bf16 softmax is not vectorised, and there the fused kernel took
-            // about 6% longer over a tiny28 teacher forward (docs/benchmarks.md) than bf16 products around a float32
+            // about 7% longer over a tiny28 teacher forward (docs/benchmarks.md) than bf16 products around a float32
             // softmax, which is also the more accurate of the two. No gradients flow here, so nothing is lost.
             using var scores = q.matmul(k.transpose(-2, -1));
             using var scores32 = scores.to(ScalarType.Float32);
