@@ -200,7 +200,6 @@ public static class ByoiSample
             {
                 Encoder = encoder, Architecture = encoder is null ? architecture : null, MaxEpochs = settings.Epochs,
                 BatchSize = settings.BatchSize, Seed = settings.Seed, MetricsCallback = progress.Report, LogEveryNSteps = 5,
-                LayerDecay = encoder is null ? 1.0 : 0.65, // layer-wise decay suits a pretrained encoder only
             }))
             .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
             .Fit(train);

@@ -14,11 +14,11 @@ public sealed record QuickstartSettings
     /// <summary>The full run: all 10,000 training images, 100 labels per class, all 2,000 test images.</summary>
     public static QuickstartSettings Default { get; } = new();
 
-    /// <summary>A smoke run of about a minute: 1,000 unlabelled images, 20 labels per class, 500 test images.</summary>
+    /// <summary>A smoke run of about a minute: 1,000 unlabelled images, 20 and 2 labels per class, 500 test images.</summary>
     public static QuickstartSettings Quick { get; } = new()
     {
-        TrainPerClass = 100, LabelledPerClass = 20, TestPerClass = 50, PretrainEpochs = 3, FineTuneEpochs = 5,
-        OutputDirectory = Path.Combine("out", "quickstart-quick"),
+        TrainPerClass = 100, LabelledPerClass = 20, FewLabelledPerClass = 2, TestPerClass = 50, PretrainEpochs = 3, FineTuneEpochs = 5,
+        FewLabelFineTuneEpochs = 10, OutputDirectory = Path.Combine("out", "quickstart-quick"),
     };
 
     /// <summary>Folder for the data, pictures and model.</summary>
@@ -33,6 +33,9 @@ public sealed record QuickstartSettings
     /// <summary>Labelled images per class for fine-tuning, taken from the pretraining images.</summary>
     public int LabelledPerClass { get; init; } = 100;
 
+    /// <summary>Labelled images per class of the few-label case (0 skips it); a subset of the labelled images.</summary>
+    public int FewLabelledPerClass { get; init; } = 10;
+
     /// <summary>Test images per class (at most 200).</summary>
     public int TestPerClass { get; init; } = 200;
 
@@ -41,6 +44,13 @@ public sealed record QuickstartSettings
 
     /// <summary>Fine-tuning (and linear-probe) epochs.</summary>
     public int FineTuneEpochs { get; init; } = 30;
+
+    /// <summary>Fine-tuning epochs of the few-label case (its epochs are short).</summary>
+    public int FewLabelFineTuneEpochs { get; init; } = 60;
+
+    /// <summary>0-based encoder block the linear probe reads; null: the block before the last, which probed best after
+    /// short pretraining of a shallow encoder (docs/results.md).</summary>
+    public int? ProbeBlock { get; init; }
 
     /// <summary>Images per optimizer step in every run, so equal steps also mean equal images seen.</summary>
     public int BatchSize { get; init; } = 64;
@@ -53,6 +63,12 @@ public sealed record QuickstartSettings
 }
 
 /// <summary>One row of the results table.</summary>
+/// <param name="Method">What was trained.</param>
+/// <param name="LabelsUsed">Labelled images used.</param>
+/// <param name="Steps">Optimizer steps, pretraining included.</param>
+/// <param name="Accuracy">Test accuracy.</param>
+/// <param name="MacroAccuracy">Test accuracy averaged over classes.</param>
+/// <param name="WallTime">Time, pretraining included.</param>
 public sealed record QuickstartResult(string Method, int LabelsUsed, long Steps, double Accuracy, double MacroAccuracy, TimeSpan WallTime);
 
 /// <summary>The quickstart: BootMAE pretraining, fine-tuning with few labels, and the same budget from scratch.</summary>
@@ -79,10 +95,21 @@ public static class QuickstartSample
         WriteMaskPicture(architecture, settings, outputDirectory, output);
 
         var results = new List<QuickstartResult>();
+        var labelSets = new List<(int PerClass, IDataView Data, int Count, int Epochs, int Batch)>
+        {
+            (settings.LabelledPerClass, labelled, labelledRows.Count, settings.FineTuneEpochs, settings.BatchSize),
+        };
+        if (settings.FewLabelledPerClass > 0 && settings.FewLabelledPerClass < settings.LabelledPerClass)
+        {
+            var fewRows = ImageRow.Balanced(labelledRows, settings.FewLabelledPerClass);
+            // Small batches so that few labels still give a useful number of steps per epoch.
+            labelSets.Add((settings.FewLabelledPerClass, ml.Data.LoadFromEnumerable(fewRows), fewRows.Count, settings.FewLabelFineTuneEpochs,
+                Math.Max(2, Math.Min(settings.BatchSize, fewRows.Count / 5))));
+        }
 
         // (a) Self-supervised pretraining on every training image, labels unused.
         output.WriteLine();
-        output.WriteLine($"[1/4] BootMAE pretraining, {settings.PretrainEpochs} epochs on {trainRows.Count} unlabelled images");
+        output.WriteLine($"[1/5] BootMAE pretraining, {settings.PretrainEpochs} epochs on {trainRows.Count} unlabelled images");
         var pretrainProgress = new TrainingProgress(output, "pretrain", settings.PretrainEpochs, settings.BatchSize);
         var clock = Stopwatch.StartNew();
         using var pretrained = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(UnlabeledImageRow.ImagePath))
@@ -94,6 +121,7 @@ public static class QuickstartSample
                 Seed = settings.Seed,
                 MetricsCallback = pretrainProgress.Report,
                 LogEveryNSteps = 5,
+                LogCallback = line => { if (line.Contains("Warning", StringComparison.Ordinal)) { output.WriteLine("  " + line); } },
                 ReconstructionPreviewPath = Path.Combine(outputDirectory, "reconstructions.png"),
             }))
             .Fit(unlabelled);
@@ -103,46 +131,76 @@ public static class QuickstartSample
         encoder.Save(encoderPath);
         var curves = BootMaePictures.TrainingCurves(pretrainProgress.CurvePoints(), Path.Combine(outputDirectory, "pretraining-curves.png"), "BootMAE pretraining");
         output.WriteLine($"  {pretrainProgress.Steps} steps in {TrainingProgress.Clock(pretrainTime)}; encoder saved to {encoderPath}");
+        if (pretrainProgress.Reports.LastOrDefault() is { PixelLoss: { } pixel, PixelLossZeroBaseline: { } zero } last)
+        {
+            output.WriteLine(string.Format(CultureInfo.InvariantCulture,
+                "  last epoch: pixel loss {0:F4} (predicting 0 would score {1:F4}), feature loss {2:F4}, feature target shared by all images {3:P0}",
+                pixel, zero, last.FeatureLoss ?? double.NaN, last.FeatureTargetSharedEnergy ?? double.NaN));
+        }
+
         output.WriteLine($"  pictures: {Path.Combine(outputDirectory, "reconstructions.png")}, {curves}");
 
-        // (b) Fine-tuning of the pretrained encoder with 10% of the labels.
+        // (b) Fine-tuning of the pretrained encoder; (c) the same from a random encoder for the same epochs; (d) the same
+        // from a random encoder given the pretraining steps as extra supervised steps.
+        var fineTuneSteps = new Dictionary<int, long>();
         output.WriteLine();
-        output.WriteLine($"[2/4] Fine-tuning the pretrained encoder on {labelledRows.Count} labelled images, {settings.FineTuneEpochs} epochs");
-        var (fineTuned, fineTuneProgress, fineTuneTime) = TrainClassifier(ml, files, labelled, settings, output, "finetune", settings.FineTuneEpochs, o => o.Encoder = encoder);
-        using (fineTuned)
+        output.WriteLine("[2/5] Fine-tuning the pretrained encoder");
+        foreach (var set in labelSets)
         {
-            results.Add(Evaluate(ml, fineTuned, test, output, "BootMAE pretrain + fine-tune", labelledRows.Count, pretrainProgress.Steps + fineTuneProgress.Steps, pretrainTime + fineTuneTime));
-            var modelPath = Path.Combine(outputDirectory, "model.zip");
-            ml.Model.SaveBootMae(fineTuned, labelled.Schema, modelPath);
-            output.WriteLine($"  model saved to {modelPath}");
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"finetune-{set.Count}", set.Epochs, set.Batch, o => o.Encoder = encoder);
+            using (model)
+            {
+                results.Add(Evaluate(ml, model, test, output, "BootMAE pretrain + fine-tune", set.Count, pretrainProgress.Steps + progress.Steps, pretrainTime + time));
+                fineTuneSteps[set.Count] = progress.Steps;
+                if (set.Count == labelledRows.Count)
+                {
+                    var modelPath = Path.Combine(outputDirectory, "model.zip");
+                    ml.Model.SaveBootMae(model, labelled.Schema, modelPath);
+                    output.WriteLine($"  model saved to {modelPath}");
+                }
+            }
         }
 
-        // (c) The same classifier from a random encoder with the same number of optimizer steps.
-        long budget = pretrainProgress.Steps + fineTuneProgress.Steps;
-        long stepsPerEpoch = fineTuneProgress.Reports.First(r => r.IsEpochEnd).Step;
-        int scratchEpochs = (int)((budget + stepsPerEpoch - 1) / stepsPerEpoch);
         output.WriteLine();
-        output.WriteLine($"[3/4] The same classifier from scratch (random encoder), same budget: {budget} steps = {scratchEpochs} epochs on the {labelledRows.Count} labelled images");
-        var (scratch, scratchProgress, scratchTime) = TrainClassifier(ml, files, labelled, settings, output, "scratch", scratchEpochs, o =>
+        output.WriteLine("[3/5] The same classifier from scratch (random encoder), same fine-tuning epochs");
+        foreach (var set in labelSets)
         {
-            o.Architecture = architecture;
-            o.MaxSteps = budget;
-            o.LayerDecay = 1.0; // layer-wise decay only makes sense for a pretrained encoder
-        });
-        using (scratch)
-        {
-            results.Add(Evaluate(ml, scratch, test, output, "From scratch, same steps", labelledRows.Count, scratchProgress.Steps, scratchTime));
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"scratch-{set.Count}", set.Epochs, set.Batch, o => o.Architecture = architecture);
+            using (model)
+            {
+                results.Add(Evaluate(ml, model, test, output, "From scratch, same epochs", set.Count, progress.Steps, time));
+            }
         }
 
-        // (d) Linear probe: only a linear head on the frozen pretrained encoder.
+        output.WriteLine();
+        output.WriteLine($"[4/5] From scratch with the pretraining's {pretrainProgress.Steps} steps added as supervised steps (same total steps)");
+        foreach (var set in labelSets)
+        {
+            long budget = pretrainProgress.Steps + fineTuneSteps[set.Count];
+            long stepsPerEpoch = (set.Count + set.Batch - 1) / set.Batch;
+            int epochs = (int)((budget + stepsPerEpoch - 1) / stepsPerEpoch);
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"scratch-long-{set.Count}", epochs, set.Batch, o =>
+            {
+                o.Architecture = architecture;
+                o.MaxSteps = budget;
+            });
+            using (model)
+            {
+                results.Add(Evaluate(ml, model, test, output, "From scratch, same total steps", set.Count, progress.Steps, time));
+            }
+        }
+
+        // (e) Linear probe: only a linear head on the frozen pretrained encoder.
         if (settings.LinearProbe)
         {
+            int block = settings.ProbeBlock ?? Math.Max(0, architecture.Depth - 2);
             output.WriteLine();
-            output.WriteLine($"[4/4] Linear probe on the frozen pretrained encoder, {settings.FineTuneEpochs} epochs");
-            var (probe, probeProgress, probeTime) = TrainClassifier(ml, files, labelled, settings, output, "probe", settings.FineTuneEpochs, o =>
+            output.WriteLine($"[5/5] Linear probe on block {block + 1} of {architecture.Depth} of the frozen pretrained encoder, {settings.FineTuneEpochs} epochs");
+            var (probe, probeProgress, probeTime) = TrainClassifier(ml, files, labelled, settings, output, "probe", settings.FineTuneEpochs, settings.BatchSize, o =>
             {
                 o.Encoder = encoder;
                 o.FreezeEncoder = true;
+                o.SourceBlock = block;
                 o.LearningRate = 1e-2;
                 o.LabelSmoothing = 0;
             });
@@ -155,10 +213,43 @@ public static class QuickstartSample
         output.WriteLine();
         output.WriteLine($"Test set: {files.TestCount} images. Steps and wall time include pretraining where it is used.");
         PrintTable(output, results);
+        Explain(output, results);
         PredictWithSavedModel(ml, Path.Combine(outputDirectory, "model.zip"), files, output);
         output.WriteLine();
         output.WriteLine($"Done in {TrainingProgress.Clock(total.Elapsed)}. Pictures in {outputDirectory}: masks.png, reconstructions.png, pretraining-curves.png.");
         return results;
+    }
+
+    // What the table means, in words: the gain of pretraining at each label count against both baselines.
+    private static void Explain(TextWriter output, IReadOnlyList<QuickstartResult> results)
+    {
+        var c = CultureInfo.InvariantCulture;
+        output.WriteLine();
+        output.WriteLine("What the numbers mean:");
+        foreach (var labels in results.Select(r => r.LabelsUsed).Distinct())
+        {
+            double? Accuracy(string method) => results.FirstOrDefault(r => r.LabelsUsed == labels && r.Method == method)?.Accuracy;
+            if (Accuracy("BootMAE pretrain + fine-tune") is not { } pretrained)
+            {
+                continue;
+            }
+
+            var parts = new List<string>();
+            if (Accuracy("From scratch, same epochs") is { } sameEpochs)
+            {
+                parts.Add(string.Format(c, "{0:+0.0;-0.0} points against the same fine-tuning from a random encoder", (pretrained - sameEpochs) * 100));
+            }
+
+            if (Accuracy("From scratch, same total steps") is { } sameSteps)
+            {
+                parts.Add(string.Format(c, "{0:+0.0;-0.0} points against a random encoder given the pretraining's steps as supervised steps", (pretrained - sameSteps) * 100));
+            }
+
+            output.WriteLine(string.Format(c, "  {0:N0} labels: pretraining gives {1}.", labels, string.Join("; ", parts)));
+        }
+
+        output.WriteLine("  The unlabelled images help most when labels are few; the equal-steps row is the stricter test, because the");
+        output.WriteLine("  random encoder then trains on the labels for as many steps as pretraining and fine-tuning together.");
     }
 
     /// <summary>Prints the results table.</summary>
@@ -174,14 +265,14 @@ public static class QuickstartSample
     }
 
     private static (TransformerChain<KeyToValueMappingTransformer> Model, TrainingProgress Progress, TimeSpan Time) TrainClassifier(MLContext ml,
-        FashionMnistFiles files, IDataView labelled, QuickstartSettings settings, TextWriter output, string name, int epochs,
+        FashionMnistFiles files, IDataView labelled, QuickstartSettings settings, TextWriter output, string name, int epochs, int batchSize,
         Action<BootMaeImageClassificationTrainer.Options> configure)
     {
-        var progress = new TrainingProgress(output, name, epochs, settings.BatchSize);
+        var progress = new TrainingProgress(output, name, epochs, batchSize);
         var options = new BootMaeImageClassificationTrainer.Options
         {
             MaxEpochs = epochs,
-            BatchSize = settings.BatchSize,
+            BatchSize = batchSize,
             Seed = settings.Seed,
             MetricsCallback = progress.Report,
             LogEveryNSteps = 5,

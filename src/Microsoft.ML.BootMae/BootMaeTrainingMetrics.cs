@@ -43,6 +43,23 @@ public sealed record BootMaeTrainingMetrics
     /// <summary>Feature-prediction loss L_P (BootMAE pretraining only).</summary>
     public float? FeatureLoss { get; init; }
 
+    /// <summary>The pixel loss without the centre-weighted mask: the plain mean over masked patches (pretraining only).</summary>
+    public float? PixelLossUnweighted { get; init; }
+
+    /// <summary>What predicting 0 for every masked pixel would score in <see cref="PixelLoss"/>: the trivial baseline. A pixel loss
+    /// close to it means the regressor has learned little (pretraining only).</summary>
+    public float? PixelLossZeroBaseline { get; init; }
+
+    /// <summary>The feature loss without the centre-weighted mask (BootMAE pretraining only).</summary>
+    public float? FeatureLossUnweighted { get; init; }
+
+    /// <summary>
+    /// Share of the feature target's energy that all images of a batch have in common at each position, in [0, 1]
+    /// (BootMAE pretraining only). Near 1 the target has collapsed: it is nearly the same for every image, and the
+    /// feature loss teaches only positional means. The trainer logs a warning above 0.9.
+    /// </summary>
+    public float? FeatureTargetSharedEnergy { get; init; }
+
     /// <summary>Accuracy in [0, 1] (classification only).</summary>
     public float? Accuracy { get; init; }
 
@@ -78,9 +95,19 @@ public sealed record BootMaeTrainingMetrics
             parts.Add(string.Format(c, "pixel {0:F4}", pixel));
         }
 
+        if (PixelLossZeroBaseline is { } zero)
+        {
+            parts.Add(string.Format(c, "(predict-0 {0:F4})", zero));
+        }
+
         if (FeatureLoss is { } feature)
         {
             parts.Add(string.Format(c, "feature {0:F4}", feature));
+        }
+
+        if (FeatureTargetSharedEnergy is { } shared)
+        {
+            parts.Add(string.Format(c, "target shared {0:P0}", shared));
         }
 
         if (Accuracy is { } accuracy)

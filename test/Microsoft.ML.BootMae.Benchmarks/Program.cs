@@ -16,8 +16,19 @@ using static TorchSharp.torch;
 //   probe    --preset small28 --epochs 2 --batch 64 --lr 1.5e-3 [--mode bootmae|mae] [--train-per-class 1000]
 //            [--norm-pix true|false] [--feature-weight 1.0]
 //            pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
+//   evaluate [--seeds 1,2] [--methods pixels,random,bootmae,mae] [--pretrain-minutes 10 | --pretrain-steps N]
+//            [--finetune 100:60,1000:30] [--md docs/results.md] [--json FILE] [recipe switches, see Evaluation.cs]
+//            probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training
 //   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
 //            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
+if (args.Length > 0 && args[0] == "evaluate")
+{
+    // Its own options (see Evaluation.cs): pretraining that pays off, measured against strong baselines.
+    BootMaeRuntime.EnsureTorchLoaded();
+    Microsoft.ML.BootMae.Benchmarks.Evaluation.Run(Microsoft.ML.BootMae.Benchmarks.EvaluationArguments.Parse(args));
+    return 0;
+}
+
 var arguments = Arguments.Parse(args);
 BootMaeRuntime.EnsureTorchLoaded();
 if (arguments.Threads is { } threads)

@@ -44,13 +44,24 @@ public sealed class SampleSmokeTests
         var output = new StringWriter();
         var results = QuickstartSample.Run(new QuickstartSettings
         {
-            OutputDirectory = _folder, Architecture = Tiny, TrainPerClass = 4, LabelledPerClass = 2, TestPerClass = 2,
-            PretrainEpochs = 1, FineTuneEpochs = 2, BatchSize = 8,
+            OutputDirectory = _folder, Architecture = Tiny, TrainPerClass = 4, LabelledPerClass = 2, FewLabelledPerClass = 1, TestPerClass = 2,
+            PretrainEpochs = 1, FineTuneEpochs = 2, FewLabelFineTuneEpochs = 2, BatchSize = 8,
         }, output);
 
-        Assert.HasCount(3, results, output.ToString());
-        Assert.AreEqual(results[0].Steps, results[1].Steps, "scratch gets the steps of pretraining plus fine-tuning");
-        Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1 && r.LabelsUsed == 20), output.ToString());
+        // Fine-tune, scratch at equal epochs and scratch at equal total steps, for 20 and for 10 labels; then the probe.
+        Assert.HasCount(7, results, output.ToString());
+        var byRow = results.ToDictionary(r => (r.Method, r.LabelsUsed));
+        foreach (int labels in new[] { 20, 10 })
+        {
+            var pretrained = byRow[("BootMAE pretrain + fine-tune", labels)];
+            var sameEpochs = byRow[("From scratch, same epochs", labels)];
+            var sameSteps = byRow[("From scratch, same total steps", labels)];
+            Assert.AreEqual(pretrained.Steps, sameSteps.Steps, $"{labels} labels: scratch gets the steps of pretraining plus fine-tuning");
+            Assert.IsLessThan(pretrained.Steps, sameEpochs.Steps, $"{labels} labels: equal epochs means only the fine-tuning steps");
+        }
+
+        Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1), output.ToString());
+        StringAssert.Contains(output.ToString(), "What the numbers mean");
         foreach (var file in new[] { "masks.png", "reconstructions.png", "pretraining-curves.png", "model.zip", "encoder.bootmae" })
         {
             Assert.IsTrue(File.Exists(Path.Combine(_folder, file)), file);

@@ -71,7 +71,6 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             internal const int MaxEpochs = 20;
             internal const int BatchSize = 32;
             internal const double LearningRate = 1e-3;
-            internal const double LayerDecay = 0.65;
             internal const double WeightDecay = 0.05;
             internal const double DropPathRate = 0.1;
             internal const double LabelSmoothing = 0.1;
@@ -105,8 +104,12 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
         public double MinLearningRate = Defaults.MinLearningRate;
 
-        /// <summary>Layer-wise learning-rate decay: block k of L gets LayerDecay^(L−k). Default 0.65.</summary>
-        public double LayerDecay = Defaults.LayerDecay;
+        /// <summary>
+        /// Layer-wise learning-rate decay: block k of L gets LayerDecay^(L−k). Default <c>null</c>: chosen for the encoder —
+        /// none (1) without a pretrained <see cref="Encoder"/> or for 4 blocks or fewer, the official 0.65 from 12 blocks on,
+        /// linear in between. Short pretraining of a shallow encoder loses 3–5 points with 0.65 (docs/results.md).
+        /// </summary>
+        public double? LayerDecay;
 
         /// <summary>AdamW weight decay. Default 0.05.</summary>
         public double WeightDecay = Defaults.WeightDecay;
@@ -258,7 +261,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         BatchSize = o.BatchSize,
         LearningRate = o.LearningRate,
         MinLearningRate = o.MinLearningRate,
-        LayerDecay = o.LayerDecay,
+        LayerDecay = o.LayerDecay ?? (o.Encoder is { } pretrained ? FineTuneSettings.AutoLayerDecay(pretrained.Architecture.Depth) : 1.0),
         WeightDecay = o.WeightDecay,
         DropPathRate = o.DropPathRate,
         LabelSmoothing = o.LabelSmoothing,

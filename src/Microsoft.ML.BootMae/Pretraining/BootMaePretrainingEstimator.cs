@@ -72,6 +72,8 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             internal const double FeatureLossWeight = 1.0;
             internal const double MaskRatio = 0.75;
             internal const int InferenceBatchSize = 32;
+            internal const double EmaMomentumFloor = 0.996;
+            internal const double PixelTargetEpsilon = 1e-5;
         }
 
         /// <summary>The added embedding column. Default <c>"Features"</c>.</summary>
@@ -98,14 +100,25 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Final weight λ of the feature-prediction loss (ramped up over the first quarter). Default 1.</summary>
         public double FeatureLossWeight = Defaults.FeatureLossWeight;
 
-        /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run).</summary>
+        /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumStart;
 
-        /// <summary>EMA momentum at the end of the first ramp (12.5% of the run). Default <c>null</c>: scaled (horizon 1/25 of the run).</summary>
+        /// <summary>EMA momentum at the end of the first ramp (12.5% of the run). Default <c>null</c>: scaled (horizon 1/25 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumMid;
 
-        /// <summary>EMA momentum from half the run on. Default <c>null</c>: scaled (horizon 1/2.5 of the run).</summary>
+        /// <summary>EMA momentum from half the run on. Default <c>null</c>: scaled (horizon 1/2.5 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumEnd;
+
+        /// <summary>The lowest value a scaled (null) EMA momentum may take, so the teacher remembers at least 1/(1 − floor) steps
+        /// even in short runs. Default 0.996.</summary>
+        public double EmaMomentumFloor = Defaults.EmaMomentumFloor;
+
+        /// <summary>How the teacher's features become the target. Default <see cref="BootMaeFeatureTargetNormalization.BatchStandardized"/>;
+        /// the paper's is <see cref="BootMaeFeatureTargetNormalization.LayerNorm"/>.</summary>
+        public BootMaeFeatureTargetNormalization FeatureTargetNormalization = BootMaeFeatureTargetNormalization.BatchStandardized;
+
+        /// <summary>ε added to each patch's pixel variance (pixels in [−1, 1]) in the normalised pixel target. Default 1e-5 (the official value).</summary>
+        public double PixelTargetEpsilon = Defaults.PixelTargetEpsilon;
 
         /// <summary>Share of patches masked. Default 0.75.</summary>
         public double MaskRatio = Defaults.MaskRatio;
@@ -246,6 +259,10 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         EmaMomentumStart = o.EmaMomentumStart,
         EmaMomentumMid = o.EmaMomentumMid,
         EmaMomentumEnd = o.EmaMomentumEnd,
+        EmaMomentumFloor = o.EmaMomentumFloor,
+        FeatureTargetNormalization = o.FeatureTargetNormalization,
+        PixelTargetEpsilon = o.PixelTargetEpsilon,
+        Augment = false, // this layer augments while decoding (Options.Augment)
         MaskRatio = o.MaskRatio,
         Masking = o.Masking,
         Target = o.Target,

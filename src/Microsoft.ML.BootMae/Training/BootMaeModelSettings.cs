@@ -71,6 +71,13 @@ internal sealed class BootMaeModelSettings
     // Depth of the MAE-mode decoder (MAE uses 8).
     public int MaeDecoderDepth { get; init; } = 8;
 
+    // How the teacher's features become the target. The model default is the official LayerNorm (parity fixtures);
+    // the user-facing settings default to BatchStandardized.
+    public BootMaeFeatureTargetNormalization FeatureTargetNormalization { get; init; } = BootMaeFeatureTargetNormalization.LayerNorm;
+
+    // ε added to each patch's pixel variance in the normalised pixel target (pixels in [-1, 1]); official 1e-5.
+    public double PixelTargetEpsilon { get; init; } = 1e-5;
+
     public bool UsesPixelLoss => Mode == PretrainMode.Mae || Target != PretrainTarget.Feature;
 
     public bool UsesFeatureLoss => Mode == PretrainMode.BootMae && Target != PretrainTarget.Pixel;
@@ -95,6 +102,11 @@ internal sealed class BootMaeModelSettings
         if (MaeDecoderDepth <= 0)
         {
             throw new ArgumentException($"MaeDecoderDepth {MaeDecoderDepth} must be positive.");
+        }
+
+        if (!(PixelTargetEpsilon > 0) || !double.IsFinite(PixelTargetEpsilon))
+        {
+            throw new ArgumentException($"PixelTargetEpsilon {PixelTargetEpsilon} must be a positive number.");
         }
 
         if (MaskJitter is < 0)

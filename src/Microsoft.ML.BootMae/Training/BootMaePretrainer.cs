@@ -116,12 +116,12 @@ public sealed class BootMaePretrainer
         return run.Execute(source, position, stepsPerEpoch, cancellationToken);
     }
 
-    private static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s)
+    internal static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s)
     {
         var scaled = Schedules.ScaledEmaMomenta(totalSteps);
-        double start = s.EmaMomentumStart ?? scaled.Start;
-        double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
-        double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
+        double start = s.EmaMomentumStart ?? Math.Max(s.EmaMomentumFloor, scaled.Start);
+        double mid = Math.Max(start, s.EmaMomentumMid ?? Math.Max(s.EmaMomentumFloor, scaled.Mid));
+        double end = Math.Max(mid, s.EmaMomentumEnd ?? Math.Max(s.EmaMomentumFloor, scaled.End));
         double peak = s.LearningRate * s.BatchSize / 256.0;
         return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
             s.FeatureLossWeight, s.FeatureLossRampFraction, start, mid, end, s.EmaRamp1Fraction, s.EmaRamp2EndFraction);
@@ -143,6 +143,8 @@ public sealed class BootMaePretrainer
         FeatureWeight = s.FeatureLossWeight,
         TeacherBFloat16 = bf16Teacher,
         MaeDecoderDepth = s.MaeDecoderDepth,
+        FeatureTargetNormalization = s.FeatureTargetNormalization,
+        PixelTargetEpsilon = s.PixelTargetEpsilon,
     };
 
     // What must not change between a checkpoint and its resume.
@@ -150,11 +152,15 @@ public sealed class BootMaePretrainer
     {
         s.Mode, s.Target, s.Teacher, s.Masking, s.MaskRatio, s.TeacherFraction, s.BatchSize, s.MaxEpochs, totalSteps, s.Seed,
         s.InjectRegressor, s.InjectPredictor, s.WeightMask, s.NormPixTarget, s.MaeDecoderDepth,
+        s.FeatureTargetNormalization, s.PixelTargetEpsilon, s.Augment, s.EmaMomentumFloor,
     }.Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
 
     /// <summary>The state of one run of <see cref="Train"/>.</summary>
     private sealed class Run
     {
+        // Above this share of common energy the feature target tells images apart too little to teach anything.
+        private const double CollapsedSharedEnergy = 0.9;
+
         private readonly BootMaePretrainer _owner;
         private readonly BootMaeNetwork _network;
         private readonly MomentumTeacher? _teacher;
@@ -170,6 +176,8 @@ public sealed class BootMaePretrainer
         private long _imagesSinceReport;
         private TimeSpan _lastReport;
         private double _epochLoss, _epochPixel, _epochFeature;
+        private double _epochPixelUnweighted, _epochPixelBaseline, _epochFeatureUnweighted, _epochShared;
+        private bool _collapseWarned;
         private long _epochSteps;
         private float[]? _previewPixels;
         private int _previewCount;
@@ -282,8 +290,15 @@ public sealed class BootMaePretrainer
 
             double lambda = _schedules.FeatureLossWeight(step);
             int perImage = a.Channels * a.ImageSize * a.ImageSize;
-            var images = BootMaeEncoder.Normalize(
-                tensor(batch.Pixels.AsSpan(0, batch.Count * perImage).ToArray(), new long[] { batch.Count, a.Channels, a.ImageSize, a.ImageSize }).to(_device));
+            var pixels01 = tensor(batch.Pixels.AsSpan(0, batch.Count * perImage).ToArray(), new long[] { batch.Count, a.Channels, a.ImageSize, a.ImageSize }).to(_device);
+            if (Settings.Augment)
+            {
+                // Drawn from the seed and step, so a resumed run sees the same views.
+                pixels01 = FineTuneAugmentation.RandomResizedCropFlip(pixels01, new Random(Seeds.Derive(Settings.Seed, step, stream: 4)),
+                    DataViews.ImageAugmentation.For(a).MinScale);
+            }
+
+            var images = BootMaeEncoder.Normalize(pixels01);
             var generator = MaskingGenerator.ForSettings(a, _model, Seeds.Derive(Settings.Seed, step, stream: 1));
             using var masks = generator.Next(batch.Count, _device);
             Tensor? target = null;
@@ -294,7 +309,7 @@ public sealed class BootMaePretrainer
             }
 
             var forward = _network.Forward(images, masks);
-            var loss = BootMaeLosses.Compute(_network, forward, images, masks, target, ids, lambda);
+            var loss = BootMaeLosses.Compute(_network, forward, images, masks, target, ids, lambda, diagnostics: true);
             float total = loss.Total.item<float>();
             if (!float.IsFinite(total))
             {
@@ -316,6 +331,13 @@ public sealed class BootMaePretrainer
             _epochLoss += total;
             _epochPixel += loss.Pixel is null ? 0 : loss.Pixel.item<float>();
             _epochFeature += loss.Feature is null ? 0 : loss.Feature.item<float>();
+            if (loss.Diagnostics is { } d)
+            {
+                _epochPixelUnweighted += d.PixelUnweighted is null ? 0 : d.PixelUnweighted.item<float>();
+                _epochPixelBaseline += d.PixelZeroBaseline is null ? 0 : d.PixelZeroBaseline.item<float>();
+                _epochFeatureUnweighted += d.FeatureUnweighted is null ? 0 : d.FeatureUnweighted.item<float>();
+                _epochShared += d.FeatureTargetSharedEnergy is null ? 0 : d.FeatureTargetSharedEnergy.item<float>();
+            }
         }
 
         private void KeepPreviewImages(ImageBatch batch)
@@ -347,6 +369,7 @@ public sealed class BootMaePretrainer
         {
             _epochSteps = 0;
             _epochLoss = _epochPixel = _epochFeature = 0;
+            _epochPixelUnweighted = _epochPixelBaseline = _epochFeatureUnweighted = _epochShared = 0;
         }
 
         private void Report(int epoch, long step, bool isEpochEnd)
@@ -369,6 +392,10 @@ public sealed class BootMaePretrainer
                 Loss = (float)(_epochLoss / _epochSteps),
                 PixelLoss = _model.UsesPixelLoss ? (float)(_epochPixel / _epochSteps) : null,
                 FeatureLoss = _model.UsesFeatureLoss ? (float)(_epochFeature / _epochSteps) : null,
+                PixelLossUnweighted = _model.UsesPixelLoss ? (float)(_epochPixelUnweighted / _epochSteps) : null,
+                PixelLossZeroBaseline = _model.UsesPixelLoss ? (float)(_epochPixelBaseline / _epochSteps) : null,
+                FeatureLossUnweighted = _model.UsesFeatureLoss ? (float)(_epochFeatureUnweighted / _epochSteps) : null,
+                FeatureTargetSharedEnergy = _model.UsesFeatureLoss ? (float)(_epochShared / _epochSteps) : null,
                 LearningRate = _schedules.LearningRate(step - 1),
                 EmaMomentum = _teacher is null ? null : _schedules.EmaMomentum(step - 1),
                 FeatureWeight = _model.UsesFeatureLoss ? _schedules.FeatureLossWeight(step - 1) : null,
@@ -380,6 +407,31 @@ public sealed class BootMaePretrainer
             _imagesSinceReport = 0;
             _metrics?.Invoke(metrics);
             _log?.Invoke(metrics.ToString());
+            WarnIfTrivial(metrics);
+        }
+
+        // Once per run: say so when the objective has become trivial, since the loss curve alone looks healthy then.
+        private void WarnIfTrivial(BootMaeTrainingMetrics m)
+        {
+            if (_collapseWarned || !m.IsEpochEnd)
+            {
+                return;
+            }
+
+            if (m.FeatureTargetSharedEnergy is { } shared && shared > CollapsedSharedEnergy)
+            {
+                _collapseWarned = true;
+                _log?.Invoke(string.Format(CultureInfo.InvariantCulture,
+                    "Warning: the feature target has collapsed: {0:P1} of its energy is common to all images, so the feature predictor can only learn " +
+                    "positional means. Use FeatureTargetNormalization = BatchStandardized, a higher EmaMomentumFloor, or Target = Pixel.", shared));
+            }
+            else if (m.PixelLoss is { } pixel && m.PixelLossZeroBaseline is { } zero && zero > 0 && m.Epoch > 0 && pixel > 0.95 * zero)
+            {
+                _collapseWarned = true;
+                _log?.Invoke(string.Format(CultureInfo.InvariantCulture,
+                    "Warning: the pixel loss {0:F4} is within 5% of what predicting 0 scores ({1:F4}): the pixel regressor is barely learning. " +
+                    "Try a higher LearningRate, more epochs, or a larger PixelTargetEpsilon for flat images.", pixel, zero));
+            }
         }
 
         private string SaveCheckpoint(TrainingPosition position)

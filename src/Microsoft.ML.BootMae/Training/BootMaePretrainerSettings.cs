@@ -72,14 +72,26 @@ public sealed class BootMaePretrainerSettings
     /// <summary>Share of the run over which λ ramps up linearly from 0. Default 0.25 (the official code).</summary>
     public double FeatureLossRampFraction = 0.25;
 
-    /// <summary>EMA momentum at the start; null (default) scales it to the run so the teacher's horizon is T/250 steps.</summary>
+    /// <summary>EMA momentum at the start; null (default) scales it to the run (horizon T/250 steps), but never below <see cref="EmaMomentumFloor"/>.</summary>
     public double? EmaMomentumStart;
 
-    /// <summary>EMA momentum at the end of the first ramp; null (default) scales it (horizon T/25).</summary>
+    /// <summary>EMA momentum at the end of the first ramp; null (default) scales it (horizon T/25), never below <see cref="EmaMomentumFloor"/>.</summary>
     public double? EmaMomentumMid;
 
-    /// <summary>EMA momentum from the end of the second ramp on; null (default) scales it (horizon T/2.5).</summary>
+    /// <summary>EMA momentum from the end of the second ramp on; null (default) scales it (horizon T/2.5), never below <see cref="EmaMomentumFloor"/>.</summary>
     public double? EmaMomentumEnd;
+
+    /// <summary>
+    /// The lowest momentum a scaled (null) EMA momentum may take: a teacher memory of at least 1/(1 − floor) steps. Short
+    /// runs scaled without a floor give m ≈ 0.5 at the start, so the teacher copies the student and its target carries
+    /// no information. Explicit momenta are used as given. Default 0.996 (a memory of 250 steps); the official code uses
+    /// 0.999 and up.
+    /// </summary>
+    public double EmaMomentumFloor = 0.996;
+
+    /// <summary>How the teacher's features become the target. Default <see cref="BootMaeFeatureTargetNormalization.BatchStandardized"/>
+    /// (the official code: <see cref="BootMaeFeatureTargetNormalization.LayerNorm"/>).</summary>
+    public BootMaeFeatureTargetNormalization FeatureTargetNormalization = BootMaeFeatureTargetNormalization.BatchStandardized;
 
     /// <summary>Share of the run of the first EMA ramp. Default 0.125 (100 of 800 epochs).</summary>
     public double EmaRamp1Fraction = 0.125;
@@ -120,6 +132,17 @@ public sealed class BootMaePretrainerSettings
 
     /// <summary>Per-patch normalised pixel target. Default true.</summary>
     public bool NormPixTarget = true;
+
+    /// <summary>
+    /// ε added to each patch's pixel variance (pixels in [−1, 1]) in the normalised pixel target. The official 1e-5 turns
+    /// nearly flat patches into amplified quantisation noise; a larger ε keeps their target near 0. Default 1e-5
+    /// (see docs/results.md for what was measured).
+    /// </summary>
+    public double PixelTargetEpsilon = 1e-5;
+
+    /// <summary>Random resized crop (area <c>0.5–1</c> below 64 pixels, else <c>0.2–1</c>) and horizontal flip of each batch
+    /// before masking, on the device. Default true. The ML.NET estimator turns it off because it augments while decoding.</summary>
+    public bool Augment = true;
 
     /// <summary>Blocks of the MAE-mode decoder. Default 8.</summary>
     public int MaeDecoderDepth = 8;
@@ -199,6 +222,8 @@ public sealed class BootMaePretrainerSettings
         Require(ReconstructionPreviewCount > 0, nameof(ReconstructionPreviewCount), "must be positive.");
         Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), "needs a CheckpointDirectory.");
         Require(Teacher != BootMaeTeacher.Frozen || TeacherEncoder is not null, nameof(TeacherEncoder), "is required when Teacher is Frozen.");
+        Require(EmaMomentumFloor is >= 0 and < 1, nameof(EmaMomentumFloor), "must be in [0, 1).");
+        Require(PixelTargetEpsilon > 0 && double.IsFinite(PixelTargetEpsilon), nameof(PixelTargetEpsilon), "must be a positive number.");
         foreach (var (name, value) in new[] { (nameof(EmaMomentumStart), EmaMomentumStart), (nameof(EmaMomentumMid), EmaMomentumMid), (nameof(EmaMomentumEnd), EmaMomentumEnd) })
         {
             Require(value is null or (>= 0 and <= 1), name, "must be in [0, 1].");

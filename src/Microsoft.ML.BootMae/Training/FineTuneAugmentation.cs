@@ -13,7 +13,7 @@ internal static class FineTuneAugmentation
     // Random resized crop (area fraction [0.2, 1], aspect [3/4, 4/3]) back to full size with bilinear sampling,
     // plus a horizontal flip with probability ½; one affine_grid + grid_sample for the whole batch. The area floor
     // is MAE pretraining's 0.2 rather than torchvision's 0.08, which destroys 28-pixel images.
-    public static Tensor RandomResizedCropFlip(Tensor images, Random random)
+    public static Tensor RandomResizedCropFlip(Tensor images, Random random, double minArea = MinArea)
     {
         long b = images.shape[0];
         var theta = new float[b * 6];
@@ -22,7 +22,7 @@ internal static class FineTuneAugmentation
             double w = 1, h = 1;
             for (int attempt = 0; attempt < 10; attempt++)
             {
-                double area = MinArea + ((1 - MinArea) * random.NextDouble());
+                double area = minArea + ((1 - minArea) * random.NextDouble());
                 double ratio = Math.Exp(LogRatioMin + ((LogRatioMax - LogRatioMin) * random.NextDouble()));
                 double cw = Math.Sqrt(area * ratio), ch = Math.Sqrt(area / ratio);
                 if (cw <= 1 && ch <= 1)

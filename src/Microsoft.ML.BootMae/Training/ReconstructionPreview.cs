@@ -25,7 +25,7 @@ internal static class ReconstructionPreview
             var images = BootMaeEncoder.Normalize(tensor(pixels01.AsSpan(0, count * perImage).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(device));
             using var masks = MaskingGenerator.ForSettings(a, s, seed).Next(count, device);
             var prediction = network.Forward(images, masks).Pixels;
-            var reconstruction = s.Mode == PretrainMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget);
+            var reconstruction = s.Mode == PretrainMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
             var recon01 = reconstruction.add(1.0).div_(2.0).clamp_(0.0, 1.0).cpu().contiguous().data<float>().ToArray();
             var maskValues = masks.Mask.cpu().contiguous().data<float>().ToArray();
             int n = a.NumPatches;
@@ -47,8 +47,8 @@ internal static class ReconstructionPreview
         }
     }
 
-    // BootMAE: B×C×H×W in the per-patch, per-channel normalised space (population variance, eps 1e-5).
-    private static Tensor FromPerChannelTarget(Tensor prediction, Tensor images, int p, bool normalized)
+    // BootMAE: B×C×H×W in the per-patch, per-channel normalised space of the loss's own pixel target.
+    private static Tensor FromPerChannelTarget(Tensor prediction, Tensor images, int p, bool normalized, double epsilon)
     {
         if (!normalized)
         {
@@ -56,9 +56,7 @@ internal static class ReconstructionPreview
         }
 
         long b = images.shape[0], c = images.shape[1], h = images.shape[2] / p, w = images.shape[3] / p;
-        var x = images.reshape(b, c, h, p, w, p);
-        var mean = x.mean(new long[] { 3, 5 }, keepdim: true);
-        var std = (x.var(new long[] { 3, 5 }, unbiased: false, keepdim: true) + 1e-5).sqrt();
+        var (mean, std) = BootMaeLosses.PatchStatistics(images, p, epsilon);
         return (prediction.reshape(b, c, h, p, w, p) * std + mean).reshape(b, c, h * p, w * p);
     }
 

@@ -1,0 +1,495 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.IO.Compression;
+using System.Text;
+using System.Text.Json;
+using Microsoft.ML;
+using Microsoft.ML.BootMae.Training;
+using Microsoft.ML.Data;
+
+namespace Microsoft.ML.BootMae.Benchmarks;
+
+/// <summary>
+/// The evaluation of issue 9: what pretraining buys on real data. For each seed it pretrains BootMAE and MAE for the
+/// same wall-time budget, then compares them with a random encoder and raw pixels: a linear probe on every block, and
+/// fine-tuning with few labels against training from scratch at equal fine-tune epochs and at equal total steps.
+/// </summary>
+internal static class Evaluation
+{
+    private const int ProbePerClass = 200;
+
+    public static void Run(EvaluationArguments args)
+    {
+        var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit);
+        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} test images. CPU: {CpuModel()}.");
+        var rows = new List<EvaluationRow>();
+        void Add(EvaluationRow row)
+        {
+            rows.Add(row);
+            Console.WriteLine(JsonSerializer.Serialize(row));
+            if (args.JsonPath is not null)
+            {
+                File.AppendAllText(args.JsonPath, JsonSerializer.Serialize(row) + Environment.NewLine);
+            }
+        }
+
+        foreach (int seed in args.Seeds)
+        {
+            if (args.Methods.Contains("pixels"))
+            {
+                Add(new EvaluationRow(seed, "raw pixels", "linear probe", ProbePerClass * 10, 0, 0, 0, LinearModel(data, seed, null)));
+            }
+
+            var encoders = new List<(string Method, BootMaeEncoder Encoder, long Steps, double Seconds)>();
+            if (args.Methods.Contains("random"))
+            {
+                encoders.Add(("random init", RandomEncoder(args, seed), 0, 0));
+            }
+
+            foreach (var mode in new[] { ("bootmae", BootMaeMode.BootMae), ("mae", BootMaeMode.Mae) })
+            {
+                if (args.Methods.Contains(mode.Item1))
+                {
+                    var (encoder, steps, seconds) = Pretrain(args, data, mode.Item2, seed);
+                    encoders.Add((mode.Item2 == BootMaeMode.Mae ? "MAE" : "BootMAE", encoder, steps, seconds));
+                }
+            }
+
+            long maxPretrainSteps = encoders.Count == 0 ? 0 : encoders.Max(e => e.Steps);
+            foreach (var (method, encoder, steps, seconds) in encoders)
+            {
+                if (args.Probe)
+                {
+                    var perBlock = Enumerable.Range(0, args.Architecture.Depth).Select(block => LinearModel(data, seed, (encoder, block))).ToArray();
+                    int best = Array.IndexOf(perBlock, perBlock.Max());
+                    Add(new EvaluationRow(seed, method, $"linear probe, best block ({best + 1} of {perBlock.Length})", ProbePerClass * 10, steps, seconds, 0, perBlock[best]));
+                    Add(new EvaluationRow(seed, method, "linear probe, last block", ProbePerClass * 10, steps, seconds, 0, perBlock[^1]));
+                    Console.WriteLine($"  {method} probe per block: {string.Join(", ", perBlock.Select(p => p.ToString("P1", CultureInfo.InvariantCulture)))}");
+                }
+
+                foreach (var (labels, epochs) in args.FineTune)
+                {
+                    bool scratch = steps == 0;
+                    var ft = FineTune(args, data, encoder, seed, labels, epochs, maxSteps: null, pretrained: !scratch);
+                    Add(new EvaluationRow(seed, method, scratch ? "from scratch, equal fine-tune epochs" : "fine-tune", labels, steps, seconds, ft.Steps, ft.Accuracy));
+                    if (scratch && maxPretrainSteps > 0)
+                    {
+                        // The same supervised run given the pretraining's steps as extra supervised steps.
+                        long total = maxPretrainSteps + ft.Steps;
+                        var longer = FineTune(args, data, encoder, seed, labels, (int)Math.Ceiling((double)total / ft.StepsPerEpoch), maxSteps: total, pretrained: false);
+                        Add(new EvaluationRow(seed, method, "from scratch, equal total steps", labels, 0, 0, longer.Steps, longer.Accuracy));
+                    }
+                }
+
+                encoder.Dispose();
+            }
+        }
+
+        if (args.MarkdownPath is not null)
+        {
+            File.WriteAllText(args.MarkdownPath, Markdown(args, data, rows));
+            Console.WriteLine($"Results table: {args.MarkdownPath}");
+        }
+    }
+
+    // The initialisation the classification trainer uses when it is given no encoder.
+    private static BootMaeEncoder RandomEncoder(EvaluationArguments args, int seed) => BootMaeEncoder.CreateRandom(args.Architecture, seed);
+
+    private static BootMaePretrainerSettings PretrainSettings(EvaluationArguments args, BootMaeMode mode, int seed)
+    {
+        var s = args.Official ? Official() : new BootMaePretrainerSettings();
+        s.Mode = mode;
+        s.BatchSize = args.PretrainBatch;
+        s.MaxEpochs = 1_000_000;
+        s.Seed = seed;
+        s.Device = BootMaeDevice.Cpu;
+        s.LogEveryNSteps = 1_000_000;
+        s.LearningRate = args.LearningRate ?? s.LearningRate;
+        s.FeatureTargetNormalization = args.FeatureNorm ?? s.FeatureTargetNormalization;
+        s.EmaMomentumFloor = args.EmaFloor ?? s.EmaMomentumFloor;
+        s.PixelTargetEpsilon = args.PixelEpsilon ?? s.PixelTargetEpsilon;
+        s.NormPixTarget = args.NormPix ?? s.NormPixTarget;
+        s.Augment = args.Augment ?? s.Augment;
+        s.Target = args.Target ?? s.Target;
+        s.InjectRegressor = args.Inject ?? s.InjectRegressor;
+        s.InjectPredictor = args.Inject ?? s.InjectPredictor;
+        s.Masking = args.Masking ?? s.Masking;
+        s.TeacherFraction = args.TeacherFraction ?? s.TeacherFraction;
+        return s;
+    }
+
+    // The published recipe, for comparison (ViT-B values where they do not depend on the data).
+    private static BootMaePretrainerSettings Official() => new()
+    {
+        LearningRate = 1.5e-4, FeatureTargetNormalization = BootMaeFeatureTargetNormalization.LayerNorm,
+        EmaMomentumStart = 0.999, EmaMomentumMid = 0.9999, EmaMomentumEnd = 0.9999, PixelTargetEpsilon = 1e-5,
+    };
+
+    private static (BootMaeEncoder Encoder, long Steps, double Seconds) Pretrain(EvaluationArguments args, EvaluationData data, BootMaeMode mode, int seed)
+    {
+        var settings = PretrainSettings(args, mode, seed);
+        long steps = args.PretrainSteps ?? 0;
+        if (steps == 0)
+        {
+            // Equal wall time: time a few steps of this mode, then plan the run (its schedules need the step count).
+            var probe = PretrainSettings(args, mode, seed);
+            probe.MaxSteps = 6;
+            var stamps = new List<double>();
+            var clock = Stopwatch.StartNew();
+            probe.LogEveryNSteps = 1;
+            new BootMaePretrainer(args.Architecture, probe).Train(data.Unlabelled(seed), _ => stamps.Add(clock.Elapsed.TotalSeconds)).Dispose();
+            double perStep = (stamps[^1] - stamps[1]) / (stamps.Count - 2);
+            steps = Math.Max(10, (long)(args.PretrainMinutes * 60 / perStep));
+            Console.WriteLine($"  {mode}: {perStep * 1000:F0} ms per step → {steps} steps for {args.PretrainMinutes} minutes.");
+        }
+
+        settings.MaxSteps = steps;
+        BootMaeTrainingMetrics? last = null;
+        var watch = Stopwatch.StartNew();
+        var encoder = new BootMaePretrainer(args.Architecture, settings).Train(data.Unlabelled(seed), m =>
+        {
+            last = m;
+            if (m.IsEpochEnd || m.Step == m.TotalSteps)
+            {
+                Console.WriteLine($"    {mode} seed {seed}: {m}");
+            }
+        }, line =>
+        {
+            if (line.StartsWith("Warning", StringComparison.Ordinal))
+            {
+                Console.WriteLine("    " + line);
+            }
+        });
+        Console.WriteLine($"  {mode} seed {seed}: {steps} steps in {watch.Elapsed.TotalMinutes:F1} min; last report: {last}");
+        return (encoder, steps, watch.Elapsed.TotalSeconds);
+    }
+
+    private static (double Accuracy, long Steps, long StepsPerEpoch) FineTune(EvaluationArguments args, EvaluationData data, BootMaeEncoder encoder, int seed,
+        int labelsCount, int epochs, long? maxSteps, bool pretrained)
+    {
+        var (pixels, labels) = data.Labelled(labelsCount / 10, seed);
+        int batch = Math.Min(args.FineTuneBatch, Math.Max(10, labelsCount / 5));
+        long stepsPerEpoch = (labels.Length + batch - 1) / batch;
+        var settings = new FineTuneSettings
+        {
+            MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = true,
+            LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
+        };
+        long steps = 0;
+        using var engine = ImageClassifierEngine.Train(encoder, 10, new InMemoryImageSource(pixels, labels, labels.Length, 1, 28, seed, shuffle: true), null,
+            settings, m => steps = Math.Max(steps, m.Step), null, CancellationToken.None);
+        return (Accuracy(engine, data), steps, stepsPerEpoch);
+    }
+
+    private static double Accuracy(ImageClassifierEngine engine, EvaluationData data)
+    {
+        int correct = 0;
+        for (int start = 0; start < data.TestCount; start += 500)
+        {
+            int n = Math.Min(500, data.TestCount - start);
+            var scores = engine.PredictScores(data.TestPixels.AsSpan(start * 784, n * 784).ToArray(), n);
+            for (int i = 0; i < n; i++)
+            {
+                var row = scores.AsSpan(i * 10, 10);
+                int predicted = row.IndexOf(MaxOf(row));
+                correct += predicted == data.TestLabels[start + i] ? 1 : 0;
+            }
+        }
+
+        return (double)correct / data.TestCount;
+    }
+
+    private static float MaxOf(ReadOnlySpan<float> values)
+    {
+        float max = float.NegativeInfinity;
+        foreach (var v in values)
+        {
+            max = Math.Max(max, v);
+        }
+
+        return max;
+    }
+
+    // Multinomial logistic regression (L-BFGS) on standardised features: raw pixels when encoder is null, else the
+    // mean-pooled patch tokens of one block.
+    private static double LinearModel(EvaluationData data, int seed, (BootMaeEncoder Encoder, int Block)? features)
+    {
+        var (trainPixels, trainLabels) = data.Labelled(ProbePerClass, seed);
+        float[] Features(float[] pixels, int count)
+        {
+            if (features is not { } f)
+            {
+                return pixels;
+            }
+
+            var result = new List<float>(count * f.Encoder.Architecture.EmbedDim);
+            for (int start = 0; start < count; start += 500)
+            {
+                int n = Math.Min(500, count - start);
+                result.AddRange(f.Encoder.Embed(pixels.AsSpan(start * 784, n * 784).ToArray(), n, BootMaePooling.Mean, f.Block, BootMaePrecision.Float32));
+            }
+
+            return result.ToArray();
+        }
+
+        int d = features is { } g ? g.Encoder.Architecture.EmbedDim : 784;
+        var ml = new MLContext(seed);
+        IDataView View(float[] values, int[] labels)
+        {
+            var items = labels.Select((label, i) => new ProbeRow { Label = (uint)label, Features = values.AsSpan(i * d, d).ToArray() }).ToList();
+            var schema = SchemaDefinition.Create(typeof(ProbeRow));
+            schema[nameof(ProbeRow.Features)].ColumnType = new VectorDataViewType(NumberDataViewType.Single, d);
+            return ml.Data.LoadFromEnumerable(items, schema);
+        }
+
+        var train = View(Features(trainPixels, trainLabels.Length), trainLabels);
+        var test = View(Features(data.TestPixels, data.TestCount), data.TestLabels);
+        var model = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.NormalizeMeanVariance("Features"))
+            .Append(ml.MulticlassClassification.Trainers.LbfgsMaximumEntropy("Label", "Features"))
+            .Fit(train);
+        return ml.MulticlassClassification.Evaluate(model.Transform(test)).MicroAccuracy;
+    }
+
+    private static string Markdown(EvaluationArguments args, EvaluationData data, List<EvaluationRow> rows)
+    {
+        var c = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine(c, $"Data: {data.Description}. Test: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
+        string budget = args.PretrainSteps is { } s ? $", {s} steps" : $", {args.PretrainMinutes} minutes per method";
+        string recipe = args.Official ? ", official recipe" : string.Empty;
+        sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
+        sb.AppendLine();
+        sb.AppendLine("| method | evaluation | labels | pretraining steps | pretraining min | fine-tune steps | accuracy (mean ± half-range) | per seed |");
+        sb.AppendLine("|---|---|--:|--:|--:|--:|--:|---|");
+        foreach (var group in rows.GroupBy(r => (r.method, Evaluation: r.evaluation.StartsWith("linear probe, best", StringComparison.Ordinal) ? "linear probe, best block" : r.evaluation, r.labels)))
+        {
+            var list = group.ToList();
+            double mean = list.Average(r => r.accuracy), half = (list.Max(r => r.accuracy) - list.Min(r => r.accuracy)) / 2;
+            string evaluation = list.Count == 1 ? list[0].evaluation : group.Key.Evaluation + " (" + string.Join(", ", list.Select(r => r.evaluation[(r.evaluation.IndexOf('(') + 1)..].TrimEnd(')')).Where(x => x.Contains("of", StringComparison.Ordinal))) + ")";
+            sb.AppendLine(c, $"| {group.Key.method} | {evaluation.Replace(" ()", string.Empty, StringComparison.Ordinal)} | {group.Key.labels:N0} | {list.Average(r => r.pretrain_steps):N0} | {list.Average(r => r.pretrain_seconds) / 60:F1} | {list.Average(r => r.finetune_steps):N0} | {mean:P1} ± {half * 100:F1} | {string.Join(" / ", list.Select(r => r.accuracy.ToString("P1", c)))} |");
+        }
+
+        return sb.ToString();
+    }
+
+    private static string CpuModel()
+    {
+        try
+        {
+            var lines = File.ReadAllLines("/proc/cpuinfo");
+            string model = lines.FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown";
+            string flags = lines.FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) ?? string.Empty;
+            string simd = flags.Contains("amx_bf16", StringComparison.Ordinal) ? "AMX" : flags.Contains("avx512_bf16", StringComparison.Ordinal) ? "AVX-512 BF16"
+                : flags.Contains("avx512f", StringComparison.Ordinal) ? "AVX-512" : flags.Contains("avx2", StringComparison.Ordinal) ? "AVX2 only" : "no AVX2";
+            return $"{model} ({simd})";
+        }
+        catch (IOException)
+        {
+            return "unknown";
+        }
+    }
+
+    private sealed class ProbeRow
+    {
+        public uint Label { get; set; }
+
+        public float[] Features { get; set; } = Array.Empty<float>();
+    }
+}
+
+internal sealed record EvaluationRow(int seed, string method, string evaluation, int labels, long pretrain_steps, double pretrain_seconds, long finetune_steps, double accuracy);
+
+/// <summary>Fashion-MNIST for the evaluation: Debian's full set when installed, else the embedded subset.</summary>
+internal sealed class EvaluationData
+{
+    private const string DebianFolder = "/usr/share/datasets/fashion-mnist";
+
+    private EvaluationData(string description, byte[] train, byte[] trainLabels, byte[] test, byte[] testLabels)
+    {
+        Description = description;
+        _train = train;
+        _trainLabels = trainLabels;
+        TestCount = testLabels.Length;
+        TestPixels = test.Select(b => b / 255f).ToArray();
+        TestLabels = testLabels.Select(b => (int)b).ToArray();
+    }
+
+    private readonly byte[] _train;
+    private readonly byte[] _trainLabels;
+
+    public string Description { get; }
+
+    public int TrainCount => _trainLabels.Length;
+
+    public int TestCount { get; }
+
+    public float[] TestPixels { get; }
+
+    public int[] TestLabels { get; }
+
+    public static EvaluationData Load(int? unlabelledLimit, int? testLimit)
+    {
+        var data = LoadAll(unlabelledLimit);
+        return testLimit is { } t && t < data.TestCount ? data.WithTest(t) : data;
+    }
+
+    // The first count test images (the test file's order is close to class-balanced).
+    private EvaluationData WithTest(int count) => new(Description, _train, _trainLabels,
+        TestPixels.AsSpan(0, count * 784).ToArray(), TestLabels.AsSpan(0, count).ToArray());
+
+    private EvaluationData(string description, byte[] train, byte[] trainLabels, float[] test, int[] testLabels)
+    {
+        Description = description;
+        _train = train;
+        _trainLabels = trainLabels;
+        TestCount = testLabels.Length;
+        TestPixels = test;
+        TestLabels = testLabels;
+    }
+
+    private static EvaluationData LoadAll(int? unlabelledLimit)
+    {
+        if (File.Exists(Path.Combine(DebianFolder, "train-images-idx3-ubyte.gz")))
+        {
+            var train = Idx(Path.Combine(DebianFolder, "train-images-idx3-ubyte.gz"), 16);
+            var trainLabels = Idx(Path.Combine(DebianFolder, "train-labels-idx1-ubyte.gz"), 8);
+            var test = Idx(Path.Combine(DebianFolder, "t10k-images-idx3-ubyte.gz"), 16);
+            var testLabels = Idx(Path.Combine(DebianFolder, "t10k-labels-idx1-ubyte.gz"), 8);
+            int n = Math.Min(trainLabels.Length, unlabelledLimit ?? int.MaxValue);
+            return new EvaluationData($"full Fashion-MNIST ({DebianFolder})", train.AsSpan(0, n * 784).ToArray(), trainLabels.AsSpan(0, n).ToArray(), test, testLabels);
+        }
+
+        var arrays = FashionMnistSample.LoadArrays();
+        return new EvaluationData("embedded Fashion-MNIST subset (install dataset-fashion-mnist for the full set)",
+            arrays.Train.Pixels, arrays.Train.Labels, arrays.Test.Pixels, arrays.Test.Labels);
+    }
+
+    // Every training image, labels unused.
+    public InMemoryImageSource Unlabelled(int seed) => new(_train.Select(b => b / 255f).ToArray(), null, TrainCount, 1, 28, seed, shuffle: true);
+
+    // perClass labelled images per class, drawn from the training images by a seeded shuffle (the same for every method).
+    public (float[] Pixels, int[] Labels) Labelled(int perClass, int seed)
+    {
+        var order = Enumerable.Range(0, TrainCount).ToArray();
+        new Random(seed * 7919).Shuffle(order);
+        var chosen = order.GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(perClass)).OrderBy(i => i).ToArray();
+        var pixels = new float[chosen.Length * 784];
+        for (int k = 0; k < chosen.Length; k++)
+        {
+            for (int j = 0; j < 784; j++)
+            {
+                pixels[(k * 784) + j] = _train[(chosen[k] * 784) + j] / 255f;
+            }
+        }
+
+        return (pixels, chosen.Select(i => (int)_trainLabels[i]).ToArray());
+    }
+
+    private static byte[] Idx(string path, int header)
+    {
+        using var stream = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
+        using var memory = new MemoryStream();
+        stream.CopyTo(memory);
+        return memory.ToArray()[header..];
+    }
+}
+
+/// <summary>Options of the <c>evaluate</c> command.</summary>
+internal sealed class EvaluationArguments
+{
+    public BootMaeArchitecture Architecture { get; set; } = BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 };
+
+    public int[] Seeds { get; set; } = [1, 2];
+
+    public HashSet<string> Methods { get; set; } = ["pixels", "random", "bootmae", "mae"];
+
+    public double PretrainMinutes { get; set; } = 10;
+
+    public long? PretrainSteps { get; set; }
+
+    public int PretrainBatch { get; set; } = 64;
+
+    public int FineTuneBatch { get; set; } = 64;
+
+    public List<(int Labels, int Epochs)> FineTune { get; set; } = [(100, 60), (1000, 30)];
+
+    public bool Probe { get; set; } = true;
+
+    public int? UnlabelledLimit { get; set; }
+
+    public int? TestLimit { get; set; }
+
+    public bool Official { get; set; }
+
+    public double? LearningRate { get; set; }
+
+    public BootMaeFeatureTargetNormalization? FeatureNorm { get; set; }
+
+    public double? EmaFloor { get; set; }
+
+    public double? PixelEpsilon { get; set; }
+
+    public bool? NormPix { get; set; }
+
+    public bool? Augment { get; set; }
+
+    public BootMaeTarget? Target { get; set; }
+
+    public bool? Inject { get; set; }
+
+    public BootMaeMasking? Masking { get; set; }
+
+    public double? TeacherFraction { get; set; }
+
+    public double? LayerDecay { get; set; }
+
+    public string? MarkdownPath { get; set; }
+
+    public string? JsonPath { get; set; }
+
+    public static EvaluationArguments Parse(string[] args)
+    {
+        var a = new EvaluationArguments();
+        var c = CultureInfo.InvariantCulture;
+        for (int i = 1; i < args.Length; i += 2)
+        {
+            if (i + 1 >= args.Length)
+            {
+                throw new ArgumentException($"Option {args[i]} needs a value.");
+            }
+
+            string v = args[i + 1];
+            switch (args[i])
+            {
+                case "--seeds": a.Seeds = v.Split(',').Select(x => int.Parse(x, c)).ToArray(); break;
+                case "--methods": a.Methods = v.Split(',').ToHashSet(); break;
+                case "--pretrain-minutes": a.PretrainMinutes = double.Parse(v, c); break;
+                case "--pretrain-steps": a.PretrainSteps = long.Parse(v, c); break;
+                case "--pretrain-batch": a.PretrainBatch = int.Parse(v, c); break;
+                case "--finetune" when v == "none": a.FineTune = []; break;
+                case "--test": a.TestLimit = int.Parse(v, c); break;
+                case "--finetune": a.FineTune = v.Split(',').Select(x => x.Split(':')).Select(p => (int.Parse(p[0], c), int.Parse(p[1], c))).ToList(); break;
+                case "--probe": a.Probe = bool.Parse(v); break;
+                case "--unlabelled": a.UnlabelledLimit = int.Parse(v, c); break;
+                case "--official": a.Official = bool.Parse(v); break;
+                case "--lr": a.LearningRate = double.Parse(v, c); break;
+                case "--feature-norm": a.FeatureNorm = v is "ln" ? BootMaeFeatureTargetNormalization.LayerNorm : v is "batch" ? BootMaeFeatureTargetNormalization.BatchStandardized : throw new ArgumentException("--feature-norm: ln or batch"); break;
+                case "--ema-floor": a.EmaFloor = double.Parse(v, c); break;
+                case "--pix-eps": a.PixelEpsilon = double.Parse(v, c); break;
+                case "--norm-pix": a.NormPix = bool.Parse(v); break;
+                case "--augment": a.Augment = bool.Parse(v); break;
+                case "--target": a.Target = Enum.Parse<BootMaeTarget>(v, ignoreCase: true); break;
+                case "--inject": a.Inject = bool.Parse(v); break;
+                case "--masking": a.Masking = Enum.Parse<BootMaeMasking>(v, ignoreCase: true); break;
+                case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
+                case "--layer-decay": a.LayerDecay = double.Parse(v, c); break;
+                case "--md": a.MarkdownPath = v; break;
+                case "--json": a.JsonPath = v; break;
+                default: throw new ArgumentException($"Unknown option {args[i]} of evaluate.");
+            }
+        }
+
+        return a;
+    }
+}
