@@ -19,7 +19,8 @@ internal static class BootMaeLosses
         var x = images.reshape(b, c, h, patchSize, w, patchSize);
         var mean = x.mean(new long[] { 3, 5 }, keepdim: true);
         var variance = x.var(new long[] { 3, 5 }, unbiased: false, keepdim: true);
-        return ((x - mean) / (variance + 1e-5).sqrt()).reshape(b, c, h * patchSize, w * patchSize);
+        using var eps = 1e-5.ToScalar();
+        return ((x - mean) / variance.add(eps, TorchScalars.One).sqrt()).reshape(b, c, h * patchSize, w * patchSize);
     }
 
     // w = m·(1 + AvgPool3×3(m)) on the patch grid (stride 1, zero padding 1, always dividing by 9); w = m when off.
@@ -34,7 +35,7 @@ internal static class BootMaeLosses
         long b = mask.shape[0];
         var m = mask.reshape(b, 1, gridSize, gridSize);
         var pooled = nn.functional.avg_pool2d(m, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, count_include_pad: true);
-        return (m * (1 + pooled)).reshape(b, gridSize * gridSize);
+        return (m * pooled.add(TorchScalars.One, TorchScalars.One)).reshape(b, gridSize * gridSize);
     }
 
     // Patch-grid values B×N → pixel map B×1×H×W (nearest upsampling).
@@ -51,7 +52,7 @@ internal static class BootMaeLosses
     {
         var wPix = ToPixels(weight, gridSize, patchSize);
         var mPix = ToPixels(mask, gridSize, patchSize);
-        var err = (prediction - target).square();
+        var err = (prediction - target).pow(TorchScalars.Two);
         return (wPix * err).mean() / mPix.mean();
     }
 
@@ -71,8 +72,9 @@ internal static class BootMaeLosses
             weight = weight.gather(1, subsetIds);
         }
 
-        var err = (FeatureNorm(teacher) - FeatureNorm(prediction)).square();
-        return (weight.unsqueeze(-1) * err).sum() / (mask.sum() * d);
+        var err = (FeatureNorm(teacher) - FeatureNorm(prediction)).pow(TorchScalars.Two);
+        using var dim = d.ToScalar();
+        return (weight.unsqueeze(-1) * err).sum() / mask.sum().mul(dim);
     }
 
     // MAE's patchify: B×C×H×W → B×N×(P·P·C) with the last dimension ordered (p, q, c).
@@ -92,10 +94,11 @@ internal static class BootMaeLosses
         {
             var mean = target.mean(new long[] { -1 }, keepdim: true);
             var variance = target.var(-1, unbiased: true, keepdim: true);
-            target = (target - mean) / (variance + 1e-6).sqrt();
+            using var eps = 1e-6.ToScalar();
+            target = (target - mean) / variance.add(eps, TorchScalars.One).sqrt();
         }
 
-        var perPatch = (prediction - target).square().mean(new long[] { -1 });
+        var perPatch = (prediction - target).pow(TorchScalars.Two).mean(new long[] { -1 });
         return (perPatch * mask).sum() / mask.sum();
     }
 
@@ -132,11 +135,12 @@ internal static class BootMaeLosses
             feature = FeatureLoss(forward.Features, teacher, masks.Mask, weight, teacherIds);
         }
 
+        using var lambda = featureWeight.ToScalar();
         var total = (pixel, feature) switch
         {
-            (not null, not null) => pixel + (featureWeight * feature),
+            (not null, not null) => pixel.add(feature.mul(lambda), TorchScalars.One),
             (not null, null) => pixel,
-            (null, not null) => featureWeight * feature,
+            (null, not null) => feature.mul(lambda),
             _ => throw new InvalidOperationException("Settings select no loss."),
         };
         return new LossResult(total, pixel, feature);

@@ -532,8 +532,10 @@ internal sealed class ImageClassifierEngine : IDisposable
             _position = position;
             (_bestLoss, _bestEpoch, _epochsSinceBest, _lastCompletedEpoch) =
                 (progress.BestLoss ?? double.PositiveInfinity, progress.BestEpoch, progress.EpochsSinceBest, progress.LastCompletedEpoch);
-            _epochLoss!.fill_(progress.EpochLossSum);
-            _epochCorrect!.fill_(progress.EpochCorrect);
+            using var lossSum = progress.EpochLossSum.ToScalar();
+            using var correct = progress.EpochCorrect.ToScalar();
+            _epochLoss!.fill_(lossSum);
+            _epochCorrect!.fill_(correct);
             _epochImages = progress.EpochImages;
             _best = best;
             _log?.Invoke($"Resumed from '{path}' at step {position.Step} (epoch {position.Epoch}).");
@@ -634,8 +636,9 @@ internal sealed class ImageClassifierEngine : IDisposable
                     _optimizer.step();
                     using (no_grad())
                     {
-                        lossSum.add_(loss.detach().to(ScalarType.Float64) * batch.Count);
-                        correctSum.add_(logits.argmax(1).eq(y).sum());
+                        using var count = batch.Count.ToScalar();
+                        lossSum.add_(loss.detach().to(ScalarType.Float64).mul(count), TorchScalars.One);
+                        correctSum.add_(logits.argmax(1).eq(y).sum(), TorchScalars.One);
                     }
                 }
 
