@@ -215,7 +215,7 @@ public sealed class BootMaeEncoder : IDisposable
     }
 
     /// <summary>Scales [0, 1] pixels to the network's input range ([-1, 1]).</summary>
-    internal static Tensor Normalize(Tensor pixels01) => pixels01.mul(2.0).sub_(1.0);
+    internal static Tensor Normalize(Tensor pixels01) => pixels01.mul(TorchScalars.TwoDouble).sub_(TorchScalars.OneDouble);
 
     /// <summary>
     /// Embeds <paramref name="count"/> images given as [count, C, H, W] floats in [0, 1]; returns count×D values

@@ -15,7 +15,8 @@ internal static class AttentionKernels
             // softmax, which is also the more accurate of the two. No gradients flow here, so nothing is lost.
             using var scores = q.matmul(k.transpose(-2, -1));
             using var scores32 = scores.to(ScalarType.Float32);
-            scores32.mul_(1.0 / Math.Sqrt(q.shape[^1]));
+            using var scale = (1.0 / Math.Sqrt(q.shape[^1])).ToScalar();
+            scores32.mul_(scale);
             using var weights32 = scores32.softmax(-1);
             using var weights = weights32.to(ScalarType.BFloat16);
             return weights.matmul(v);

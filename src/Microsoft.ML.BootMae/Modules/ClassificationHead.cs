@@ -46,7 +46,8 @@ internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
         nn.init.trunc_normal_(head.weight!, 0.0, std, -2 * std, 2 * std, generator);
         if (!IsLinearProbe)
         {
-            head.weight!.mul_(0.001);
+            using var scale = 0.001.ToScalar();
+            head.weight!.mul_(scale);
         }
 
         head.bias!.zero_();

@@ -37,7 +37,7 @@ internal sealed class DecoderBlock : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor x, Tensor? context)
     {
-        x = x + attn.forward(norm1.forward(x));
+        x = x.add(attn.forward(norm1.forward(x)), TorchScalars.One);
         if (c_attn is not null)
         {
             if (context is null)
@@ -45,10 +45,10 @@ internal sealed class DecoderBlock : nn.Module<Tensor, Tensor?, Tensor>
                 throw new ArgumentNullException(nameof(context), "This decoder block has cross-attention and needs the injected feature.");
             }
 
-            x = x + c_attn.forward(norm3!.forward(x), norm4!.forward(context));
+            x = x.add(c_attn.forward(norm3!.forward(x), norm4!.forward(context)), TorchScalars.One);
         }
 
-        return x + mlp.forward(norm2.forward(x));
+        return x.add(mlp.forward(norm2.forward(x)), TorchScalars.One);
     }
 
     public void Initialize(Generator generator)

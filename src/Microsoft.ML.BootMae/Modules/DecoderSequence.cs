@@ -19,7 +19,7 @@ internal static class DecoderSequence
         if (maskPositionTable is not null)
         {
             var pe = maskPositionTable[.., 1..].expand(b, -1, -1).gather(1, idsMasked.unsqueeze(-1).expand(-1, -1, d));
-            tokens = tokens + pe;
+            tokens = tokens.add(pe, TorchScalars.One);
         }
 
         var unshuffled = cat(new[] { visible, tokens }, 1).gather(1, masks.IdsRestore.unsqueeze(-1).expand(-1, -1, d));

@@ -29,7 +29,8 @@ internal sealed class DropPath : nn.Module<Tensor, Tensor>
         Array.Fill(shape, 1L);
         shape[0] = branch.shape[0];
         // rand < keep is a Bernoulli(keep) mask; drawn on the CPU generator so the draw is the same on any device.
-        var mask = rand(shape, dtype: ScalarType.Float32, generator: Generator).lt_(keep).to(branch.dtype).to(branch.device);
-        return branch * mask.div_(keep);
+        using var keepScalar = keep.ToScalar();
+        var mask = rand(shape, dtype: ScalarType.Float32, generator: Generator).lt_(keepScalar).to(branch.dtype).to(branch.device);
+        return branch * mask.div_(keepScalar);
     }
 }

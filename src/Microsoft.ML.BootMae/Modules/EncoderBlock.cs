@@ -27,8 +27,8 @@ internal sealed class EncoderBlock : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        x = x + drop_path.forward(attn.forward(norm1.forward(x)));
-        return x + drop_path.forward(mlp.forward(norm2.forward(x)));
+        x = x.add(drop_path.forward(attn.forward(norm1.forward(x))), TorchScalars.One);
+        return x.add(drop_path.forward(mlp.forward(norm2.forward(x))), TorchScalars.One);
     }
 
     public void Initialize(Generator generator)

@@ -34,7 +34,7 @@ internal sealed class MaeDecoder : nn.Module<Tensor, MaskBatch, Tensor>
 
     public override Tensor forward(Tensor latent, MaskBatch masks)
     {
-        var x = DecoderSequence.Assemble(decoder_embed.forward(latent), mask_token, null, masks) + decoder_pos_embed;
+        var x = DecoderSequence.Assemble(decoder_embed.forward(latent), mask_token, null, masks).add(decoder_pos_embed, TorchScalars.One);
         foreach (var block in decoder_blocks)
         {
             x = block.forward(x);

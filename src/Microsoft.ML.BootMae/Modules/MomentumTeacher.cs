@@ -63,10 +63,12 @@ internal sealed class MomentumTeacher : IDisposable
 
         using (no_grad())
         {
+            // The 0-dim float64 tensor the implicit double → Tensor conversion made, but owned (see TorchScalars).
+            using var weight = tensor(1 - momentum);
             foreach (var (t, s) in pairs)
             {
                 // One kernel per tensor instead of mul_ + add_: about 3 ms less per tiny28 step.
-                t.lerp_(s, 1 - momentum);
+                t.lerp_(s, weight);
             }
         }
 

@@ -63,8 +63,8 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // Teacher path over the full image: cls + all N patches → all blocks; returns patch tokens B×N×D, no final LN.
     public override Tensor forward(Tensor images)
     {
-        var x = patch_embed.forward(images) + pos_embed[.., 1..];
-        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        var x = patch_embed.forward(images).add(pos_embed[.., 1..], TorchScalars.One);
+        var cls = cls_token.add(pos_embed[.., ..1], TorchScalars.One).expand(x.shape[0], -1, -1);
         x = cat(new[] { cls, x }, 1);
         return RunBlocks(x)[.., 1..];
     }
@@ -77,8 +77,8 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // keeps features on the scale the rest of the network saw in training.
     public Tensor ForwardTokens(Tensor images, int lastBlock)
     {
-        var x = patch_embed.forward(images) + pos_embed[.., 1..];
-        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        var x = patch_embed.forward(images).add(pos_embed[.., 1..], TorchScalars.One);
+        var cls = cls_token.add(pos_embed[.., ..1], TorchScalars.One).expand(x.shape[0], -1, -1);
         x = cat(new[] { cls, x }, 1);
         for (int i = 0; i <= lastBlock; i++)
         {
@@ -102,8 +102,8 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // final LN by identity): B×(1+N)×D.
     public Tensor ForwardRaw(Tensor images, int lastBlock)
     {
-        var x = patch_embed.forward(images) + pos_embed[.., 1..];
-        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        var x = patch_embed.forward(images).add(pos_embed[.., 1..], TorchScalars.One);
+        var cls = cls_token.add(pos_embed[.., ..1], TorchScalars.One).expand(x.shape[0], -1, -1);
         x = cat(new[] { cls, x }, 1);
         for (int i = 0; i <= lastBlock; i++)
         {
@@ -136,10 +136,10 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
     // cls (its PE row is zero) followed by the patches listed in ids, each with its own PE.
     public Tensor EmbedSubset(Tensor images, Tensor ids)
     {
-        var x = patch_embed.forward(images) + pos_embed[.., 1..];
+        var x = patch_embed.forward(images).add(pos_embed[.., 1..], TorchScalars.One);
         long d = x.shape[2];
         var kept = x.gather(1, ids.unsqueeze(-1).expand(-1, -1, d));
-        var cls = (cls_token + pos_embed[.., ..1]).expand(x.shape[0], -1, -1);
+        var cls = cls_token.add(pos_embed[.., ..1], TorchScalars.One).expand(x.shape[0], -1, -1);
         return cat(new[] { cls, kept }, 1);
     }
 }

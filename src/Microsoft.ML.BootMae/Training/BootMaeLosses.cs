@@ -15,7 +15,7 @@ internal static class BootMaeLosses
         var x = images.reshape(b, c, h, patchSize, w, patchSize);
         using var eps = epsilon.ToScalar();
         var mean = x.mean(new long[] { 3, 5 }, keepdim: true);
-        var std = x.var(new long[] { 3, 5 }, unbiased: false, keepdim: true).add_(eps).sqrt_();
+        var std = x.var(new long[] { 3, 5 }, unbiased: false, keepdim: true).add_(eps, TorchScalars.One).sqrt_();
         return (mean, std);
     }
 
@@ -44,8 +44,7 @@ internal static class BootMaeLosses
         long b = mask.shape[0];
         var m = mask.reshape(b, 1, gridSize, gridSize);
         var pooled = nn.functional.avg_pool2d(m, new long[] { 3, 3 }, new long[] { 1, 1 }, new long[] { 1, 1 }, count_include_pad: true);
-        using var one = 1.0.ToScalar();
-        return m.mul(pooled.add_(one)).reshape(b, gridSize * gridSize);
+        return m.mul(pooled.add_(TorchScalars.One, TorchScalars.One)).reshape(b, gridSize * gridSize);
     }
 
     // Patch-grid values B×N → pixel map B×1×H×W (nearest upsampling).
@@ -62,7 +61,7 @@ internal static class BootMaeLosses
     {
         var wPix = ToPixels(weight, gridSize, patchSize);
         var mPix = ToPixels(mask, gridSize, patchSize);
-        var err = (prediction - target).square();
+        var err = (prediction - target).pow(TorchScalars.Two);
         return (wPix * err).mean() / mPix.mean();
     }
 
@@ -79,7 +78,7 @@ internal static class BootMaeLosses
             using var eps = 1e-6.ToScalar();
             var dims = new long[] { 0, 1 };
             var mean = teacher.mean(dims, keepdim: true);
-            var std = teacher.var(dims, unbiased: false, keepdim: true).add_(eps).sqrt_();
+            var std = teacher.var(dims, unbiased: false, keepdim: true).add_(eps, TorchScalars.One).sqrt_();
             teacher = teacher.sub(mean).div_(std);
         }
 
@@ -101,7 +100,7 @@ internal static class BootMaeLosses
         }
 
         var target = FeatureTarget(teacher, normalization);
-        var err = (target - FeatureNorm(prediction)).square();
+        var err = (target - FeatureNorm(prediction)).pow(TorchScalars.Two);
         using var width = d.ToScalar();
         var denominator = mask.sum().mul(width);
         var loss = (weight.unsqueeze(-1) * err).sum() / denominator;
@@ -115,12 +114,12 @@ internal static class BootMaeLosses
         // the same target (the predictor can only learn positional means), 0 means nothing is shared. The batch mean of
         // B independent targets keeps 1/B of their energy by chance, so the ratio r is de-biased: (B·r − 1)/(B − 1).
         long b = target.shape[0];
-        var ratio = target.mean(new long[] { 0 }).square().sum() / target.square().mean(new long[] { 0 }).sum();
+        var ratio = target.mean(new long[] { 0 }).pow(TorchScalars.Two).sum() / target.pow(TorchScalars.Two).mean(new long[] { 0 }).sum();
         using var batch = ((double)b).ToScalar();
         using var one = 1.0.ToScalar();
         using var zero = 0.0.ToScalar();
         using var denominatorB = Math.Max(1.0, b - 1).ToScalar();
-        var shared = b > 1 ? ratio.mul(batch).sub_(one).div_(denominatorB).clamp_(zero, one) : ratio;
+        var shared = b > 1 ? ratio.mul(batch).sub_(one, TorchScalars.One).div_(denominatorB).clamp_(zero, one) : ratio;
         return (loss, unweighted, shared);
     }
 
@@ -142,10 +141,10 @@ internal static class BootMaeLosses
             var mean = target.mean(new long[] { -1 }, keepdim: true);
             var variance = target.var(-1, unbiased: true, keepdim: true);
             using var eps = 1e-6.ToScalar();
-            target = (target - mean) / variance.add_(eps).sqrt_();
+            target = (target - mean) / variance.add_(eps, TorchScalars.One).sqrt_();
         }
 
-        var perPatch = (prediction - target).square().mean(new long[] { -1 });
+        var perPatch = (prediction - target).pow(TorchScalars.Two).mean(new long[] { -1 });
         return (perPatch * mask).sum() / mask.sum();
     }
 
@@ -185,9 +184,9 @@ internal static class BootMaeLosses
                 using var _ = no_grad();
                 var mPix = ToPixels(masks.Mask, a.GridSize, a.PatchSize);
                 var denominator = mPix.mean();
-                pixelUnweighted = (mPix * (forward.Pixels - target).square()).mean() / denominator;
+                pixelUnweighted = (mPix * (forward.Pixels - target).pow(TorchScalars.Two)).mean() / denominator;
                 // What predicting 0 everywhere would score in the weighted loss as logged.
-                pixelBaseline = (ToPixels(weight, a.GridSize, a.PatchSize) * target.square()).mean() / denominator;
+                pixelBaseline = (ToPixels(weight, a.GridSize, a.PatchSize) * target.pow(TorchScalars.Two)).mean() / denominator;
             }
         }
 
@@ -205,7 +204,7 @@ internal static class BootMaeLosses
         if (pixel is not null && feature is not null)
         {
             using var lambda = featureWeight.ToScalar();
-            total = pixel + feature.mul(lambda);
+            total = pixel.add(feature.mul(lambda), TorchScalars.One);
         }
         else if (pixel is not null)
         {

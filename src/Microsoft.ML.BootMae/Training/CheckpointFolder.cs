@@ -19,13 +19,25 @@ internal static class CheckpointFolder
 {
     private const string Prefix = "step-";
 
-    /// <summary>Writes the files and the manifest atomically, then deletes all but the newest <paramref name="keep"/> checkpoints.</summary>
+    /// <summary>
+    /// Writes the files and the manifest atomically, then prunes this run's older checkpoints so that <paramref name="keep"/>
+    /// remain, the new one included. Only checkpoints whose manifest has this format, version, architecture and fingerprint and
+    /// whose files check out are pruned or count toward <paramref name="keep"/>: another run's, another format's and damaged
+    /// ones sharing the folder are never deleted (issue 10: a second run's pruning used to delete the first's, or its own).
+    /// </summary>
     public static string Save(string directory, string format, int version, TrainingPosition position, BootMaeArchitecture architecture,
         string settingsFingerprint, IReadOnlyList<(string Name, Action<BinaryWriter> Write)> files, int keep)
     {
         Directory.CreateDirectory(directory);
         var name = $"{Prefix}{position.Step:D8}";
         var final = Path.Combine(directory, name);
+        if (Directory.Exists(final) && !IsThisRun(final, format, version, architecture, settingsFingerprint))
+        {
+            // Another run (or a damaged checkpoint) holds this step's name: keep it and write beside it. Names still sort by step.
+            name += "-" + Convert.ToHexString(SHA256.HashData(System.Text.Encoding.UTF8.GetBytes($"{format}|{settingsFingerprint}")))[..8].ToLowerInvariant();
+            final = Path.Combine(directory, name);
+        }
+
         var temp = Path.Combine(directory, $".{name}.{Guid.NewGuid():N}.tmp");
         Directory.CreateDirectory(temp);
         try
@@ -36,7 +48,7 @@ internal static class CheckpointFolder
             }
 
             var manifest = new Manifest(format, version, position, architecture, settingsFingerprint,
-                files.ToDictionary(f => f.Name, f => Hash(Path.Combine(temp, f.Name))));
+                files.ToDictionary(f => f.Name, f => (string?)Hash(Path.Combine(temp, f.Name))));
             File.WriteAllBytes(Path.Combine(temp, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }));
             if (Directory.Exists(final))
             {
@@ -55,7 +67,10 @@ internal static class CheckpointFolder
             throw;
         }
 
-        foreach (var old in ListCheckpoints(directory).Skip(keep))
+        // The new checkpoint takes the first slot and is never deleted; this run's others fill the rest, newest first.
+        var ours = ListCheckpoints(directory)
+            .Where(c => !string.Equals(c, final, StringComparison.Ordinal) && IsThisRun(c, format, version, architecture, settingsFingerprint));
+        foreach (var old in ours.Skip(Math.Max(0, keep - 1)).ToList())
         {
             Directory.Delete(old, recursive: true);
         }
@@ -91,7 +106,7 @@ internal static class CheckpointFolder
                     throw new InvalidDataException($"it was made with different run settings ({settingsHint}); resume needs the same ones.");
                 }
 
-                return (candidate, manifest.Position);
+                return (candidate, manifest.Position!);
             }
             catch (Exception ex) when (ex is InvalidDataException or IOException or JsonException)
             {
@@ -110,6 +125,20 @@ internal static class CheckpointFolder
         read(reader);
     }
 
+    // Whether a checkpoint folder is one of this run's, complete and undamaged: only those may be pruned or take keep slots.
+    private static bool IsThisRun(string path, string format, int version, BootMaeArchitecture architecture, string settingsFingerprint)
+    {
+        try
+        {
+            var manifest = ReadManifest(path, format, version);
+            return manifest.Architecture == architecture && manifest.SettingsFingerprint == settingsFingerprint;
+        }
+        catch (Exception ex) when (ex is InvalidDataException or IOException or JsonException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
     private static Manifest ReadManifest(string path, string format, int version)
     {
         var manifest = JsonSerializer.Deserialize<Manifest>(File.ReadAllBytes(Path.Combine(path, "manifest.json")))
@@ -119,9 +148,25 @@ internal static class CheckpointFolder
             throw new InvalidDataException($"unknown checkpoint format {manifest.Format} v{manifest.Version} (expected {format} v{version}).");
         }
 
-        foreach (var (file, hash) in manifest.Sha256)
+        // JSON null or a missing field deserializes to null: damaged, not a NullReferenceException later.
+        string? missing = manifest.Position is null ? nameof(Manifest.Position)
+            : manifest.Architecture is null ? nameof(Manifest.Architecture)
+            : manifest.SettingsFingerprint is null ? nameof(Manifest.SettingsFingerprint)
+            : manifest.Sha256 is null ? nameof(Manifest.Sha256)
+            : null;
+        if (missing is not null)
         {
-            if (Hash(Path.Combine(path, file)) != hash)
+            throw new InvalidDataException($"manifest.json has no '{missing}' (damaged).");
+        }
+
+        foreach (var (file, hash) in manifest.Sha256!)
+        {
+            if (!IsPlainFileName(file))
+            {
+                throw new InvalidDataException($"manifest.json field 'Sha256' names the file '{file}', which is not a plain file name inside the checkpoint folder.");
+            }
+
+            if (hash is null || !string.Equals(Hash(Path.Combine(path, file)), hash, StringComparison.OrdinalIgnoreCase))
             {
                 throw new InvalidDataException($"{file} does not match its SHA-256 in manifest.json (damaged).");
             }
@@ -129,6 +174,11 @@ internal static class CheckpointFolder
 
         return manifest;
     }
+
+    // Checkpoints hold flat files: no folders, no "..", no rooted or drive paths, so a manifest never reaches outside its folder.
+    private static bool IsPlainFileName(string? file)
+        => !string.IsNullOrWhiteSpace(file) && file is not ("." or "..") && !Path.IsPathRooted(file)
+            && file.IndexOfAny(new[] { '/', '\\', ':', '\0' }) < 0;
 
     private static IEnumerable<string> ListCheckpoints(string directory)
         => Directory.GetDirectories(directory, Prefix + "*")
@@ -152,6 +202,7 @@ internal static class CheckpointFolder
         return Convert.ToHexString(SHA256.HashData(stream));
     }
 
-    private sealed record Manifest(string Format, int Version, TrainingPosition Position, BootMaeArchitecture Architecture,
-        string SettingsFingerprint, Dictionary<string, string> Sha256);
+    // Nullable because a hand-edited or truncated manifest may lack any of them (checked in ReadManifest).
+    private sealed record Manifest(string? Format, int Version, TrainingPosition? Position, BootMaeArchitecture? Architecture,
+        string? SettingsFingerprint, Dictionary<string, string?>? Sha256);
 }

@@ -1,3 +1,5 @@
+using Microsoft.ML.BootMae.Modules;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Training;
@@ -51,7 +53,14 @@ internal static class FineTuneAugmentation
     public static Tensor SmoothedTargets(Tensor labels, int numClasses, double smoothing)
     {
         var onehot = nn.functional.one_hot(labels, numClasses).to(ScalarType.Float32);
-        return smoothing > 0 ? onehot.mul_(1 - smoothing).add_(smoothing / numClasses) : onehot;
+        if (smoothing <= 0)
+        {
+            return onehot;
+        }
+
+        using var keep = (1 - smoothing).ToScalar();
+        using var spread = (smoothing / numClasses).ToScalar();
+        return onehot.mul_(keep).add_(spread, TorchScalars.One);
     }
 
     // timm Mixup (mode "batch"): pairs each image with the batch reversed; mixup and cutmix each with probability 1,
@@ -79,15 +88,21 @@ internal static class FineTuneAugmentation
             // The label weight follows the box actually pasted (after clipping at the border).
             lambda = 1 - ((double)(y1 - y0) * (x1 - x0) / (h * w));
             var mask = tensor(box, new[] { 1L, 1L, h, w }).to(images.device);
-            images = images * (1 - mask) + (flippedImages * mask);
+            images = (images * mask.negative().add(TorchScalars.One, TorchScalars.One)).add(flippedImages * mask, TorchScalars.One);
         }
         else
         {
             lambda = SampleBeta(mixupAlpha, random);
-            images = (images * lambda) + (flippedImages * (1 - lambda));
         }
 
-        return (images, (targets * lambda) + (targets.flip(0) * (1 - lambda)));
+        using var mine = lambda.ToScalar();
+        using var theirs = (1 - lambda).ToScalar();
+        if (!useCutmix)
+        {
+            images = images.mul(mine).add(flippedImages.mul(theirs), TorchScalars.One);
+        }
+
+        return (images, targets.mul(mine).add(targets.flip(0).mul(theirs), TorchScalars.One));
     }
 
     // Beta(α, α) = X / (X + Y) with X, Y ~ Gamma(α).

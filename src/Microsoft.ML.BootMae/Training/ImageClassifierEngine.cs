@@ -378,6 +378,15 @@ internal sealed class ImageClassifierEngine : IDisposable
         private Tensor? _epochCorrect;
         private long _epochImages;
 
+        // The NaN/Inf guard without a GPU sync per step: a non-finite loss makes the running sum non-finite for good,
+        // and the sum is read anyway at every report, checkpoint and epoch end; only then, and only when it is not
+        // finite, is each batch's loss (kept on the device) read to name the first bad step.
+        private Tensor? _batchLosses;
+        private long[] _batchSteps = Array.Empty<long>();
+        private double[] _batchLearningRates = Array.Empty<double>();
+        private int _epoch;
+        private string? _lastCheckpoint;
+
         // Early stopping and the best epoch.
         private Dictionary<string, Tensor>? _best;
         private int _bestEpoch = -1;
@@ -424,7 +433,9 @@ internal sealed class ImageClassifierEngine : IDisposable
 
             using var epochLoss = zeros(1, dtype: ScalarType.Float64, device: _device);
             using var epochCorrect = zeros(1, dtype: ScalarType.Int64, device: _device);
-            (_epochLoss, _epochCorrect) = (epochLoss, epochCorrect);
+            using var batchLosses = zeros(stepsPerEpoch, dtype: ScalarType.Float64, device: _device);
+            (_epochLoss, _epochCorrect, _batchLosses) = (epochLoss, epochCorrect, batchLosses);
+            (_batchSteps, _batchLearningRates) = (new long[stepsPerEpoch], new double[stepsPerEpoch]);
             _fingerprint = Fingerprint();
             _position = new TrainingPosition(0, 0, 0, _totalSteps, _s.Seed);
             if (_s.ResumeFromCheckpoint && FineTuneCheckpoint.FindLatestValid(_s.CheckpointDirectory!, _model.Encoder.Architecture, _fingerprint, _log) is { } found)
@@ -502,7 +513,7 @@ internal sealed class ImageClassifierEngine : IDisposable
             {
                 _model.Encoder.SetDropPath(0, null);
                 _model.eval();
-                (_epochLoss, _epochCorrect, _optimizer) = (null, null, null);
+                (_epochLoss, _epochCorrect, _batchLosses, _optimizer) = (null, null, null, null);
             }
 
             if (_best is not null)
@@ -532,8 +543,10 @@ internal sealed class ImageClassifierEngine : IDisposable
             _position = position;
             (_bestLoss, _bestEpoch, _epochsSinceBest, _lastCompletedEpoch) =
                 (progress.BestLoss ?? double.PositiveInfinity, progress.BestEpoch, progress.EpochsSinceBest, progress.LastCompletedEpoch);
-            _epochLoss!.fill_(progress.EpochLossSum);
-            _epochCorrect!.fill_(progress.EpochCorrect);
+            using var lossSum = progress.EpochLossSum.ToScalar();
+            using var correct = progress.EpochCorrect.ToScalar();
+            _epochLoss!.fill_(lossSum);
+            _epochCorrect!.fill_(correct);
             _epochImages = progress.EpochImages;
             _best = best;
             _log?.Invoke($"Resumed from '{path}' at step {position.Step} (epoch {position.Epoch}).");
@@ -541,11 +554,37 @@ internal sealed class ImageClassifierEngine : IDisposable
 
         private void SaveCheckpoint()
         {
+            double lossSum = _epochLoss!.item<double>();
+
+            // Never save the weights a non-finite step produced; the last good checkpoint stays.
+            ThrowIfNotFinite(lossSum);
             var progress = new FineTuneProgress(double.IsFinite(_bestLoss) ? _bestLoss : null, _bestEpoch, _epochsSinceBest, _lastCompletedEpoch,
-                _epochLoss!.item<double>(), _epochCorrect!.item<long>(), _epochImages, _best is not null);
+                lossSum, _epochCorrect!.item<long>(), _epochImages, _best is not null);
             var path = FineTuneCheckpoint.Save(_s.CheckpointDirectory!, _position, _model.Encoder.Architecture, _fingerprint,
                 _model, _optimizer!, progress, _best, _s.CheckpointsToKeep);
+            _lastCheckpoint = path;
             _log?.Invoke($"Checkpoint written: '{path}' (step {_position.Step}).");
+        }
+
+        private void ThrowIfNotFinite(double lossSum)
+        {
+            if (double.IsFinite(lossSum))
+            {
+                return;
+            }
+
+            // The rare path: one read of this epoch's per-batch losses finds the first bad batch.
+            var losses = _batchLosses!.cpu().data<double>().ToArray();
+            int batch = Array.FindIndex(losses, l => !double.IsFinite(l));
+            string where = batch < 0
+                ? $"in epoch {_epoch}"
+                : string.Format(System.Globalization.CultureInfo.InvariantCulture,
+                    "{0} at step {1} (epoch {2}, batch {3} of the epoch: images {4}..{5} in its reading order, learning rate {6:E2})",
+                    losses[batch], _batchSteps[batch], _epoch, batch, (long)batch * _s.BatchSize, ((long)(batch + 1) * _s.BatchSize) - 1, _batchLearningRates[batch]);
+            throw new BootMaeTrainingException($"The fine-tuning loss became {where}. Lower LearningRate or check the input images (a NaN or infinite pixel gives this)." +
+                (_lastCheckpoint is not null ? $" The last good checkpoint is '{_lastCheckpoint}'."
+                    : _s.CheckpointDirectory is not null ? $" No checkpoint of this run was written before it; earlier ones in '{_s.CheckpointDirectory}' are untouched."
+                    : " Set CheckpointDirectory to keep checkpoints."));
         }
 
         private void ResetEpochSums()
@@ -567,6 +606,8 @@ internal sealed class ImageClassifierEngine : IDisposable
 
             var lossSum = _epochLoss!;
             var correctSum = _epochCorrect!;
+            _epoch = epoch;
+            _batchLosses!.zero_();
             long windowImages = 0, inEpoch = 0;
             double windowLoss = skip > 0 ? lossSum.item<double>() : 0, windowCorrect = skip > 0 ? correctSum.item<long>() : 0;
             var windowStart = _clock.Elapsed;
@@ -634,8 +675,15 @@ internal sealed class ImageClassifierEngine : IDisposable
                     _optimizer.step();
                     using (no_grad())
                     {
-                        lossSum.add_(loss.detach().to(ScalarType.Float64) * batch.Count);
-                        correctSum.add_(logits.argmax(1).eq(y).sum());
+                        using var count = batch.Count.ToScalar();
+                        var detached = loss.detach().to(ScalarType.Float64);
+                        lossSum.add_(detached.mul(count), TorchScalars.One);
+                        if (inEpoch - 1 < _batchSteps.Length)
+                        {
+                            _batchLosses!.narrow(0, inEpoch - 1, 1).copy_(detached.reshape(1));
+                            (_batchSteps[inEpoch - 1], _batchLearningRates[inEpoch - 1]) = (_step, _lastLearningRate);
+                        }
+                        correctSum.add_(logits.argmax(1).eq(y).sum(), TorchScalars.One);
                     }
                 }
 
@@ -646,6 +694,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                 if (_s.LogEveryNSteps > 0 && _step % _s.LogEveryNSteps == 0)
                 {
                     double loss = lossSum.item<double>(), correct = correctSum.item<long>();
+                    ThrowIfNotFinite(loss);
                     Report(BootMaeDataset.Train, epoch, isEpochEnd: false, (loss - windowLoss) / windowImages, (correct - windowCorrect) / windowImages, windowImages, windowStart);
                     (windowLoss, windowCorrect, windowImages, windowStart) = (loss, correct, 0, _clock.Elapsed);
                 }
@@ -661,6 +710,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                 throw new InvalidOperationException($"Epoch {epoch} of the training set gave no usable batch.");
             }
 
+            ThrowIfNotFinite(lossSum.item<double>());
             double epochLoss = lossSum.item<double>() / _epochImages;
             Report(BootMaeDataset.Train, epoch, isEpochEnd: true, epochLoss, (double)correctSum.item<long>() / _epochImages, windowImages, windowStart);
             return epochLoss;

@@ -1,5 +1,6 @@
 using Microsoft.ML.BootMae.Modules;
 using Microsoft.ML.BootMae.Visualization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Training;
@@ -26,7 +27,7 @@ internal static class ReconstructionPreview
             using var masks = MaskingGenerator.ForSettings(a, s, seed).Next(count, device);
             var prediction = network.Forward(images, masks).Pixels;
             var reconstruction = s.Mode == PretrainMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
-            var recon01 = reconstruction.add(1.0).div_(2.0).clamp_(0.0, 1.0).cpu().contiguous().data<float>().ToArray();
+            var recon01 = reconstruction.add(TorchScalars.OneDouble, TorchScalars.One).div_(TorchScalars.TwoDouble).clamp_(TorchScalars.ZeroDouble, TorchScalars.OneDouble).cpu().contiguous().data<float>().ToArray();
             var maskValues = masks.Mask.cpu().contiguous().data<float>().ToArray();
             int n = a.NumPatches;
             var originals = new List<float[]>();
@@ -57,7 +58,7 @@ internal static class ReconstructionPreview
 
         long b = images.shape[0], c = images.shape[1], h = images.shape[2] / p, w = images.shape[3] / p;
         var (mean, std) = BootMaeLosses.PatchStatistics(images, p, epsilon);
-        return (prediction.reshape(b, c, h, p, w, p) * std + mean).reshape(b, c, h * p, w * p);
+        return (prediction.reshape(b, c, h, p, w, p) * std).add(mean, TorchScalars.One).reshape(b, c, h * p, w * p);
     }
 
     // MAE: B×N×P²C patches normalised over the whole patch (unbiased variance, eps 1e-6).
@@ -68,8 +69,9 @@ internal static class ReconstructionPreview
         {
             var target = BootMaeLosses.Patchify(images, a.PatchSize);
             var mean = target.mean(new long[] { -1 }, keepdim: true);
-            var std = (target.var(new long[] { -1 }, unbiased: true, keepdim: true) + 1e-6).sqrt();
-            patches = prediction * std + mean;
+            using var eps = 1e-6.ToScalar();
+            var std = target.var(new long[] { -1 }, unbiased: true, keepdim: true).add(eps, TorchScalars.One).sqrt();
+            patches = (prediction * std).add(mean, TorchScalars.One);
         }
 
         long b = images.shape[0], g = a.GridSize, p = a.PatchSize, c = a.Channels;

@@ -1,0 +1,175 @@
+using System.Diagnostics;
+using Microsoft.ML.BootMae.Modules;
+using Microsoft.ML.BootMae.Training;
+using Microsoft.VisualStudio.TestTools.UnitTesting;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Microsoft.ML.BootMae.Tests.Reliability;
+
+/// <summary>
+/// Issue 10, item 1: TorchSharp frees an undisposed implicit <c>Scalar</c> on the GC's finalizer thread, possibly while
+/// libtorch still reads it ("Unknown scalar type", a wrong value or a crash of the test host). Here another thread
+/// forces a collection and runs the finalizers in a loop while the hot paths run, so such a Scalar dies inside its
+/// native call within seconds instead of once in hours.
+/// </summary>
+[TestClass]
+public sealed class GcPressureStressTests
+{
+    private const int Count = 16;
+    private static readonly TimeSpan Duration = TimeSpan.FromSeconds(20);
+
+    private static readonly BootMaeArchitecture Tiny = new()
+    {
+        ImageSize = 28, PatchSize = 7, Channels = 1, EmbedDim = 32, Depth = 2, Heads = 2,
+        RegressorDim = 16, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 1,
+    };
+
+    [TestMethod]
+    public void HotPathsSurviveConstantFinalization()
+    {
+        var (pixels, source) = Data();
+
+        // Trained before the pressure starts: the optimizer step is covered (and skipped) below.
+        using var encoder = new BootMaePretrainer(Tiny, PretrainingSettings(0)).Train(source);
+        using var classifier = ImageClassifierEngine.Train(encoder, 4, source, null, FineTuningSettings(0), null, null, CancellationToken.None);
+        using var network = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), seed: 1);
+        using var teacher = new MomentumTeacher(network.Encoder);
+        int rounds = UnderGcPressure(() =>
+        {
+            ElementwiseHotPaths(network, teacher, pixels);
+            PretrainingForwardBackward(network, teacher, pixels);
+            Inference(encoder, classifier, pixels);
+        });
+
+        Assert.IsGreaterThan(0, rounds);
+    }
+
+    [TestMethod]
+    [Ignore("Fails within about 20 s in TorchSharp's own AdamW.step (THSTensor_add_ with a Scalar freed by the finalizer): " +
+        "its implicit scalars are TorchSharp internals (TorchSharp #1496), out of this library's reach until it owns the step. Issue 10.")]
+    public void OptimizerStepsSurviveConstantFinalization()
+    {
+        var (pixels, source) = Data();
+        int rounds = UnderGcPressure(() =>
+        {
+            using var encoder = new BootMaePretrainer(Tiny, PretrainingSettings(1)).Train(source);
+            using var classifier = ImageClassifierEngine.Train(encoder, 4, source, null, FineTuningSettings(1), null, null, CancellationToken.None);
+            Inference(encoder, classifier, pixels);
+        });
+
+        Assert.IsGreaterThan(0, rounds);
+    }
+
+    private static (float[] Pixels, InMemoryImageSource Source) Data()
+    {
+        var random = new Random(3);
+        var pixels = new float[Count * 28 * 28];
+        for (int i = 0; i < pixels.Length; i++)
+        {
+            pixels[i] = (float)random.NextDouble();
+        }
+
+        var labels = Enumerable.Range(0, Count).Select(i => i % 4).ToArray();
+        return (pixels, new InMemoryImageSource(pixels, labels, Count, 1, 28, seed: 1, shuffle: true));
+    }
+
+    // Runs body repeatedly for Duration while another thread collects and finalizes without pause; returns the rounds done.
+    private static int UnderGcPressure(Action body)
+    {
+        using var stop = new CancellationTokenSource();
+        var collector = new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        }) { IsBackground = true, Name = "GC pressure" };
+
+        var clock = Stopwatch.StartNew();
+        int rounds = 0;
+        collector.Start();
+        try
+        {
+            while (clock.Elapsed < Duration)
+            {
+                body();
+                rounds++;
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            collector.Join();
+        }
+
+        return rounds;
+    }
+
+    private static BootMaePretrainerSettings PretrainingSettings(int seed) => new()
+    {
+        MaxEpochs = 1, BatchSize = 8, Seed = seed, Device = BootMaeDevice.Cpu, Precision = BootMaePrecision.Float32, LogEveryNSteps = 1000,
+    };
+
+    private static FineTuneSettings FineTuningSettings(int seed) => new()
+    {
+        MaxEpochs = 1, BatchSize = 8, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 1, Augment = true,
+        MixupAlpha = seed % 2 == 0 ? 0.8 : 0, CutmixAlpha = seed % 2 == 1 ? 1.0 : 0, DropPathRate = 0.1, LabelSmoothing = 0.1,
+    };
+
+    // Normalize, the losses and the EMA update, many times over small tensors: the native calls are short, so the
+    // finalizer often runs while one is in flight.
+    private static void ElementwiseHotPaths(BootMaeNetwork network, MomentumTeacher teacher, float[] pixels)
+    {
+        int n = Tiny.NumPatches;
+
+        // The test's own scalar is owned too, so that only the library can fail it.
+        using var half = 0.5.ToScalar();
+        const int count = Count;
+        for (int i = 0; i < 200; i++)
+        {
+            using var scope = NewDisposeScope();
+            var images = BootMaeEncoder.Normalize(tensor(pixels, new long[] { count, 1, 28, 28 }));
+            var mask = rand(count, n).gt(half).to(ScalarType.Float32);
+            var weight = BootMaeLosses.WeightMask(mask, Tiny.GridSize, weighted: true);
+            var target = BootMaeLosses.PixelTarget(images, Tiny.PatchSize, normalize: true);
+            var pixel = BootMaeLosses.PixelLoss(images, target, mask, weight, Tiny.GridSize, Tiny.PatchSize);
+            var feature = BootMaeLosses.FeatureLoss(rand(count, n, 8), rand(count, n, 8), mask, weight, null);
+            var mae = BootMaeLosses.MaeLoss(rand(count, n, 49), images, mask, Tiny.PatchSize, normalize: true);
+            AssertFinite(pixel, feature, mae);
+            teacher.Update(network.Encoder, 0.99);
+        }
+    }
+
+    // A pretraining step without the optimizer: masks, teacher targets, both decoders, the losses and backward.
+    private static void PretrainingForwardBackward(BootMaeNetwork network, MomentumTeacher teacher, float[] pixels)
+    {
+        using var scope = NewDisposeScope();
+        var images = BootMaeEncoder.Normalize(tensor(pixels, new long[] { Count, 1, 28, 28 }));
+        using var masks = MaskingGenerator.ForSettings(Tiny, network.Settings, 5).Next(Count, CPU);
+        var (target, ids) = teacher.Targets(images, masks, 1.0, new Random(5));
+        var loss = BootMaeLosses.Compute(network, network.Forward(images, masks), images, masks, target, ids, 0.5);
+        AssertFinite(loss.Total);
+        network.zero_grad();
+        loss.Total.backward();
+    }
+
+    // Inference: the classifier's scores and the encoder's features.
+    private static void Inference(BootMaeEncoder encoder, ImageClassifierEngine classifier, float[] pixels)
+    {
+        var scores = classifier.PredictScores(pixels, Count);
+        Assert.IsTrue(scores.All(float.IsFinite), "fine-tuned scores are not finite");
+        var features = encoder.Embed(pixels, Count, BootMaePooling.Mean, Tiny.Depth - 1, BootMaePrecision.Float32);
+        Assert.IsTrue(features.All(float.IsFinite), "features are not finite");
+    }
+
+    private static void AssertFinite(params Tensor[] values)
+    {
+        foreach (var value in values)
+        {
+            float v = value.item<float>();
+            Assert.IsTrue(float.IsFinite(v), $"a loss became {v}");
+        }
+    }
+}
