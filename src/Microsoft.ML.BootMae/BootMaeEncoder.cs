@@ -93,8 +93,9 @@ public sealed class BootMaeEncoder : IDisposable
             throw new InvalidDataException($"unsupported encoder format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
         }
 
-        header.Architecture.Validate();
-        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "encoder");
+        ValidateHeaderArchitecture(header.Architecture, "encoder");
+        WeightsContainer.CheckPayloadHolds(header.PayloadLength, VisionTransformerEncoder.StateElementCount(header.Architecture), "encoder", Describe(header.Architecture));
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256 ?? string.Empty, "encoder");
         var module = new VisionTransformerEncoder(header.Architecture);
         try
         {
@@ -249,6 +250,28 @@ public sealed class BootMaeEncoder : IDisposable
         };
         return pooled.to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
     }
+
+    /// <summary>A file's architecture: present and consistent, or an <see cref="InvalidDataException"/> naming the field.</summary>
+    internal static void ValidateHeaderArchitecture(BootMaeArchitecture? architecture, string what)
+    {
+        if (architecture is null)
+        {
+            throw new InvalidDataException($"the {what} header has no field 'Architecture': the file is damaged.");
+        }
+
+        try
+        {
+            architecture.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidDataException($"the {what} header's field 'Architecture' is invalid ({ex.Message}): the file is damaged.", ex);
+        }
+    }
+
+    /// <summary>The sizes that decide memory, for messages.</summary>
+    internal static string Describe(BootMaeArchitecture a) =>
+        $"ImageSize {a.ImageSize}, PatchSize {a.PatchSize}, Channels {a.Channels}, EmbedDim {a.EmbedDim}, Depth {a.Depth}, MlpRatio {a.MlpRatio}";
 
     internal static void LoadWeights(VisionTransformerEncoder module, IReadOnlyDictionary<string, Tensor> weights, bool strict, string source)
     {

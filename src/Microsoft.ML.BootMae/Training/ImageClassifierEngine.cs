@@ -161,7 +161,8 @@ internal sealed class ImageClassifierEngine : IDisposable
             throw new InvalidDataException($"Unsupported classifier format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
         }
 
-        if (header.Architecture is null || header.Architecture != expectedArchitecture)
+        BootMaeEncoder.ValidateHeaderArchitecture(header.Architecture, "classifier");
+        if (header.Architecture != expectedArchitecture)
         {
             throw new InvalidDataException($"The classifier was saved for architecture {header.Architecture} but {expectedArchitecture} was expected.");
         }
@@ -176,7 +177,16 @@ internal sealed class ImageClassifierEngine : IDisposable
             throw new InvalidDataException($"The classifier header has an invalid head kind '{header.HeadKind}' or source block {header.SourceBlock}.");
         }
 
-        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "classifier");
+        if (header.NumberOfClasses < 2)
+        {
+            throw new InvalidDataException($"The classifier header's field 'NumberOfClasses' is {header.NumberOfClasses}; at least 2 are needed.");
+        }
+
+        // Encoder plus the head's weight matrix: a lower bound of the state_dict, so a crafted size fails before allocating.
+        WeightsContainer.CheckPayloadHolds(header.PayloadLength,
+            VisionTransformerEncoder.StateElementCount(header.Architecture) + ((double)header.Architecture.EmbedDim * header.NumberOfClasses),
+            "classifier", $"{BootMaeEncoder.Describe(header.Architecture)}, NumberOfClasses {header.NumberOfClasses}");
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256 ?? string.Empty, "classifier");
         var model = new ImageClassifier(new VisionTransformerEncoder(header.Architecture), header.NumberOfClasses, header.HeadKind == LinearProbeKind, header.SourceBlock);
         try
         {
