@@ -49,9 +49,19 @@ internal static class BootMaeModelArchive
     }
 
     /// <summary>Saves <paramref name="model"/> with its BootMAE stages to <paramref name="destination"/>.</summary>
-    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination)
+    /// <param name="catalog">ML.NET's model operations.</param>
+    /// <param name="model">The model.</param>
+    /// <param name="inputSchema">Its input schema.</param>
+    /// <param name="destination">Where the zip goes.</param>
+    /// <param name="stagingPath">Where ML.NET's own zip is staged; null: TMPDIR (stream saves, which have no target folder).</param>
+    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination, string? stagingPath = null)
     {
-        var temp = Path.Combine(Path.GetTempPath(), $"bootmae-{Guid.NewGuid():N}.zip");
+        if (stagingPath is null)
+        {
+            DurableFiles.SweepStale(Path.GetTempPath(), "bootmae-staging");
+        }
+
+        var temp = stagingPath ?? DurableFiles.StagingPath(Path.Combine(Path.GetTempPath(), "bootmae-staging"), "mlnet");
         try
         {
             var stages = new List<IBootMaeStage>();
