@@ -140,11 +140,13 @@ public sealed class CrashLeftoverTests
             File.SetLastWriteTimeUtc(f, DateTime.UtcNow - PastGrace);
         }
 
-        var tmpBefore = Directory.GetFileSystemEntries(Path.GetTempPath(), "bootmae-staging*").Length;
+        // Staged in TMPDIR before: "bootmae-{guid}.zip"; a stream save now stages ".bootmae-staging.{pid}.{guid}.mlnet.tmp".
+        int InTmp() => Directory.GetFiles(Path.GetTempPath(), "bootmae-*.zip").Length + Directory.GetFiles(Path.GetTempPath(), ".bootmae-staging.*").Length;
+        var tmpBefore = InTmp();
         ml.Model.SaveBootMae(model, data.Schema, path);
 
         CollectionAssert.AreEquivalent(new[] { path, inFlight }, Directory.GetFileSystemEntries(dir.Path));
-        Assert.AreEqual(tmpBefore, Directory.GetFileSystemEntries(Path.GetTempPath(), "bootmae-staging*").Length, "nothing staged in TMPDIR");
+        Assert.AreEqual(tmpBefore, InTmp(), "nothing staged in TMPDIR");
         using var loaded = (IDisposable)new MLContext(1).Model.LoadBootMae(path, out _);
     }
 
