@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.ML.BootMae.Interop;
 using Microsoft.ML.BootMae.Modules;
+using Microsoft.ML.BootMae.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -29,7 +30,7 @@ public sealed class BootMaeEncoder : IDisposable
 
     private readonly object _bf16Gate = new();
     private VisionTransformerEncoder? _bf16Module;
-    private bool _disposed;
+    private readonly DisposeGate _gate = new();
 
     internal BootMaeEncoder(VisionTransformerEncoder module, BootMaeArchitecture architecture)
     {
@@ -93,8 +94,9 @@ public sealed class BootMaeEncoder : IDisposable
             throw new InvalidDataException($"unsupported encoder format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
         }
 
-        header.Architecture.Validate();
-        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "encoder");
+        ValidateHeaderArchitecture(header.Architecture, "encoder");
+        WeightsContainer.CheckPayloadHolds(header.PayloadLength, VisionTransformerEncoder.StateElementCount(header.Architecture), "encoder", Describe(header.Architecture));
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256 ?? string.Empty, "encoder");
         var module = new VisionTransformerEncoder(header.Architecture);
         try
         {
@@ -163,7 +165,7 @@ public sealed class BootMaeEncoder : IDisposable
     /// <param name="path">The file to write (replaced atomically).</param>
     public void ExportSafetensors(string path)
     {
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         WriteAtomically(path, stream => Safetensors.Save(stream, Module.state_dict()));
     }
@@ -181,7 +183,7 @@ public sealed class BootMaeEncoder : IDisposable
     public void Save(Stream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         var (payload, length, sha256) = WeightsContainer.Serialize(Module.state_dict());
         WeightsContainer.Write(stream, Magic, new EncoderHeader(FormatName, FormatVersion, Architecture, length, sha256), payload);
@@ -190,7 +192,7 @@ public sealed class BootMaeEncoder : IDisposable
     /// <summary>Creates an independent copy (same weights, own memory).</summary>
     public BootMaeEncoder Clone()
     {
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         var module = new VisionTransformerEncoder(Architecture);
         using (var scope = NewDisposeScope())
         {
@@ -204,12 +206,12 @@ public sealed class BootMaeEncoder : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (_disposed)
+        // Waits for Embed calls already running on other threads (a Transform); later ones throw ObjectDisposedException.
+        if (!_gate.Close())
         {
             return;
         }
 
-        _disposed = true;
         Module.Dispose();
         _bf16Module?.Dispose();
     }
@@ -223,7 +225,7 @@ public sealed class BootMaeEncoder : IDisposable
     /// </summary>
     internal float[] Embed(float[] pixels01, int count, BootMaePooling pooling, int sourceBlock, BootMaePrecision precision)
     {
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         var a = Architecture;
         if (sourceBlock < 0 || sourceBlock >= a.Depth)
         {
@@ -249,6 +251,28 @@ public sealed class BootMaeEncoder : IDisposable
         };
         return pooled.to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
     }
+
+    /// <summary>A file's architecture: present and consistent, or an <see cref="InvalidDataException"/> naming the field.</summary>
+    internal static void ValidateHeaderArchitecture(BootMaeArchitecture? architecture, string what)
+    {
+        if (architecture is null)
+        {
+            throw new InvalidDataException($"the {what} header has no field 'Architecture': the file is damaged.");
+        }
+
+        try
+        {
+            architecture.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidDataException($"the {what} header's field 'Architecture' is invalid ({ex.Message}): the file is damaged.", ex);
+        }
+    }
+
+    /// <summary>The sizes that decide memory, for messages.</summary>
+    internal static string Describe(BootMaeArchitecture a) =>
+        $"ImageSize {a.ImageSize}, PatchSize {a.PatchSize}, Channels {a.Channels}, EmbedDim {a.EmbedDim}, Depth {a.Depth}, MlpRatio {a.MlpRatio}";
 
     internal static void LoadWeights(VisionTransformerEncoder module, IReadOnlyDictionary<string, Tensor> weights, bool strict, string source)
     {
@@ -305,7 +329,8 @@ public sealed class BootMaeEncoder : IDisposable
         var full = Path.GetFullPath(path);
         var directory = Path.GetDirectoryName(full)!;
         Directory.CreateDirectory(directory);
-        var temp = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        DurableFiles.SweepStale(directory, System.Text.RegularExpressions.Regex.Escape(Path.GetFileName(full)));
+        var temp = DurableFiles.StagingPath(full);
         try
         {
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
@@ -315,6 +340,7 @@ public sealed class BootMaeEncoder : IDisposable
             }
 
             File.Move(temp, full, overwrite: true);
+            DurableFiles.FlushDirectory(directory);
         }
         finally
         {
@@ -333,7 +359,6 @@ public sealed class BootMaeEncoder : IDisposable
         }
     }
 
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
     private sealed record EncoderHeader(string Format, int Version, BootMaeArchitecture Architecture, long PayloadLength, string PayloadSha256);
 }

@@ -1,4 +1,5 @@
 using Microsoft.ML.BootMae;
+using System.Text.RegularExpressions;
 using Microsoft.ML.BootMae.Persistence;
 
 namespace Microsoft.ML;
@@ -20,17 +21,25 @@ public static class BootMaeModelOperationsCatalog
         ArgumentNullException.ThrowIfNull(filePath);
         // Written beside the target and renamed into place, so a crash or an error never leaves a torn model and a
         // reader of the previous file keeps a consistent copy.
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(model);
         var full = Path.GetFullPath(filePath);
-        var temp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        var directory = Path.GetDirectoryName(full)!;
+        // Leftovers of a save that crashed (kill -9) beside this target; only this library's names, only stale ones.
+        DurableFiles.SweepStale(directory, Regex.Escape(Path.GetFileName(full)));
+        var temp = DurableFiles.StagingPath(full);
         try
         {
             using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
             {
-                SaveBootMae(catalog, model, inputSchema, file);
+                BootMaeRuntime.EnsureTorchLoaded();
+                // ML.NET's own zip is staged beside the target too, not in TMPDIR, so a crash leaves it where the next save sweeps it.
+                BootMaeModelArchive.Save(catalog, model, inputSchema!, file, DurableFiles.StagingPath(full, "mlnet"));
                 file.Flush(flushToDisk: true);
             }
 
             File.Move(temp, full, overwrite: true);
+            DurableFiles.FlushDirectory(directory);
         }
         finally
         {

@@ -9,6 +9,7 @@ public abstract class BootMaeTrainingOptionsBase
         internal const string ImageColumnName = "Image";
         internal const int LogEveryNSteps = 50;
         internal const int ShufflePoolSize = 1000;
+        internal const long MaxImagePixels = DataViews.ImageDecoder.DefaultMaxImagePixels;
     }
 
     /// <summary>
@@ -60,8 +61,19 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>Steps between progress reports. Default 50.</summary>
     public int LogEveryNSteps = SharedDefaults.LogEveryNSteps;
 
-    /// <summary>Skip rows whose image cannot be decoded, counting them in the log, instead of failing. Default <c>false</c>.</summary>
+    /// <summary>
+    /// Skip rows whose image cannot be used, counting them in the log, instead of failing: undecodable or truncated
+    /// files, images over <see cref="MaxImagePixels"/>, and pixel vectors holding NaN or ±Infinity. Default <c>false</c>.
+    /// </summary>
     public bool SkipBadImages;
+
+    /// <summary>
+    /// Largest image, as width × height, that training reads. Encoded files are checked against it from their header
+    /// (PNG IHDR, JPEG SOF, …) before any pixel memory is allocated, so a tiny file that declares a huge image (a
+    /// decompression bomb) fails with a message naming the column, row and file, or is skipped with
+    /// <see cref="SkipBadImages"/>. <c>Transform</c> of the fitted model uses the default. Default 50,000,000.
+    /// </summary>
+    public long MaxImagePixels = SharedDefaults.MaxImagePixels;
 
     /// <summary>Random resized crop and horizontal flip of training images (never of pixel vectors). Default <c>true</c>.</summary>
     public bool Augment = true;
@@ -105,6 +117,11 @@ public abstract class BootMaeTrainingOptionsBase
         if (ShufflePoolSize <= 0)
         {
             throw new ArgumentOutOfRangeException(nameof(ShufflePoolSize), ShufflePoolSize, "ShufflePoolSize must be positive.");
+        }
+
+        if (MaxImagePixels <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(MaxImagePixels), MaxImagePixels, "MaxImagePixels must be positive.");
         }
 
         if (MaxSteps is <= 0)

@@ -242,10 +242,10 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         var keyValues = LabelKeyValues.FromColumn(input.Schema[options.LabelColumnName], classes);
         var train = new DataViewImageBatchSource(input, image, options.LabelColumnName, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
-            seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize);
+            seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize, options.MaxImagePixels);
         DataViewImageBatchSource? validationSource = options.ValidationSet is { } v
             ? new DataViewImageBatchSource(v, validationImage!, options.LabelColumnName, architecture, augmentation: null, seed,
-                shuffle: false, options.SkipBadImages, rowCount: null, log, "validation")
+                shuffle: false, options.SkipBadImages, rowCount: null, log, "validation", maxImagePixels: options.MaxImagePixels)
             : null;
 
         using var randomEncoder = options.Encoder is null ? BootMaeEncoder.CreateRandom(architecture, seed) : null;

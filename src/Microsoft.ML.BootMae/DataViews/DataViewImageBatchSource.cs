@@ -24,6 +24,7 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
     private readonly bool _shuffle;
     private readonly int _shufflePoolRows;
     private readonly bool _skipBadImages;
+    private readonly long _maxImagePixels;
     private readonly BootMaeLogger? _log;
     private readonly string _name;
     private long _badImages;
@@ -42,10 +43,12 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
     /// <param name="log">Where epoch summaries go.</param>
     /// <param name="name">"training" or "validation", for messages.</param>
     /// <param name="shufflePoolRows">Rows held by ML.NET's shuffle when the data cannot shuffle itself.</param>
+    /// <param name="maxImagePixels">Largest width·height of an image (<c>MaxImagePixels</c>), checked on the file's header.</param>
     internal DataViewImageBatchSource(IDataView data, ImageColumnInfo image, string? labelColumnName, BootMaeArchitecture architecture,
         ImageAugmentation? augmentation, int seed, bool shuffle, bool skipBadImages, long? rowCount, BootMaeLogger? log,
-        string name = "training", int shufflePoolRows = 1000)
+        string name = "training", int shufflePoolRows = 1000, long maxImagePixels = ImageDecoder.DefaultMaxImagePixels)
     {
+        _maxImagePixels = maxImagePixels;
         _data = data;
         _image = image;
         _label = labelColumnName is null ? null : data.Schema[labelColumnName];
@@ -251,7 +254,7 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
                 var random = _augmentation is null ? null : ImageAugmentation.RandomFor(_seed, epoch, staging[i].Position);
                 try
                 {
-                    ImageDecoder.Decode(staging[i], _image, size, channels, pixels.AsSpan(i * per, per), _augmentation, random);
+                    ImageDecoder.Decode(staging[i], _image, size, channels, pixels.AsSpan(i * per, per), _augmentation, random, _maxImagePixels);
                 }
                 catch (InvalidDataException ex)
                 {
@@ -304,7 +307,7 @@ internal sealed class DataViewImageBatchSource : IImageBatchSource
 
         if (BadImagesSkipped > 0)
         {
-            _log?.Warning($"Epoch {epoch}: skipped {BadImagesSkipped} {_name} rows whose image in column '{_image.Name}' could not be decoded (SkipBadImages).");
+            _log?.Warning($"Epoch {epoch}: skipped {BadImagesSkipped} {_name} rows whose image in column '{_image.Name}' could not be decoded, was too large or held non-finite pixels (SkipBadImages).");
         }
     }
 }

@@ -21,10 +21,24 @@ internal sealed record ImageAugmentation(double MinScale, double FlipProbability
 /// </summary>
 internal static class ImageDecoder
 {
+    /// <summary>Default of <c>MaxImagePixels</c>: 50 million pixels (200 MB of RGBA), far above any photo a ViT needs.</summary>
+    internal const long DefaultMaxImagePixels = 50_000_000;
+
     /// <summary>Decodes, optionally augments, resizes and writes C·S·S floats into <paramref name="destination"/>.</summary>
-    /// <exception cref="InvalidDataException">The image cannot be decoded; the message names the row.</exception>
+    /// <param name="image">The staged row.</param>
+    /// <param name="column">The image column.</param>
+    /// <param name="size">Target side.</param>
+    /// <param name="channels">Target channels.</param>
+    /// <param name="destination">C·S·S floats.</param>
+    /// <param name="augmentation">Random crop and flip, or null.</param>
+    /// <param name="random">The row's generator for <paramref name="augmentation"/>.</param>
+    /// <param name="maxImagePixels">Largest width·height accepted; checked against the file's header before any pixel memory is allocated.</param>
+    /// <exception cref="InvalidDataException">
+    /// The image cannot be decoded, is truncated, is larger than <paramref name="maxImagePixels"/>, or (pixel vectors)
+    /// holds NaN or ±Infinity; the message names the column, the row and, where known, the file.
+    /// </exception>
     internal static void Decode(RawImage image, ImageColumnInfo column, int size, int channels, Span<float> destination,
-        ImageAugmentation? augmentation = null, Random? random = null)
+        ImageAugmentation? augmentation = null, Random? random = null, long maxImagePixels = DefaultMaxImagePixels)
     {
         if (image.ReadError is { } readError)
         {
@@ -33,6 +47,8 @@ internal static class ImageDecoder
 
         if (column.Kind == ImageColumnKind.Pixels)
         {
+            // Math.Clamp keeps NaN, and one NaN pixel turns a whole embedding (or a training step) into NaN.
+            CheckFinite(image, column);
             // Pixel vectors are never augmented; they only need channel conversion and, when sizes differ, resizing.
             if (image.Height == size && image.Width == size)
             {
@@ -45,8 +61,14 @@ internal static class ImageDecoder
             return;
         }
 
+        if (column.Kind == ImageColumnKind.Image)
+        {
+            // LoadImages has already decoded it; the cap still bounds the copies made from here on.
+            CheckSize(image, column, image.Width, image.Height, maxImagePixels);
+        }
+
         using var bitmap = column.Kind == ImageColumnKind.EncodedBytes
-            ? DecodeBytes(image, column)
+            ? DecodeBytes(image, column, maxImagePixels)
             : RgbaToBitmap(image.Bytes.AsSpan(0, image.Width * image.Height * 4), image.Width, image.Height);
         Render(bitmap, size, channels, destination, augmentation, random);
     }
@@ -54,7 +76,38 @@ internal static class ImageDecoder
     private static InvalidDataException Bad(RawImage image, ImageColumnInfo column, string why) =>
         new($"Could not decode the image in {image.Describe(column.Name)}: {why}. Fix or remove the file, or set SkipBadImages = true to skip such rows.");
 
-    private static SKBitmap DecodeBytes(RawImage image, ImageColumnInfo column)
+    private static void CheckSize(RawImage image, ImageColumnInfo column, long width, long height, long maxImagePixels)
+    {
+        if (width <= 0 || height <= 0)
+        {
+            throw Bad(image, column, $"the image declares an invalid size of {width}x{height} pixels");
+        }
+
+        if (width * height > maxImagePixels)
+        {
+            throw Bad(image, column,
+                $"the image declares {width}x{height} = {width * height:N0} pixels, more than MaxImagePixels ({maxImagePixels:N0}); " +
+                "it may be a decompression bomb. Raise MaxImagePixels in the trainer's options if such images are expected");
+        }
+    }
+
+    private static void CheckFinite(RawImage image, ImageColumnInfo column)
+    {
+        var values = image.Floats.AsSpan(0, image.Length);
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                int plane = column.Height * column.Width;
+                int c = i / plane, y = i % plane / column.Width, x = i % column.Width;
+                throw new InvalidDataException(
+                    $"The pixel vector in {image.Describe(column.Name)} holds {values[i]} at index {i} (channel {c}, y {y}, x {x}); " +
+                    "pixels must be finite 0..255 values. Fix the step that produced them, or set SkipBadImages = true to skip such rows.");
+            }
+        }
+    }
+
+    private static SKBitmap DecodeBytes(RawImage image, ImageColumnInfo column, long maxImagePixels)
     {
         if (image.Length == 0)
         {
@@ -62,14 +115,29 @@ internal static class ImageDecoder
         }
 
         using var data = SKData.CreateCopy(image.Bytes.AsSpan(0, image.Length));
-        using var codec = SKCodec.Create(data) ?? throw Bad(image, column, "not a supported image format (PNG, JPEG, BMP, GIF, WebP)");
+        // SKCodec.Create parses only the header (PNG IHDR, JPEG SOFn, ...), so the size is known before any pixel memory exists.
+        using var codec = SKCodec.Create(data) ?? throw Bad(image, column, "not a supported image format (PNG, JPEG, BMP, GIF, WebP), or its header is damaged");
+        CheckSize(image, column, codec.Info.Width, codec.Info.Height, maxImagePixels);
         var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
-        var bitmap = new SKBitmap(info);
+        SKBitmap bitmap;
+        try
+        {
+            bitmap = new SKBitmap(info);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            // SkiaSharp throws a plain Exception when the pixel memory cannot be had.
+            throw Bad(image, column, $"no memory for its {info.Width}x{info.Height} pixels ({ex.Message})");
+        }
+
         var result = codec.GetPixels(info, bitmap.GetPixels());
-        if (result is not (SKCodecResult.Success or SKCodecResult.IncompleteInput) || info.Width <= 0 || info.Height <= 0)
+        if (result != SKCodecResult.Success)
         {
             bitmap.Dispose();
-            throw Bad(image, column, $"the decoder reported {result}");
+            // IncompleteInput is a cut-off file: Skia fills the missing rows with zeros, which would be silent garbage.
+            throw Bad(image, column, result == SKCodecResult.IncompleteInput
+                ? $"the file is truncated ({image.Length} bytes; the decoder ran out of data before the last row)"
+                : $"the decoder reported {result}");
         }
 
         return bitmap;

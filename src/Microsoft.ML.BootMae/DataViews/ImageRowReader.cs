@@ -204,6 +204,14 @@ internal sealed class ImageRowReader : IDisposable
         }
 
         int w = _image.Width, h = _image.Height;
+        if ((long)w * h * 4 > Array.MaxLength)
+        {
+            // w·h·4 would overflow the copy below; the decoder's MaxImagePixels check reports the size.
+            target.ReadError = $"the image is {w}x{h} pixels, too large to copy";
+            target.Length = 0;
+            return;
+        }
+
         var pixels = _image.Pixels;
         target.EnsureBytes(w * h * 4);
         var dst = target.Bytes.AsSpan(0, w * h * 4);

@@ -13,13 +13,19 @@ internal static class Safetensors
 {
     private const long MaxHeaderBytes = 100L * 1024 * 1024;
 
+    /// <summary>Reads a safetensors file; every error is an <see cref="InvalidDataException"/> that names the file.</summary>
     public static Dictionary<string, Tensor> Load(string path)
     {
         using var stream = File.OpenRead(path);
-        return Load(stream);
+        return Load(stream, $"'{path}'");
     }
 
-    public static Dictionary<string, Tensor> Load(Stream stream)
+    /// <summary>
+    /// Reads safetensors data. The header is checked whole (JSON, field types, dtype, shape, element count, offsets
+    /// inside the data section and not overlapping) before any tensor is built, so a crafted header cannot make
+    /// libtorch allocate; every error is one <see cref="InvalidDataException"/> naming <paramref name="source"/>, the tensor and the field.
+    /// </summary>
+    public static Dictionary<string, Tensor> Load(Stream stream, string source = "safetensors data")
     {
         byte[] all;
         using (var copy = new MemoryStream())
@@ -28,49 +34,28 @@ internal static class Safetensors
             all = copy.ToArray();
         }
 
+        InvalidDataException Bad(string what) => new($"safetensors {source}: {what}");
         if (all.Length < 8)
         {
-            throw new InvalidDataException("safetensors: file shorter than its 8-byte header length.");
+            throw Bad("file shorter than its 8-byte header length.");
         }
 
         long headerLength = BinaryPrimitives.ReadInt64LittleEndian(all.AsSpan(0, 8));
         if (headerLength <= 0 || headerLength > MaxHeaderBytes || headerLength > all.Length - 8)
         {
-            throw new InvalidDataException($"safetensors: header length {headerLength} is out of bounds for a {all.Length}-byte file.");
+            throw Bad($"header length {headerLength} is out of bounds for a {all.Length}-byte file.");
         }
 
         int dataStart = 8 + (int)headerLength;
         long dataLength = all.Length - dataStart;
-        using var doc = JsonDocument.Parse(all.AsMemory(8, (int)headerLength));
+        var entries = ParseHeader(all.AsMemory(8, (int)headerLength), dataLength, Bad);
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
         {
-            foreach (var entry in doc.RootElement.EnumerateObject())
+            foreach (var (name, dtype, shape, begin, end) in entries)
             {
-                if (entry.Name == "__metadata__")
-                {
-                    continue;
-                }
-
-                string dtype = entry.Value.GetProperty("dtype").GetString() ?? string.Empty;
-                long[] shape = entry.Value.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                long[] offsets = entry.Value.GetProperty("data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-                long count = shape.Aggregate(1L, (a, b) => checked(a * b));
-                int elementSize = dtype switch
-                {
-                    "F32" => 4,
-                    "BF16" or "F16" => 2,
-                    "I64" => 8,
-                    _ => throw new InvalidDataException($"safetensors: {entry.Name} has unsupported dtype '{dtype}'."),
-                };
-                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength
-                    || offsets[1] - offsets[0] != count * elementSize || shape.Any(s => s < 0))
-                {
-                    throw new InvalidDataException($"safetensors: {entry.Name} has offsets or a shape that do not fit the data section.");
-                }
-
-                var bytes = all.AsSpan(dataStart + (int)offsets[0], (int)(offsets[1] - offsets[0]));
-                result[entry.Name] = dtype switch
+                var bytes = all.AsSpan(dataStart + (int)begin, (int)(end - begin));
+                result[name] = dtype switch
                 {
                     "F32" => tensor(ReadFloats(bytes), shape),
                     "BF16" => tensor(ReadBFloat16(bytes), shape),
@@ -90,6 +75,130 @@ internal static class Safetensors
         }
 
         return result;
+    }
+
+    private static List<(string Name, string Dtype, long[] Shape, long Begin, long End)> ParseHeader(ReadOnlyMemory<byte> header, long dataLength,
+        Func<string, InvalidDataException> bad)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(header);
+        }
+        catch (JsonException ex)
+        {
+            throw bad($"the header is not valid JSON ({ex.Message}).");
+        }
+
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw bad($"the header is a JSON {doc.RootElement.ValueKind}, not an object.");
+            }
+
+            var entries = new List<(string Name, string Dtype, long[] Shape, long Begin, long End)>();
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var entry in doc.RootElement.EnumerateObject())
+            {
+                if (entry.Name == "__metadata__")
+                {
+                    continue;
+                }
+
+                string name = entry.Name;
+                if (!names.Add(name))
+                {
+                    throw bad($"tensor '{name}' appears twice in the header.");
+                }
+
+                if (entry.Value.ValueKind != JsonValueKind.Object)
+                {
+                    throw bad($"tensor '{name}' is a JSON {entry.Value.ValueKind}, not an object with dtype, shape and data_offsets.");
+                }
+
+                string dtype = Field(entry.Value, name, "dtype", JsonValueKind.String, bad).GetString()!;
+                int elementSize = dtype switch
+                {
+                    "F32" => 4,
+                    "BF16" or "F16" => 2,
+                    "I64" => 8,
+                    _ => throw bad($"tensor '{name}' field 'dtype': '{dtype}' is not supported (F32, BF16, F16, I64)."),
+                };
+                long[] shape = Integers(Field(entry.Value, name, "shape", JsonValueKind.Array, bad), name, "shape", bad);
+                long[] offsets = Integers(Field(entry.Value, name, "data_offsets", JsonValueKind.Array, bad), name, "data_offsets", bad);
+                if (shape.Any(d => d < 0))
+                {
+                    throw bad($"tensor '{name}' field 'shape': [{string.Join(", ", shape)}] has a negative dimension.");
+                }
+
+                long bytes;
+                try
+                {
+                    // checked: a shape whose element count (or byte count) wraps around could otherwise match small offsets.
+                    bytes = checked(shape.Aggregate(1L, (a, d) => checked(a * d)) * elementSize);
+                }
+                catch (OverflowException)
+                {
+                    throw bad($"tensor '{name}' field 'shape': [{string.Join(", ", shape)}] has more elements than can exist.");
+                }
+
+                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0] || offsets[1] > dataLength)
+                {
+                    throw bad($"tensor '{name}' field 'data_offsets': [{string.Join(", ", offsets)}] does not lie inside the {dataLength}-byte data section.");
+                }
+
+                if (offsets[1] - offsets[0] != bytes)
+                {
+                    throw bad($"tensor '{name}' field 'data_offsets': {offsets[1] - offsets[0]} bytes, but dtype {dtype} and shape [{string.Join(", ", shape)}] need {bytes}.");
+                }
+
+                entries.Add((name, dtype, shape, offsets[0], offsets[1]));
+            }
+
+            // Tensors must not share bytes: a crafted file could otherwise alias one payload under many names.
+            var ordered = entries.Where(e => e.End > e.Begin).OrderBy(e => e.Begin).ToList();
+            for (int i = 1; i < ordered.Count; i++)
+            {
+                if (ordered[i].Begin < ordered[i - 1].End)
+                {
+                    throw bad($"tensor '{ordered[i].Name}' field 'data_offsets': [{ordered[i].Begin}, {ordered[i].End}] overlaps tensor '{ordered[i - 1].Name}' [{ordered[i - 1].Begin}, {ordered[i - 1].End}].");
+                }
+            }
+
+            return entries;
+        }
+    }
+
+    private static JsonElement Field(JsonElement tensorEntry, string name, string field, JsonValueKind kind, Func<string, InvalidDataException> bad)
+    {
+        if (!tensorEntry.TryGetProperty(field, out var value))
+        {
+            throw bad($"tensor '{name}' has no field '{field}'.");
+        }
+
+        if (value.ValueKind != kind)
+        {
+            throw bad($"tensor '{name}' field '{field}' is a JSON {value.ValueKind}, expected {kind}.");
+        }
+
+        return value;
+    }
+
+    private static long[] Integers(JsonElement array, string name, string field, Func<string, InvalidDataException> bad)
+    {
+        var values = new List<long>();
+        foreach (var item in array.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt64(out long v))
+            {
+                throw bad($"tensor '{name}' field '{field}' holds {item.GetRawText()}, not a 64-bit integer.");
+            }
+
+            values.Add(v);
+        }
+
+        return values.ToArray();
     }
 
     // Writes float32 tensors (any device, converted to contiguous CPU float32), keys sorted for stable files.

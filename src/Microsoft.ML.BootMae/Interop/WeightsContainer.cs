@@ -55,9 +55,28 @@ internal static class WeightsContainer
             return JsonSerializer.Deserialize<THeader>(ReadExactly(stream, headerLength, what, "its header"), JsonOptions)
                 ?? throw new InvalidDataException($"the {what} header is empty: the file is damaged.");
         }
-        catch (JsonException ex)
+        catch (Exception ex) when (ex is JsonException or NotSupportedException or ArgumentException)
         {
             throw new InvalidDataException($"the {what} header is not valid JSON ({ex.Message}): the file is damaged.", ex);
+        }
+    }
+
+    /// <summary>
+    /// Checks, before any module is built, that a header's architecture fits its payload: the float32 weights of
+    /// <paramref name="weightCount"/> elements must be in the payload, so a small file that claims a huge network is
+    /// refused instead of making libtorch allocate for it.
+    /// </summary>
+    /// <param name="payloadLength">The header's payload length (checked against the real bytes later).</param>
+    /// <param name="weightCount">Weights the header's architecture needs (a lower bound; a double, so crafted sizes cannot overflow).</param>
+    /// <param name="what">"encoder" or "classifier".</param>
+    /// <param name="shape">The architecture, for the message.</param>
+    public static void CheckPayloadHolds(long payloadLength, double weightCount, string what, string shape)
+    {
+        double needed = 4.0 * weightCount;
+        if (!(needed <= payloadLength))
+        {
+            throw new InvalidDataException(
+                $"the {what} header's architecture ({shape}) needs {weightCount:N0} weights ({needed:N0} bytes) but field 'PayloadLength' is {payloadLength:N0} bytes: the file is damaged or crafted.");
         }
     }
 
@@ -70,21 +89,27 @@ internal static class WeightsContainer
         }
 
         var payload = ReadExactly(stream, (int)length, what, "its weights");
-        if (Convert.ToHexString(SHA256.HashData(payload)) != sha256)
+        if (!string.Equals(Convert.ToHexString(SHA256.HashData(payload)), sha256, StringComparison.OrdinalIgnoreCase))
         {
             throw new InvalidDataException($"the {what} weights do not match their SHA-256 checksum: the file was altered or damaged.");
         }
 
-        return Safetensors.Load(new MemoryStream(payload, writable: false));
+        return Safetensors.Load(new MemoryStream(payload, writable: false), $"payload of the {what}");
     }
 
     private static byte[] ReadExactly(Stream stream, int length, string what, string part)
     {
-        var buffer = new byte[length];
+        // Grows with the bytes really read, so a header that claims 2 GB in a small file costs nothing before it fails.
+        var buffer = new byte[Math.Min(length, 1 << 20)];
         int read = 0;
         while (read < length)
         {
-            int n = stream.Read(buffer, read, length - read);
+            if (read == buffer.Length)
+            {
+                Array.Resize(ref buffer, (int)Math.Min(length, 2L * buffer.Length));
+            }
+
+            int n = stream.Read(buffer, read, buffer.Length - read);
             if (n == 0)
             {
                 throw new InvalidDataException($"the {what} data ends early while reading {part} ({read} of {length} bytes): the file is truncated.");

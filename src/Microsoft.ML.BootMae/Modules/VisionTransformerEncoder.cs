@@ -29,6 +29,17 @@ internal sealed class VisionTransformerEncoder : nn.Module<Tensor, Tensor>
 
     public BootMaeArchitecture Architecture { get; }
 
+    // Elements of this module's state_dict for an architecture, computed without building anything, in double so a
+    // crafted architecture cannot overflow. Loaders compare it with a file's payload before allocating (a test pins it
+    // to the real state_dict).
+    public static double StateElementCount(BootMaeArchitecture a)
+    {
+        double d = a.EmbedDim, c = a.Channels, p = a.PatchSize, grid = (double)a.ImageSize / a.PatchSize;
+        double hidden = Math.Floor(d * a.MlpRatio), inner = Math.Floor(d / a.Heads) * a.Heads;
+        double block = (2 * d) + (3 * inner * d) + (2 * inner) + (inner * d) + d + (2 * d) + (hidden * d) + hidden + (d * hidden) + d;
+        return (d * c * p * p) + d + d + ((1 + (grid * grid)) * d) + (a.Depth * block) + (2 * d);
+    }
+
     // The frozen 1×(1+N)×D table; the feature predictor gives it to its mask tokens.
     public Parameter PositionEmbedding => pos_embed;
 

@@ -27,6 +27,9 @@ internal static class BootMaeModelArchive
     internal const string ManifestEntry = Folder + "manifest.json";
     internal const int FormatVersion = 1;
 
+    /// <summary>Largest manifest read (16 MiB; a real one is a few KB), checked before parsing so padding cannot exhaust memory.</summary>
+    internal const int MaxManifestBytes = 16 << 20;
+
     internal const string PlainSaveMessage =
         "This model contains BootMAE components, whose weights ML.NET's Model.Save cannot store. " +
         "Save it with mlContext.Model.SaveBootMae(model, inputSchema, path) (using Microsoft.ML;) and load it with LoadBootMae.";
@@ -46,9 +49,19 @@ internal static class BootMaeModelArchive
     }
 
     /// <summary>Saves <paramref name="model"/> with its BootMAE stages to <paramref name="destination"/>.</summary>
-    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination)
+    /// <param name="catalog">ML.NET's model operations.</param>
+    /// <param name="model">The model.</param>
+    /// <param name="inputSchema">Its input schema.</param>
+    /// <param name="destination">Where the zip goes.</param>
+    /// <param name="stagingPath">Where ML.NET's own zip is staged; null: TMPDIR (stream saves, which have no target folder).</param>
+    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination, string? stagingPath = null)
     {
-        var temp = Path.Combine(Path.GetTempPath(), $"bootmae-{Guid.NewGuid():N}.zip");
+        if (stagingPath is null)
+        {
+            DurableFiles.SweepStale(Path.GetTempPath(), "bootmae-staging");
+        }
+
+        var temp = stagingPath ?? DurableFiles.StagingPath(Path.Combine(Path.GetTempPath(), "bootmae-staging"), "mlnet");
         try
         {
             var stages = new List<IBootMaeStage>();
@@ -188,19 +201,81 @@ internal static class BootMaeModelArchive
     {
         try
         {
+            if (entry.Length > MaxManifestBytes)
+            {
+                throw new InvalidDataException($"{ManifestEntry} declares {entry.Length} bytes, more than the {MaxManifestBytes} a manifest may have");
+            }
+
+            // The declared size can lie; read at most one byte past the cap.
             using var s = entry.Open();
-            var manifest = JsonNode.Parse(s) as JsonObject ?? throw new InvalidDataException("the manifest is not a JSON object");
+            var bytes = new MemoryStream();
+            var buffer = new byte[81920];
+            int n;
+            while ((n = s.Read(buffer, 0, buffer.Length)) > 0)
+            {
+                bytes.Write(buffer, 0, n);
+                if (bytes.Length > MaxManifestBytes)
+                {
+                    throw new InvalidDataException($"{ManifestEntry} holds more than the {MaxManifestBytes} bytes a manifest may have");
+                }
+            }
+
+            var manifest = JsonNode.Parse(bytes.ToArray()) as JsonObject ?? throw new InvalidDataException("the manifest is not a JSON object");
             var format = (int?)manifest["format"] ?? 0;
             if (format != FormatVersion)
             {
                 throw new InvalidDataException($"manifest format {format} is not supported by this version (which reads format {FormatVersion}); update Microsoft.ML.BootMae");
             }
 
+            CheckShape(manifest);
             return manifest;
         }
         catch (Exception ex) when (ex is JsonException or InvalidOperationException or FormatException or InvalidDataException)
         {
             throw new InvalidDataException($"The model {description} has an unreadable BootMAE manifest ({ex.Message}); the file is damaged.", ex);
+        }
+    }
+
+    // Every field the loader reads, with its JSON type, so later casts cannot throw NullReference or InvalidCast.
+    private static void CheckShape(JsonObject manifest)
+    {
+        if (manifest["entries"] is not JsonObject entries)
+        {
+            throw new InvalidDataException("field 'entries' is missing or not an object");
+        }
+
+        foreach (var (name, hash) in entries)
+        {
+            if (hash is not JsonValue value || !value.TryGetValue<string>(out _))
+            {
+                throw new InvalidDataException($"field 'entries.{name}' is not a SHA-256 string");
+            }
+        }
+
+        if (manifest["stages"] is not JsonArray stages)
+        {
+            throw new InvalidDataException("field 'stages' is missing or not an array");
+        }
+
+        for (int i = 0; i < stages.Count; i++)
+        {
+            if (stages[i] is not JsonObject stage)
+            {
+                throw new InvalidDataException($"field 'stages[{i}]' is not an object");
+            }
+
+            foreach (var field in new[] { "kind", "entry", "sha256" })
+            {
+                if (stage[field] is not JsonValue value || !value.TryGetValue<string>(out _))
+                {
+                    throw new InvalidDataException($"field 'stages[{i}].{field}' is missing or not a string");
+                }
+            }
+
+            if (stage["config"] is not JsonObject)
+            {
+                throw new InvalidDataException($"field 'stages[{i}].config' is missing or not an object");
+            }
         }
     }
 

@@ -234,7 +234,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             $"D={architecture.EmbedDim}, depth {architecture.Depth}, {options.MaxEpochs} epochs of batch {options.BatchSize}, seed {seed}, mode {options.Mode}, augment {options.Augment}.");
         var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
-            seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize);
+            seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize, options.MaxImagePixels);
         var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed));
         var encoder = pretrainer.Train(source, options.MetricsCallback, log.Info, options.CancellationToken);
         if (source.BadImagesSkipped > 0)

@@ -38,7 +38,9 @@ internal static class CheckpointFolder
             final = Path.Combine(directory, name);
         }
 
-        var temp = Path.Combine(directory, $".{name}.{Guid.NewGuid():N}.tmp");
+        // Staging folders of crashed writers (kill -9, power loss) would otherwise stay forever.
+        Persistence.DurableFiles.SweepStale(directory, Prefix + @"\d+(-[0-9a-f]{8})?");
+        var temp = Persistence.DurableFiles.StagingPath(final);
         Directory.CreateDirectory(temp);
         try
         {
@@ -49,13 +51,16 @@ internal static class CheckpointFolder
 
             var manifest = new Manifest(format, version, position, architecture, settingsFingerprint,
                 files.ToDictionary(f => f.Name, f => (string?)Hash(Path.Combine(temp, f.Name))));
-            File.WriteAllBytes(Path.Combine(temp, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }));
+            Persistence.DurableFiles.WriteAllBytes(Path.Combine(temp, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }));
+            Persistence.DurableFiles.FlushDirectory(temp);
             if (Directory.Exists(final))
             {
                 Directory.Delete(final, recursive: true);
             }
 
             Directory.Move(temp, final);
+            // Without this a power loss can undo the rename, or keep it with empty files.
+            Persistence.DurableFiles.FlushDirectory(directory);
         }
         catch
         {

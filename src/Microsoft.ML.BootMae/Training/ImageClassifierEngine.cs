@@ -33,7 +33,7 @@ internal sealed class ImageClassifierEngine : IDisposable
 
     private readonly ImageClassifier _model;
     private readonly Device _device;
-    private bool _disposed;
+    private readonly DisposeGate _gate = new();
 
     private ImageClassifierEngine(ImageClassifier model, Device device)
     {
@@ -106,7 +106,7 @@ internal sealed class ImageClassifierEngine : IDisposable
     public float[] PredictScores(float[] pixels01, int count)
     {
         ArgumentNullException.ThrowIfNull(pixels01);
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         using var mode = inference_mode();
         var logits = _model.forward(ToInput(pixels01, count, Architecture, _device));
@@ -117,7 +117,7 @@ internal sealed class ImageClassifierEngine : IDisposable
     /// pretrained one: fine-tuning replaces that LN by identity and never updates it.</summary>
     public BootMaeEncoder ExtractEncoder()
     {
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         var module = new VisionTransformerEncoder(Architecture);
         try
         {
@@ -140,7 +140,7 @@ internal sealed class ImageClassifierEngine : IDisposable
     public void Save(Stream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        ThrowIfDisposed();
+        using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         var (payload, length, sha256) = WeightsContainer.Serialize(_model.state_dict());
         WeightsContainer.Write(stream, Magic, new ClassifierHeader(FormatName, FormatVersion, Architecture, NumberOfClasses,
@@ -161,7 +161,8 @@ internal sealed class ImageClassifierEngine : IDisposable
             throw new InvalidDataException($"Unsupported classifier format '{header.Format}' version {header.Version}; this package reads '{FormatName}' version {FormatVersion}.");
         }
 
-        if (header.Architecture is null || header.Architecture != expectedArchitecture)
+        BootMaeEncoder.ValidateHeaderArchitecture(header.Architecture, "classifier");
+        if (header.Architecture != expectedArchitecture)
         {
             throw new InvalidDataException($"The classifier was saved for architecture {header.Architecture} but {expectedArchitecture} was expected.");
         }
@@ -176,7 +177,16 @@ internal sealed class ImageClassifierEngine : IDisposable
             throw new InvalidDataException($"The classifier header has an invalid head kind '{header.HeadKind}' or source block {header.SourceBlock}.");
         }
 
-        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256, "classifier");
+        if (header.NumberOfClasses < 2)
+        {
+            throw new InvalidDataException($"The classifier header's field 'NumberOfClasses' is {header.NumberOfClasses}; at least 2 are needed.");
+        }
+
+        // Encoder plus the head's weight matrix: a lower bound of the state_dict, so a crafted size fails before allocating.
+        WeightsContainer.CheckPayloadHolds(header.PayloadLength,
+            VisionTransformerEncoder.StateElementCount(header.Architecture) + ((double)header.Architecture.EmbedDim * header.NumberOfClasses),
+            "classifier", $"{BootMaeEncoder.Describe(header.Architecture)}, NumberOfClasses {header.NumberOfClasses}");
+        var weights = WeightsContainer.ReadWeights(stream, header.PayloadLength, header.PayloadSha256 ?? string.Empty, "classifier");
         var model = new ImageClassifier(new VisionTransformerEncoder(header.Architecture), header.NumberOfClasses, header.HeadKind == LinearProbeKind, header.SourceBlock);
         try
         {
@@ -200,9 +210,9 @@ internal sealed class ImageClassifierEngine : IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (!_disposed)
+        // Waits for predictions already running on other threads; later ones throw ObjectDisposedException.
+        if (_gate.Close())
         {
-            _disposed = true;
             _model.Dispose();
         }
     }
@@ -348,7 +358,6 @@ internal sealed class ImageClassifierEngine : IDisposable
         }
     }
 
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
     private sealed record ClassifierHeader(string Format, int Version, BootMaeArchitecture Architecture, int NumberOfClasses,
         string HeadKind, int SourceBlock, long PayloadLength, string PayloadSha256);
