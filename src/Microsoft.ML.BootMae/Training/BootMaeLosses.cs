@@ -119,7 +119,7 @@ internal static class BootMaeLosses
         using var one = 1.0.ToScalar();
         using var zero = 0.0.ToScalar();
         using var denominatorB = Math.Max(1.0, b - 1).ToScalar();
-        var shared = b > 1 ? ratio.mul(batch).sub_(one, TorchScalars.One).div_(denominatorB).clamp_(zero, one) : ratio;
+        var shared = b > 1 ? ratio.mul(batch).sub_(one).div_(denominatorB).clamp_(zero, one) : ratio;
         return (loss, unweighted, shared);
     }
 

@@ -135,7 +135,7 @@ public sealed class GcPressureStressTests
             var weight = BootMaeLosses.WeightMask(mask, Tiny.GridSize, weighted: true);
             var target = BootMaeLosses.PixelTarget(images, Tiny.PatchSize, normalize: true);
             var pixel = BootMaeLosses.PixelLoss(images, target, mask, weight, Tiny.GridSize, Tiny.PatchSize);
-            var feature = BootMaeLosses.FeatureLoss(rand(count, n, 8), rand(count, n, 8), mask, weight, null);
+            var feature = BootMaeLosses.FeatureLoss(rand(count, n, 8), rand(count, n, 8), mask, weight, null, BootMaeFeatureTargetNormalization.BatchStandardized, diagnostics: true).Loss;
             var mae = BootMaeLosses.MaeLoss(rand(count, n, 49), images, mask, Tiny.PatchSize, normalize: true);
             AssertFinite(pixel, feature, mae);
             teacher.Update(network.Encoder, 0.99);
@@ -149,7 +149,7 @@ public sealed class GcPressureStressTests
         var images = BootMaeEncoder.Normalize(tensor(pixels, new long[] { Count, 1, 28, 28 }));
         using var masks = MaskingGenerator.ForSettings(Tiny, network.Settings, 5).Next(Count, CPU);
         var (target, ids) = teacher.Targets(images, masks, 1.0, new Random(5));
-        var loss = BootMaeLosses.Compute(network, network.Forward(images, masks), images, masks, target, ids, 0.5);
+        var loss = BootMaeLosses.Compute(network, network.Forward(images, masks), images, masks, target, ids, 0.5, diagnostics: true);
         AssertFinite(loss.Total);
         network.zero_grad();
         loss.Total.backward();
