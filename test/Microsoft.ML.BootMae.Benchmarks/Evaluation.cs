@@ -55,6 +55,20 @@ internal static class Evaluation
                 }
             }
 
+            if (args.LoadEncoder is { } path)
+            {
+                encoders.Add((Path.GetFileNameWithoutExtension(path), BootMaeEncoder.Load(path), args.LoadedSteps, 0));
+            }
+
+            if (args.SaveEncoders is { } folder)
+            {
+                Directory.CreateDirectory(folder);
+                foreach (var (method, encoder, steps, _) in encoders.Where(e => e.Steps > 0))
+                {
+                    encoder.Save(Path.Combine(folder, $"{method.Replace(' ', '-')}-seed{seed}-{steps}.bootmae"));
+                }
+            }
+
             long maxPretrainSteps = encoders.Count == 0 ? 0 : encoders.Max(e => e.Steps);
             foreach (var (method, encoder, steps, seconds) in encoders)
             {
@@ -128,7 +142,7 @@ internal static class Evaluation
     private static (BootMaeEncoder Encoder, long Steps, double Seconds) Pretrain(EvaluationArguments args, EvaluationData data, BootMaeMode mode, int seed)
     {
         var settings = PretrainSettings(args, mode, seed);
-        long steps = args.PretrainSteps ?? 0;
+        long steps = (mode == BootMaeMode.Mae ? args.MaePretrainSteps : null) ?? args.PretrainSteps ?? 0;
         if (steps == 0)
         {
             // Equal wall time: time a few steps of this mode, then plan the run (its schedules need the step count).
@@ -172,7 +186,8 @@ internal static class Evaluation
         long stepsPerEpoch = (labels.Length + batch - 1) / batch;
         var settings = new FineTuneSettings
         {
-            MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = true,
+            MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = args.FineTuneAugment,
+            LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : 1e-3,
             LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
         };
         long steps = 0;
@@ -256,7 +271,7 @@ internal static class Evaluation
         var c = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine(c, $"Data: {data.Description}. Test: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
-        string budget = args.PretrainSteps is { } s ? $", {s} steps" : $", {args.PretrainMinutes} minutes per method";
+        string budget = args.PretrainSteps is { } s ? $", {s} BootMAE steps" + (args.MaePretrainSteps is { } m ? $" and {m} MAE steps" : string.Empty) : $", {args.PretrainMinutes} minutes per method";
         string recipe = args.Official ? ", official recipe" : string.Empty;
         sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
         sb.AppendLine();
@@ -408,6 +423,9 @@ internal sealed class EvaluationArguments
 
     public long? PretrainSteps { get; set; }
 
+    // MAE's steps when they differ from BootMAE's (equal wall time from a separate timing run).
+    public long? MaePretrainSteps { get; set; }
+
     public int PretrainBatch { get; set; } = 64;
 
     public int FineTuneBatch { get; set; } = 64;
@@ -444,6 +462,16 @@ internal sealed class EvaluationArguments
 
     public double? LayerDecay { get; set; }
 
+    public double? FineTuneLearningRate { get; set; }
+
+    public bool FineTuneAugment { get; set; } = true;
+
+    public string? LoadEncoder { get; set; }
+
+    public long LoadedSteps { get; set; }
+
+    public string? SaveEncoders { get; set; }
+
     public string? MarkdownPath { get; set; }
 
     public string? JsonPath { get; set; }
@@ -466,6 +494,7 @@ internal sealed class EvaluationArguments
                 case "--methods": a.Methods = v.Split(',').ToHashSet(); break;
                 case "--pretrain-minutes": a.PretrainMinutes = double.Parse(v, c); break;
                 case "--pretrain-steps": a.PretrainSteps = long.Parse(v, c); break;
+                case "--mae-steps": a.MaePretrainSteps = long.Parse(v, c); break;
                 case "--pretrain-batch": a.PretrainBatch = int.Parse(v, c); break;
                 case "--finetune" when v == "none": a.FineTune = []; break;
                 case "--test": a.TestLimit = int.Parse(v, c); break;
@@ -484,6 +513,11 @@ internal sealed class EvaluationArguments
                 case "--masking": a.Masking = Enum.Parse<BootMaeMasking>(v, ignoreCase: true); break;
                 case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
                 case "--layer-decay": a.LayerDecay = double.Parse(v, c); break;
+                case "--ft-lr": a.FineTuneLearningRate = double.Parse(v, c); break;
+                case "--ft-augment": a.FineTuneAugment = bool.Parse(v); break;
+                case "--load-encoder": a.LoadEncoder = v; break;
+                case "--loaded-steps": a.LoadedSteps = long.Parse(v, c); break;
+                case "--save-encoders": a.SaveEncoders = v; break;
                 case "--md": a.MarkdownPath = v; break;
                 case "--json": a.JsonPath = v; break;
                 default: throw new ArgumentException($"Unknown option {args[i]} of evaluate.");
