@@ -203,7 +203,14 @@ internal static class StepBenchmark
         var times = stamps.Zip(stamps.Skip(1)).Skip(args.Warmup - 1).Select(p => (p.Second.Seconds - p.First.Seconds) * 1000).OrderBy(t => t).ToList();
         double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
         double flops = FlopCounter.PerStep(architecture, settings, args.Batch);
-        var (gemm, gemmBf16) = _gemm ??= (GemmCalibration(device, ScalarType.Float32), GemmCalibration(device, ScalarType.BFloat16));
+        // On a CPU without fast bf16 the bf16 GEMM is libtorch's single-threaded fallback (minutes at 2048³): not timed, reported as 0.
+        var (gemm, gemmBf16) = _gemm ??= (GemmCalibration(device, ScalarType.Float32),
+            Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(device) ? GemmCalibration(device, ScalarType.BFloat16) : 0);
+        if (gemmBf16 == 0)
+        {
+            Console.Error.WriteLine("bf16: not fast here (no AVX-512 BF16, AMX or CUDA); the teacher runs in fp32 and the bf16 calibration is skipped.");
+        }
+
         return new StepResult("torchsharp", mode == BootMaeMode.Mae ? "mae" : "bootmae",
             $"{args.Preset} {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels} p{architecture.PatchSize} d{architecture.EmbedDim} L{architecture.Depth} reg{architecture.RegressorDim} dec{(mode == BootMaeMode.Mae ? settings.MaeDecoderDepth : architecture.DecoderDepth)} tf{args.TeacherFraction}",
             args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae && Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(device) ? "fp32 student, bf16 teacher" : "fp32",
