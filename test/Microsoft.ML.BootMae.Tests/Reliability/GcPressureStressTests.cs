@@ -55,6 +55,13 @@ public sealed class GcPressureStressTests
             using var encoder = new BootMaePretrainer(Tiny, PretrainingSettings(1)).Train(source);
             using var classifier = ImageClassifierEngine.Train(encoder, 4, source, null, FineTuningSettings(1), null, null, CancellationToken.None);
             Inference(encoder, classifier, pixels);
+
+            // The linear probe's BatchNorm counts its training batches (ClassificationHead.BatchNorm).
+            var probeSettings = FineTuningSettings(0);
+            probeSettings.FreezeEncoder = true;
+            using var probe = ImageClassifierEngine.Train(encoder, 4, source, null, probeSettings, null, null, CancellationToken.None);
+            Assert.IsTrue(probe.IsLinearProbe);
+            Inference(encoder, probe, pixels);
         });
 
         Assert.IsGreaterThan(0, rounds);
