@@ -102,6 +102,10 @@ public sealed class OwnedAdamWTests
         using var oneGroup = new OwnedAdamW(new[] { new OwnedAdamW.ParamGroup(model.Parameters, 1e-3, 0.05, Beta1, Beta2, Epsilon) });
         Assert.ThrowsExactly<InvalidDataException>(() => Load(Save(decayed.Save), oneGroup.Load));
         Assert.ThrowsExactly<EndOfStreamException>(() => Load(before[..^1], mine.Load));
+        using var reshaped = new Parameter(zeros(model.Parameters[0].shape.Reverse().ToArray()));
+        using var otherShape = new OwnedAdamW(new[] { new OwnedAdamW.ParamGroup(new[] { reshaped }, 1e-3, 0.05, Beta1, Beta2, Epsilon) });
+        using var firstOnly = new OwnedAdamW(new[] { new OwnedAdamW.ParamGroup(new[] { model.Parameters[0] }, 1e-3, 0.05, Beta1, Beta2, Epsilon) });
+        Assert.ThrowsExactly<InvalidDataException>(() => Load(Save(otherShape.Save), firstOnly.Load));
 
         CollectionAssert.AreEqual(before, Save(mine.Save), "a failed load leaves the optimizer as it was");
     }

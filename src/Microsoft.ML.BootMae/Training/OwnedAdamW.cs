@@ -11,7 +11,7 @@ namespace Microsoft.ML.BootMae.Training;
 /// with the optimizer.
 /// </summary>
 /// <remarks>
-/// Why not TorchSharp's <c>optim.AdamW</c>: its 0.107 step turns seven numbers per parameter into Scalars implicitly
+/// Why not TorchSharp's <c>optim.AdamW</c>: its 0.107 step turns nine numbers per parameter into Scalars implicitly
 /// and leaves them to the finalizer, which can free one while libtorch reads it (TorchSharp #1496, see
 /// <see cref="TorchScalars"/>). This is that step (amsgrad and maximize off) op for op, with the same scalar types
 /// (doubles, the int 1 that its <c>add_(eps)</c> passes as alpha), so it is bit-identical to TorchSharp's AdamW
@@ -182,20 +182,27 @@ internal sealed class OwnedAdamW : IDisposable
         {
             foreach (var s in _states)
             {
-                long step = reader.ReadInt64();
-                var expAvg = zeros_like(s.ExpAvg).DetachFromDisposeScope();
-                loaded.Add((step, expAvg, zeros_like(s.ExpAvgSq).DetachFromDisposeScope()));
-                expAvg.Load(reader);
-                loaded[^1].ExpAvgSq.Load(reader);
+                var state = (Step: reader.ReadInt64(), ExpAvg: zeros_like(s.ExpAvg).DetachFromDisposeScope(), ExpAvgSq: zeros_like(s.ExpAvgSq).DetachFromDisposeScope());
+                loaded.Add(state);
+
+                // TorchSharp's tensor format; Load checks the dtype and shape against the parameter's.
+                state.ExpAvg.Load(reader);
+                state.ExpAvgSq.Load(reader);
                 if (reader.ReadBoolean())
                 {
                     throw new InvalidDataException("The optimizer state was saved with amsgrad, which this optimizer does not use.");
                 }
             }
         }
+        catch (ArgumentException ex)
+        {
+            // Tensor.Load's dtype or shape mismatch: another model's state.
+            DisposeAll(loaded);
+            throw new InvalidDataException("The optimizer state does not fit this optimizer's parameters: " + ex.Message, ex);
+        }
         catch
         {
-            loaded.ForEach(l => { l.ExpAvg.Dispose(); l.ExpAvgSq.Dispose(); });
+            DisposeAll(loaded);
             throw;
         }
 
@@ -226,6 +233,9 @@ internal sealed class OwnedAdamW : IDisposable
             s.Dispose();
         }
     }
+
+    private static void DisposeAll(List<(long Step, Tensor ExpAvg, Tensor ExpAvgSq)> states)
+        => states.ForEach(s => { s.ExpAvg.Dispose(); s.ExpAvgSq.Dispose(); });
 
     // TorchSharp's LEB128 length, which for non-negative values is BinaryWriter's 7-bit encoding.
     private static void WriteLength(BinaryWriter writer, int value) => writer.Write7BitEncodedInt64(value);
