@@ -329,8 +329,8 @@ internal static class PhaseProfile
 
             Time("losses", () => loss = BootMaeLosses.Compute(network, forward, images, masks, target, null, 1.0));
             Time("item", () => _ = loss.Total.item<float>());
-            Time("backward", () => { optimizer.zero_grad(); loss.Total.backward(); });
-            Time("adamw", () => optimizer.step());
+            Time("backward", () => { optimizer.ZeroGrad(); loss.Total.backward(); });
+            Time("adamw", () => optimizer.Step());
             Time("ema + bf16 sync", () => teacher.Update(network.Encoder, 0.99));
             if (i < args.Warmup)
             {

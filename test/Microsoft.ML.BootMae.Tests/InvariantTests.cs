@@ -154,10 +154,10 @@ public sealed class InvariantTests
         var fwd = net.Forward(images, masks);
         var loss = BootMaeLosses.Compute(net, fwd, images, masks, teacher.Forward(images), null, 1.0);
         loss.Total.backward();
-        optimizer.step();
+        optimizer.Step();
 
         Assert.IsTrue(teacher.Encoder.parameters().All(p => p.grad is null && !p.requires_grad), "teacher has no grads");
-        var optimized = optimizer.parameters().Select(p => p.Handle).ToHashSet();
+        var optimized = optimizer.Parameters.Select(p => p.Handle).ToHashSet();
         Assert.IsFalse(teacher.Encoder.parameters().Any(p => optimized.Contains(p.Handle)), "no teacher parameter in the optimizer");
         foreach (var (key, value) in teacher.Encoder.state_dict())
         {
@@ -270,10 +270,10 @@ public sealed class InvariantTests
             using var inner = NewDisposeScope();
             using var masks = gen.Next(Batch);
             var images = Images(step);
-            optimizer.zero_grad();
+            optimizer.ZeroGrad();
             var loss = BootMaeLosses.Compute(net, net.Forward(images, masks), images, masks, teacher.Forward(images), null, 1.0);
             loss.Total.backward();
-            optimizer.step();
+            optimizer.Step();
             teacher.Update(net.Encoder, 0.9);
         }
 
@@ -351,9 +351,9 @@ public sealed class InvariantTests
 
         Assert.IsFalse(d.Contains("pos_embed") || nd.Contains("pos_embed") || nd.Contains("de_pos_embed"), "frozen tables are not optimized");
         using var optimizer = ParameterGroups.CreateAdamW(net, 1e-3, 0.05);
-        var groups = optimizer.ParamGroups.Cast<TorchSharp.Modules.AdamW.ParamGroup>().ToList();
-        Assert.AreEqual(0.05, groups[0].Options.weight_decay);
-        Assert.AreEqual(0.0, groups[1].Options.weight_decay);
+        var groups = optimizer.ParamGroups;
+        Assert.AreEqual(0.05, groups[0].WeightDecay);
+        Assert.AreEqual(0.0, groups[1].WeightDecay);
     }
 
     // §10.14
@@ -442,10 +442,10 @@ public sealed class InvariantTests
             {
                 var masks = gen.Next(Batch);
                 var images = Images(step);
-                optimizer.zero_grad();
+                optimizer.ZeroGrad();
                 var loss = BootMaeLosses.Compute(net, net.Forward(images, masks), images, masks, teacher.Forward(images), null, 1.0);
                 loss.Total.backward();
-                optimizer.step();
+                optimizer.Step();
                 teacher.Update(net.Encoder, 0.99);
             }
 

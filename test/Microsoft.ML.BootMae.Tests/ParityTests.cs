@@ -105,7 +105,7 @@ public sealed class ParityTests
         Assert.AreEqual(grads.Count, compared, "every reference gradient has a trainable C# parameter");
 
         using var optimizer = ParameterGroups.CreateAdamW(net, cfg.GetProperty("lr").GetDouble(), cfg.GetProperty("weight_decay").GetDouble());
-        optimizer.step();
+        optimizer.Step();
         var stepped = WithPrefix(f, "step.");
         var after = net.ReferenceStateDict();
         double lr = cfg.GetProperty("lr").GetDouble();

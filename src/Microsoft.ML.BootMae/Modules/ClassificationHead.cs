@@ -32,10 +32,31 @@ internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
         var x = fc_norm.forward(features);
         if (bn is not null)
         {
-            x = bn.forward(x);
+            x = BatchNorm(bn, x);
         }
 
         return head.forward(x);
+    }
+
+    /// <summary>
+    /// <c>BatchNorm1d.forward</c> of TorchSharp 0.107, step for step, except that the batch count is incremented with
+    /// owned scalars: its <c>num_batches_tracked.add_(1)</c> leaves two implicit Scalars to the finalizer on every
+    /// training step of a linear probe (TorchSharp #1496, see <see cref="TorchScalars"/>).
+    /// </summary>
+    internal static Tensor BatchNorm(BatchNorm1d bn, Tensor x)
+    {
+        double factor = bn.momentum ?? 0.0;
+        if (bn.training && bn.track_running_stats && bn.num_batches_tracked is { } count)
+        {
+            count.add_(TorchScalars.One, TorchScalars.One);
+            // TorchSharp's (double)count would leave a Scalar too; momentum is 0.1 here anyway.
+            factor = bn.momentum ?? 1.0 / count.item<long>();
+        }
+
+        bool batchStatistics = bn.training || (bn.running_mean is null && bn.running_var is null);
+        bool runningStatistics = !bn.training || bn.track_running_stats;
+        return nn.functional.batch_norm(x, runningStatistics ? bn.running_mean : null, runningStatistics ? bn.running_var : null,
+            bn.affine ? bn.weight : null, bn.bias, batchStatistics, factor, bn.eps);
     }
 
     public void Initialize(Generator generator)

@@ -12,7 +12,9 @@ namespace Microsoft.ML.BootMae.Modules;
 /// TorchSharp #1496). So the library never converts implicitly: constants come from here (never disposed, always
 /// reachable), and per-call values are <c>using var s = value.ToScalar();</c>. Each keeps the .NET type TorchSharp's
 /// implicit conversion used (an int stays an int scalar, a double a double), so the numerics are unchanged.
-/// <c>ReliabilityTests.ImplicitConversionGuardTests</c> fails on any new implicit conversion.
+/// <c>ImplicitScalarGuardTests</c> fails on any new implicit conversion. TorchSharp code reached through a virtual call
+/// (an optimizer's <c>step</c>, a module's <c>forward</c>) is out of that guard's sight: the library steps with its own
+/// <c>OwnedAdamW</c> and runs the probe's BatchNorm through <c>ClassificationHead.BatchNorm</c> for that reason.
 /// </remarks>
 internal static class TorchScalars
 {

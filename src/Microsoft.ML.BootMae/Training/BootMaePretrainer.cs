@@ -164,7 +164,7 @@ public sealed class BootMaePretrainer
         private readonly BootMaePretrainer _owner;
         private readonly BootMaeNetwork _network;
         private readonly MomentumTeacher? _teacher;
-        private readonly AdamW _optimizer;
+        private readonly OwnedAdamW _optimizer;
         private readonly Schedules _schedules;
         private readonly Device _device;
         private readonly BootMaeModelSettings _model;
@@ -182,7 +182,7 @@ public sealed class BootMaePretrainer
         private float[]? _previewPixels;
         private int _previewCount;
 
-        public Run(BootMaePretrainer owner, BootMaeNetwork network, MomentumTeacher? teacher, AdamW optimizer, Schedules schedules, Device device,
+        public Run(BootMaePretrainer owner, BootMaeNetwork network, MomentumTeacher? teacher, OwnedAdamW optimizer, Schedules schedules, Device device,
             BootMaeModelSettings model, string fingerprint, Action<BootMaeTrainingMetrics>? metrics, Action<string>? log)
         {
             _owner = owner;
@@ -317,9 +317,9 @@ public sealed class BootMaePretrainer
                     "The pretraining loss became {0} at step {1} (epoch {2}, learning rate {3:E2}). Lower LearningRate or check the input images.", total, step, epoch, lr));
             }
 
-            _optimizer.zero_grad();
+            _optimizer.ZeroGrad();
             loss.Total.backward();
-            _optimizer.step();
+            _optimizer.Step();
             if (_teacher is not null && Settings.Teacher == BootMaeTeacher.Ema)
             {
                 _teacher.Update(_network.Encoder, _schedules.EmaMomentum(step));

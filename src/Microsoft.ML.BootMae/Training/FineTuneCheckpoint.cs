@@ -16,7 +16,7 @@ internal sealed record FineTuneProgress(double? BestLoss, int BestEpoch, int Epo
 
 /// <summary>
 /// Fine-tuning checkpoints (<see cref="CheckpointFolder"/>): the whole classifier (encoder, head, BatchNorm statistics)
-/// and the AdamW state in TorchSharp's own format, <c>progress.json</c> (<see cref="FineTuneProgress"/>), and with
+/// and the AdamW state in TorchSharp's AdamW format (<see cref="OwnedAdamW"/>), <c>progress.json</c> (<see cref="FineTuneProgress"/>), and with
 /// <see cref="FineTuneSettings.ReturnBestModel"/> the best epoch's weights as safetensors. Random state needs no
 /// saving: every draw is seeded from (seed, step) (<see cref="Seeds"/>).
 /// </summary>
@@ -31,12 +31,12 @@ internal static class FineTuneCheckpoint
     private const string BestFile = "best.safetensors";
 
     public static string Save(string directory, TrainingPosition position, BootMaeArchitecture architecture, string settingsFingerprint,
-        ImageClassifier model, AdamW optimizer, FineTuneProgress progress, IReadOnlyDictionary<string, Tensor>? best, int keep)
+        ImageClassifier model, OwnedAdamW optimizer, FineTuneProgress progress, IReadOnlyDictionary<string, Tensor>? best, int keep)
     {
         var files = new List<(string, Action<BinaryWriter>)>
         {
             (ModelFile, w => model.save(w)),
-            (OptimizerFile, w => optimizer.save_state_dict(w)),
+            (OptimizerFile, w => optimizer.Save(w)),
             (ProgressFile, w => w.Write(JsonSerializer.SerializeToUtf8Bytes(progress))),
         };
         if (best is not null)
@@ -52,7 +52,7 @@ internal static class FineTuneCheckpoint
         => CheckpointFolder.FindLatestValid(directory, Format, Version, architecture, settingsFingerprint, SettingsHint, log);
 
     /// <summary>Loads the weights and optimizer state in place; returns the progress and the best weights (CPU tensors the caller disposes) if saved.</summary>
-    public static (FineTuneProgress Progress, Dictionary<string, Tensor>? Best) Load(string path, ImageClassifier model, AdamW optimizer)
+    public static (FineTuneProgress Progress, Dictionary<string, Tensor>? Best) Load(string path, ImageClassifier model, OwnedAdamW optimizer)
     {
         FineTuneProgress? progress = null;
         CheckpointFolder.ReadWith(path, ProgressFile, r => progress = JsonSerializer.Deserialize<FineTuneProgress>(r.BaseStream));
@@ -62,7 +62,7 @@ internal static class FineTuneCheckpoint
         }
 
         CheckpointFolder.ReadWith(path, ModelFile, r => model.load(r));
-        CheckpointFolder.ReadWith(path, OptimizerFile, r => optimizer.load_state_dict(r));
+        CheckpointFolder.ReadWith(path, OptimizerFile, r => optimizer.Load(r));
         Dictionary<string, Tensor>? best = null;
         if (progress.HasBestWeights)
         {

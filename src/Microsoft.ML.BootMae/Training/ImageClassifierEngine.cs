@@ -378,7 +378,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         private long _totalSteps;
         private double _lastLearningRate;
         private string _fingerprint = "";
-        private AdamW? _optimizer;
+        private OwnedAdamW? _optimizer;
 
         // Where the run stands: the epoch, the batches of it consumed (skipped ones included), and its running sums
         // (on the device; read only when reporting or checkpointing, as a read forces a GPU sync).
@@ -430,9 +430,8 @@ internal sealed class ImageClassifierEngine : IDisposable
             var schedule = new Schedules(_totalSteps, _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, 0, 1, 0, 0, 0, 0, 0);
             var groups = BuildParameterGroups(_model, _s.LayerDecay, _s.WeightDecay);
             using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
-            using var optimizer = optim.AdamW(
-                groups.Select(g => new AdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, Beta1, Beta2, Epsilon, g.WeightDecay, false, false)),
-                _s.LearningRate, Beta1, Beta2, Epsilon, _s.WeightDecay);
+            using var optimizer = new OwnedAdamW(
+                groups.Select(g => new OwnedAdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, g.WeightDecay, Beta1, Beta2, Epsilon)));
             _optimizer = optimizer;
             var optimizerGroups = optimizer.ParamGroups.ToList();
             if (!_model.IsLinearProbe)
@@ -603,7 +602,7 @@ internal sealed class ImageClassifierEngine : IDisposable
             _epochImages = 0;
         }
 
-        private double RunEpoch(int epoch, long skip, Schedules schedule, List<optim.ILearningRateController> optimizerGroups, List<FineTuneParameterGroup> groups,
+        private double RunEpoch(int epoch, long skip, Schedules schedule, List<OwnedAdamW.ParamGroup> optimizerGroups, List<FineTuneParameterGroup> groups,
             Generator dropPathGenerator, CancellationToken token)
         {
             _model.train();
@@ -679,9 +678,9 @@ internal sealed class ImageClassifierEngine : IDisposable
 
                     var logits = _model.forward(x);
                     var loss = (-(targets * nn.functional.log_softmax(logits, 1))).sum(1).mean();
-                    _optimizer!.zero_grad();
+                    _optimizer!.ZeroGrad();
                     loss.backward();
-                    _optimizer.step();
+                    _optimizer.Step();
                     using (no_grad())
                     {
                         using var count = batch.Count.ToScalar();

@@ -40,14 +40,13 @@ internal static class ParameterGroups
 
     // AdamW(β 0.9/0.95, eps 1e-8) with two groups: weightDecay on matrices, 0 on the no-decay set. The learning rate
     // is the initial one; schedulers change the groups' LearningRate.
-    public static AdamW CreateAdamW(BootMaeNetwork network, double learningRate, double weightDecay)
+    public static OwnedAdamW CreateAdamW(BootMaeNetwork network, double learningRate, double weightDecay)
     {
         var (decay, noDecay) = Split(network);
-        var groups = new List<AdamW.ParamGroup>
+        return new OwnedAdamW(new OwnedAdamW.ParamGroup[]
         {
-            new(decay.Select(x => x.Parameter), learningRate, Beta1, Beta2, Epsilon, weightDecay, false, false),
-            new(noDecay.Select(x => x.Parameter), learningRate, Beta1, Beta2, Epsilon, 0.0, false, false),
-        };
-        return optim.AdamW(groups, learningRate, Beta1, Beta2, Epsilon, weightDecay);
+            new(decay.Select(x => x.Parameter), learningRate, weightDecay, Beta1, Beta2, Epsilon),
+            new(noDecay.Select(x => x.Parameter), learningRate, 0.0, Beta1, Beta2, Epsilon),
+        });
     }
 }
