@@ -81,6 +81,7 @@ case "$command" in
   fixtures)
     apt_install python3-torch gcc
     /usr/bin/python3 tools/make_parity_fixtures.py
+    /usr/bin/python3 tools/make_trajectory_fixture.py
     /usr/bin/python3 tools/make_interop_fixtures.py
     tools/make_elf_fixtures.sh
     ;;

@@ -23,7 +23,7 @@ public sealed class ParityTests
 
     private static string Dir => Path.Combine(AppContext.BaseDirectory, "TestData", "parity");
 
-    private static BootMaeArchitecture Architecture { get; } = new()
+    internal static BootMaeArchitecture Architecture { get; } = new()
     {
         ImageSize = 16, PatchSize = 4, Channels = 3, EmbedDim = 32, Depth = 2, Heads = 2, MlpRatio = 4,
         RegressorDim = 24, RegressorHeads = 2, PredictorHeads = 4, DecoderDepth = 2, ShallowBlock = 0, DeepBlock = 1,

@@ -48,6 +48,9 @@ public sealed class BootMaePretrainer
         _settings = settings;
     }
 
+    // Test seam (trajectory parity); null in every product path.
+    internal PretrainingHooks? Hooks { get; init; }
+
     /// <summary>
     /// Pretrains on <paramref name="source"/> and returns the student's encoder.
     /// </summary>
@@ -89,6 +92,7 @@ public sealed class BootMaePretrainer
             BootMaeEncoder.LoadWeights(network.Encoder, initial.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "InitialEncoder");
         }
 
+        Hooks?.InitializeNetwork?.Invoke(network);
         network.to(device);
         network.train();
         using var teacher = modelSettings.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
@@ -299,8 +303,10 @@ public sealed class BootMaePretrainer
             }
 
             var images = BootMaeEncoder.Normalize(pixels01);
-            var generator = MaskingGenerator.ForSettings(a, _model, Seeds.Derive(Settings.Seed, step, stream: 1));
-            using var masks = generator.Next(batch.Count, _device);
+            var hooks = _owner.Hooks;
+            using var masks = hooks?.Masks is { } injected
+                ? injected(step, batch.Count, _device)
+                : MaskingGenerator.ForSettings(a, _model, Seeds.Derive(Settings.Seed, step, stream: 1)).Next(batch.Count, _device);
             Tensor? target = null;
             Tensor? ids = null;
             if (_teacher is not null)
@@ -320,17 +326,21 @@ public sealed class BootMaePretrainer
             _optimizer.ZeroGrad();
             loss.Total.backward();
             _optimizer.Step();
+            double? momentum = null;
             if (_teacher is not null && Settings.Teacher == BootMaeTeacher.Ema)
             {
-                _teacher.Update(_network.Encoder, _schedules.EmaMomentum(step));
+                momentum = _schedules.EmaMomentum(step);
+                _teacher.Update(_network.Encoder, momentum.Value);
             }
 
+            float? pixel = loss.Pixel?.item<float>();
+            float? feature = loss.Feature?.item<float>();
             _stepsThisRun++;
             _imagesSinceReport += batch.Count;
             _epochSteps++;
             _epochLoss += total;
-            _epochPixel += loss.Pixel is null ? 0 : loss.Pixel.item<float>();
-            _epochFeature += loss.Feature is null ? 0 : loss.Feature.item<float>();
+            _epochPixel += pixel ?? 0;
+            _epochFeature += feature ?? 0;
             if (loss.Diagnostics is { } d)
             {
                 _epochPixelUnweighted += d.PixelUnweighted is null ? 0 : d.PixelUnweighted.item<float>();
@@ -338,6 +348,9 @@ public sealed class BootMaePretrainer
                 _epochFeatureUnweighted += d.FeatureUnweighted is null ? 0 : d.FeatureUnweighted.item<float>();
                 _epochShared += d.FeatureTargetSharedEnergy is null ? 0 : d.FeatureTargetSharedEnergy.item<float>();
             }
+
+            hooks?.AfterStep?.Invoke(new PretrainingStepTrace(step, _optimizer.ParamGroups.First().LearningRate, lambda, momentum,
+                total, pixel, feature, _network, _teacher));
         }
 
         private void KeepPreviewImages(ImageBatch batch)
