@@ -20,6 +20,16 @@ internal static class Evaluation
 
     public static void Run(EvaluationArguments args)
     {
+        if (args.FromJson is { } inputs)
+        {
+            // Only the table: rows of earlier runs (for example seeds run in parallel processes), merged.
+            var merged = inputs.SelectMany(File.ReadAllLines).Where(l => l.Length > 0).Select(l => JsonSerializer.Deserialize<EvaluationRow>(l)!).ToList();
+            args.Seeds = merged.Select(r => r.seed).Distinct().Order().ToArray();
+            File.WriteAllText(args.MarkdownPath ?? throw new ArgumentException("--from-json needs --md."), Markdown(args, EvaluationData.Load(args.UnlabelledLimit, args.TestLimit), merged));
+            Console.WriteLine($"Results table ({merged.Count} rows): {args.MarkdownPath}");
+            return;
+        }
+
         var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit);
         Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} test images. CPU: {CpuModel()}.");
         var rows = new List<EvaluationRow>();
@@ -57,7 +67,10 @@ internal static class Evaluation
 
             if (args.LoadEncoder is { } path)
             {
-                encoders.Add((Path.GetFileNameWithoutExtension(path), BootMaeEncoder.Load(path), args.LoadedSteps, 0));
+                // Saved as "<method>-seed<seed>-<steps>.bootmae" by --save-encoders.
+                string name = Path.GetFileNameWithoutExtension(path);
+                encoders.Add((name.Contains("-seed", StringComparison.Ordinal) ? name[..name.IndexOf("-seed", StringComparison.Ordinal)] : name,
+                    BootMaeEncoder.Load(path), args.LoadedSteps, args.LoadedSeconds));
             }
 
             if (args.SaveEncoders is { } folder)
@@ -470,6 +483,10 @@ internal sealed class EvaluationArguments
 
     public long LoadedSteps { get; set; }
 
+    public double LoadedSeconds { get; set; }
+
+    public string[]? FromJson { get; set; }
+
     public string? SaveEncoders { get; set; }
 
     public string? MarkdownPath { get; set; }
@@ -517,6 +534,8 @@ internal sealed class EvaluationArguments
                 case "--ft-augment": a.FineTuneAugment = bool.Parse(v); break;
                 case "--load-encoder": a.LoadEncoder = v; break;
                 case "--loaded-steps": a.LoadedSteps = long.Parse(v, c); break;
+                case "--loaded-seconds": a.LoadedSeconds = double.Parse(v, c); break;
+                case "--from-json": a.FromJson = v.Split(','); break;
                 case "--save-encoders": a.SaveEncoders = v; break;
                 case "--md": a.MarkdownPath = v; break;
                 case "--json": a.JsonPath = v; break;

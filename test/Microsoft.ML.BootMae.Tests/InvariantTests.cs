@@ -12,7 +12,7 @@ public sealed class InvariantTests
 {
     private const int Batch = 3;
 
-    private static BootMaeArchitecture Tiny { get; } = new()
+    internal static BootMaeArchitecture Tiny { get; } = new()
     {
         ImageSize = 28, PatchSize = 4, Channels = 1, EmbedDim = 32, Depth = 2, Heads = 2, MlpRatio = 4,
         RegressorDim = 32, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 2, ShallowBlock = 0, DeepBlock = 1,

@@ -12,11 +12,8 @@ public sealed class RecipeTests
 {
     private const int Batch = 4;
 
-    private static BootMaeArchitecture Tiny { get; } = new()
-    {
-        ImageSize = 28, PatchSize = 4, Channels = 1, EmbedDim = 32, Depth = 2, Heads = 2, MlpRatio = 4,
-        RegressorDim = 32, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 1, ShallowBlock = 0, DeepBlock = 1,
-    };
+    // The invariant tests' tiny shape: 28×28 grey, patch 4 (a 7×7 grid, where the sin-cos table's shared part dominates).
+    private static BootMaeArchitecture Tiny => InvariantTests.Tiny;
 
     private static Tensor Images(int seed)
     {
