@@ -2,8 +2,8 @@ using BootMae.Samples;
 using BootMae.Samples.Quickstart;
 
 const string usage = """
-    BootMAE quickstart: pretrain on 10,000 unlabelled Fashion-MNIST images, fine-tune with 10% of the labels,
-    and compare with the same classifier trained from scratch for the same number of optimizer steps.
+    BootMAE quickstart: pretrain on 10,000 unlabelled Fashion-MNIST images, fine-tune with 1,000 and with 100 labels,
+    and compare with the same classifier trained from scratch for the same epochs and for the same total steps.
 
     Usage: dotnet run -c Release --project samples/Quickstart [-- options]
       --epochs N            pretraining epochs (default 5)
