@@ -8,7 +8,7 @@ using Microsoft.ML.Transforms;
 
 namespace BootMae.Samples.Quickstart;
 
-/// <summary>Settings of the quickstart; <see cref="Default"/> runs in about 15 minutes on a 2-core AVX2 CPU (less with fast bf16).</summary>
+/// <summary>Settings of the quickstart; <see cref="Default"/> runs in 16 minutes on a quiet 2-core AVX2-only CPU (less with fast bf16).</summary>
 public sealed record QuickstartSettings
 {
     /// <summary>The full run: all 10,000 training images, 100 and 10 labels per class, all 2,000 test images.</summary>
