@@ -122,10 +122,10 @@ public sealed class BootMaePretrainer
 
     internal static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s)
     {
-        var scaled = Schedules.ScaledEmaMomenta(totalSteps);
-        double start = s.EmaMomentumStart ?? Math.Max(s.EmaMomentumFloor, scaled.Start);
-        double mid = Math.Max(start, s.EmaMomentumMid ?? Math.Max(s.EmaMomentumFloor, scaled.Mid));
-        double end = Math.Max(mid, s.EmaMomentumEnd ?? Math.Max(s.EmaMomentumFloor, scaled.End));
+        var scaled = Schedules.ScaledEmaMomenta(totalSteps, s.EmaMomentumFloor);
+        double start = s.EmaMomentumStart ?? scaled.Start;
+        double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
+        double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
         double peak = s.LearningRate * s.BatchSize / 256.0;
         return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
             s.FeatureLossWeight, s.FeatureLossRampFraction, start, mid, end, s.EmaRamp1Fraction, s.EmaRamp2EndFraction);

@@ -108,11 +108,12 @@ internal sealed class Schedules
 
     /// <summary>
     /// EMA momenta that keep the teacher's horizon τ = 1/(1−m) in proportion to the run, as the original 800-epoch
-    /// schedule does (τ ≈ T/250 → T/25 → T/2.5 for T ≈ 250k steps); clamped so a short run still averages.
+    /// schedule does (τ ≈ T/250 → T/25 → T/2.5 for T ≈ 250k steps); clamped so a short run still averages, and
+    /// never below <paramref name="floor"/> (the settings' EmaMomentumFloor).
     /// </summary>
-    public static (double Start, double Mid, double End) ScaledEmaMomenta(long totalSteps)
+    public static (double Start, double Mid, double End) ScaledEmaMomenta(long totalSteps, double floor = 0)
     {
-        static double FromHorizon(double tau) => Math.Clamp(1.0 - 1.0 / Math.Max(tau, 1e-9), 0.5, 0.99999);
+        double FromHorizon(double tau) => Math.Max(floor, Math.Clamp(1.0 - 1.0 / Math.Max(tau, 1e-9), 0.5, 0.99999));
         return (FromHorizon(totalSteps / 250.0), FromHorizon(totalSteps / 25.0), FromHorizon(totalSteps / 2.5));
     }
 }
