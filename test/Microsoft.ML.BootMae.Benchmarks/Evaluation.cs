@@ -25,6 +25,15 @@ internal static class Evaluation
             // Only the table: rows of earlier runs (for example seeds run in parallel processes), merged.
             var merged = inputs.SelectMany(File.ReadAllLines).Where(l => l.Length > 0).Select(l => JsonSerializer.Deserialize<EvaluationRow>(l)!).ToList();
             args.Seeds = merged.Select(r => r.seed).Distinct().Order().ToArray();
+            if (args.PlotsFolder is { } charts)
+            {
+                EvaluationPlots.Write(merged, charts);
+                if (args.MarkdownPath is null)
+                {
+                    return;
+                }
+            }
+
             File.WriteAllText(args.MarkdownPath ?? throw new ArgumentException("--from-json needs --md."), Markdown(args, EvaluationData.Load(args.UnlabelledLimit, args.TestLimit), merged));
             Console.WriteLine($"Results table ({merged.Count} rows): {args.MarkdownPath}");
             return;
@@ -110,6 +119,11 @@ internal static class Evaluation
 
                 encoder.Dispose();
             }
+        }
+
+        if (args.PlotsFolder is not null)
+        {
+            EvaluationPlots.Write(rows, args.PlotsFolder);
         }
 
         if (args.MarkdownPath is not null)
@@ -493,6 +507,9 @@ internal sealed class EvaluationArguments
 
     public string? JsonPath { get; set; }
 
+    // --plots DIR: the SVG charts of EvaluationPlots.
+    public string? PlotsFolder { get; set; }
+
     public static EvaluationArguments Parse(string[] args)
     {
         var a = new EvaluationArguments();
@@ -539,6 +556,7 @@ internal sealed class EvaluationArguments
                 case "--save-encoders": a.SaveEncoders = v; break;
                 case "--md": a.MarkdownPath = v; break;
                 case "--json": a.JsonPath = v; break;
+                case "--plots": a.PlotsFolder = v; break;
                 default: throw new ArgumentException($"Unknown option {args[i]} of evaluate.");
             }
         }

@@ -17,7 +17,7 @@ using static TorchSharp.torch;
 //            [--norm-pix true|false] [--feature-weight 1.0]
 //            pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
 //   evaluate [--seeds 1,2] [--methods pixels,random,bootmae,mae] [--pretrain-minutes 10 | --pretrain-steps N]
-//            [--finetune 100:60,1000:30] [--md docs/results.md] [--json FILE] [recipe switches, see Evaluation.cs]
+//            [--finetune 100:60,1000:30] [--md docs/results.md] [--json FILE] [--plots DIR] [recipe switches, see Evaluation.cs]
 //            probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training
 //   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
 //            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST

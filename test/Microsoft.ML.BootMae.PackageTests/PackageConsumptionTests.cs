@@ -78,6 +78,7 @@ public sealed class PackageConsumptionTests
             Assert.Contains("pretrained: step 1/1, loss finite: True", run.Output);
             Assert.Contains("encoder round trip: D=32, depth=2", run.Output);
             Assert.Contains("featurized: 20 images x 32 floats, finite: True", run.Output);
+            Assert.Contains("curves: True, tensorboard files: 1", run.Output);
             Assert.Contains(
                 Path.Combine(app, "bin") + Path.DirectorySeparatorChar, run.Output, "The native preparation did not examine the app's own LibTorchSharp.");
             Assert.Contains("BOOTMAE-CONSUMER-OK", run.Output);
@@ -109,6 +110,7 @@ public sealed class PackageConsumptionTests
         var text = nuspec.ReadToEnd();
         Assert.Contains("<license type=\"expression\">MIT</license>", text);
         Assert.Contains("id=\"TorchSharp\"", text, "The package must depend on the managed TorchSharp package.");
+        Assert.Contains("id=\"OxyPlot.SkiaSharp\"", text, "The training curves are drawn with OxyPlot.SkiaSharp.");
         Assert.DoesNotContain("id=\"TorchSharp-cpu\"", text, "The package must leave the native runtime (TorchSharp-cpu or -cuda) to the app.");
     }
 

@@ -1,11 +1,17 @@
 using System.Globalization;
+using OxyPlot;
+using OxyPlot.Axes;
+using OxyPlot.Legends;
+using OxyPlot.Series;
+using OxyPlot.SkiaSharp;
 using SkiaSharp;
 
 namespace Microsoft.ML.BootMae.Visualization;
 
 /// <summary>
 /// Pictures of BootMAE pretraining as PNG files: reconstructions (like the MAE paper's figures), random versus
-/// block-wise masks, and training curves. Drawn with SkiaSharp; each method writes one PNG and returns its full path.
+/// block-wise masks, and training curves. Drawn with SkiaSharp (the curves' charts with OxyPlot on SkiaSharp); each
+/// method writes one PNG and returns its full path.
 /// </summary>
 /// <remarks>
 /// Images are <c>float[]</c> in CHW order with values in [0, 1] (clamped; undo any normalisation first), with 1
@@ -146,7 +152,8 @@ public static class BootMaePictures
 
     /// <summary>
     /// Draws three line charts against the training step: the losses (total, pixel, feature), the learning rate and
-    /// the EMA momentum, each with axes, ticks, labels and, for the losses, a legend.
+    /// the EMA momentum, each with axes, ticks, labels and, for the losses, a legend. The charts are drawn with OxyPlot
+    /// (OxyPlot.SkiaSharp); for other charts of the same metrics, see <see cref="BootMaeTensorBoard"/>.
     /// </summary>
     /// <param name="points">Logged steps, in any order; NaN values are left out of their curve.</param>
     /// <param name="path">PNG file to write; its folder is created if missing.</param>
@@ -304,157 +311,71 @@ public static class BootMaePictures
 
     private sealed record Series(string Name, SKColor Color, double[] Values);
 
-    /// <summary>One line chart: axes, nice ticks with grid lines, axis labels, curves and an optional legend.</summary>
+    /// <summary>One line chart drawn by OxyPlot into a panel of the canvas: axes, ticks, grid, curves and an optional legend.</summary>
     private static class Chart
     {
         public static void Draw(SKCanvas canvas, SKRect bounds, string title, string yLabel, double[] xs, Series[] series, bool legend)
         {
-            using var titlePaint = PictureKit.TextPaint(16, bold: true);
-            using var tickPaint = PictureKit.TextPaint(12);
-            using var labelPaint = PictureKit.TextPaint(13);
-            using var axisPaint = new SKPaint { Color = PictureKit.Ink, StrokeWidth = 1, IsAntialias = true, Style = SKPaintStyle.Stroke };
-            using var gridPaint = new SKPaint { Color = new SKColor(0xE6, 0xE6, 0xE6), StrokeWidth = 1, Style = SKPaintStyle.Stroke };
-
-            var plot = new SKRect(bounds.Left + 78, bounds.Top + 30, bounds.Right - 12, bounds.Bottom - 48);
-            PictureKit.DrawCentered(canvas, title, (plot.Left + plot.Right) / 2, bounds.Top + 18, titlePaint);
-
-            var shown = series.Where(s => s.Values.Any(double.IsFinite)).ToArray();
-            var finiteX = xs.Where(double.IsFinite).ToArray();
-            var (xMin, xMax, xTicks) = Axis(finiteX.Min(), finiteX.Max(), 6);
-            var ys = shown.SelectMany(s => s.Values.Where(double.IsFinite)).DefaultIfEmpty(0).ToArray();
-            var (yMin, yMax, yTicks) = Axis(ys.Min(), ys.Max(), 5);
-            float X(double v) => plot.Left + (float)((v - xMin) / (xMax - xMin) * plot.Width);
-            float Y(double v) => plot.Bottom - (float)((v - yMin) / (yMax - yMin) * plot.Height);
-
-            var xStep = xTicks.Length > 1 ? xTicks[1] - xTicks[0] : 1;
-            foreach (var tick in xTicks)
+            var font = PictureKit.Regular.FamilyName;
+            var ink = Oxy(PictureKit.Ink);
+            var grid = OxyColor.FromRgb(0xE6, 0xE6, 0xE6);
+            var model = new PlotModel
             {
-                canvas.DrawLine(X(tick), plot.Top, X(tick), plot.Bottom, gridPaint);
-                canvas.DrawLine(X(tick), plot.Bottom, X(tick), plot.Bottom + 5, axisPaint);
-                PictureKit.DrawCentered(canvas, Format(tick, xStep), X(tick), plot.Bottom + 19, tickPaint);
-            }
-
-            var yStep = yTicks.Length > 1 ? yTicks[1] - yTicks[0] : 1;
-            foreach (var tick in yTicks)
+                Title = title, TitleFontSize = 16, DefaultFont = font, DefaultFontSize = 12, TextColor = ink, Background = OxyColors.White,
+                PlotAreaBorderColor = ink, PlotAreaBorderThickness = new OxyThickness(1, 0, 0, 1), Padding = new OxyThickness(8, 6, 14, 6),
+            };
+            model.Axes.Add(new LinearAxis
             {
-                canvas.DrawLine(plot.Left, Y(tick), plot.Right, Y(tick), gridPaint);
-                canvas.DrawLine(plot.Left - 5, Y(tick), plot.Left, Y(tick), axisPaint);
-                var text = Format(tick, yStep);
-                canvas.DrawText(text, plot.Left - 8 - tickPaint.MeasureText(text), Y(tick) + 4, tickPaint);
-            }
-
-            canvas.DrawLine(plot.Left, plot.Top, plot.Left, plot.Bottom, axisPaint);
-            canvas.DrawLine(plot.Left, plot.Bottom, plot.Right, plot.Bottom, axisPaint);
-            PictureKit.DrawCentered(canvas, "step", (plot.Left + plot.Right) / 2, bounds.Bottom - 8, labelPaint);
-            canvas.Save();
-            canvas.RotateDegrees(-90, bounds.Left + 14, (plot.Top + plot.Bottom) / 2);
-            PictureKit.DrawCentered(canvas, yLabel, bounds.Left + 14, ((plot.Top + plot.Bottom) / 2) + 4, labelPaint);
-            canvas.Restore();
-
-            canvas.Save();
-            canvas.ClipRect(SKRect.Inflate(plot, 2, 2));
-            foreach (var s in shown)
+                Position = AxisPosition.Bottom, Title = "step", TitleFontSize = 13, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = grid,
+                TicklineColor = ink, AxislineColor = ink, MinimumPadding = 0, MaximumPadding = 0, StringFormat = "#,0.##",
+            });
+            model.Axes.Add(new LinearAxis
             {
-                using var path = new SKPath();
-                var drawing = false;
-                for (var i = 0; i < xs.Length; i++)
+                Position = AxisPosition.Left, Title = yLabel, TitleFontSize = 13, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = grid,
+                TicklineColor = ink, AxislineColor = ink, MinimumPadding = 0.05, MaximumPadding = 0.05, LabelFormatter = Tick,
+            });
+
+            foreach (var s in series.Where(s => s.Values.Any(double.IsFinite)))
+            {
+                var line = new LineSeries
                 {
-                    if (!double.IsFinite(s.Values[i]) || !double.IsFinite(xs[i]))
-                    {
-                        drawing = false;
-                        continue;
-                    }
+                    Title = s.Name, Color = Oxy(s.Color), StrokeThickness = 2, LineJoin = LineJoin.Round,
 
-                    if (drawing)
-                    {
-                        path.LineTo(X(xs[i]), Y(s.Values[i]));
-                    }
-                    else
-                    {
-                        path.MoveTo(X(xs[i]), Y(s.Values[i]));
-                        drawing = true;
-                    }
-                }
+                    // A lone point (one step logged) would not show as a line, so mark it.
+                    MarkerType = s.Values.Count(double.IsFinite) == 1 ? MarkerType.Circle : MarkerType.None, MarkerFill = Oxy(s.Color), MarkerSize = 3,
+                };
 
-                using var line = new SKPaint { Color = s.Color, StrokeWidth = 2, IsAntialias = true, Style = SKPaintStyle.Stroke, StrokeJoin = SKStrokeJoin.Round };
-                canvas.DrawPath(path, line);
+                // Undefined points (NaN values) break the line, so a value not logged leaves a gap.
+                line.Points.AddRange(xs.Select((x, i) => double.IsFinite(x) && double.IsFinite(s.Values[i]) ? new DataPoint(x, s.Values[i]) : DataPoint.Undefined));
+                model.Series.Add(line);
+            }
 
-                // A lone point (one step logged) would not show as a line, so mark it.
-                if (s.Values.Count(double.IsFinite) == 1)
+            if (legend && model.Series.Count > 0)
+            {
+                model.Legends.Add(new Legend
                 {
-                    var i = Array.FindIndex(s.Values, double.IsFinite);
-                    using var dot = new SKPaint { Color = s.Color, IsAntialias = true, Style = SKPaintStyle.Fill };
-                    canvas.DrawCircle(X(xs[i]), Y(s.Values[i]), 3, dot);
-                }
+                    LegendPosition = LegendPosition.TopRight, LegendPlacement = LegendPlacement.Inside, LegendBackground = OxyColor.FromAColor(230, OxyColors.White),
+                    LegendBorder = Oxy(PictureKit.FrameGrey), LegendFontSize = 12, LegendSymbolLength = 20,
+                });
             }
 
+            // Text shaping would need HarfBuzz's native library, which SkiaSharp's Linux assets do not bring; plain
+            // Latin labels do not need it.
+            using var context = new SkiaRenderContext { RenderTarget = RenderTarget.PixelGraphic, SkCanvas = canvas, UseTextShaping = false };
+            canvas.Save();
+            canvas.ClipRect(bounds);
+            canvas.Translate(bounds.Left, bounds.Top);
+            ((IPlotModel)model).Update(true);
+            ((IPlotModel)model).Render(context, new OxyRect(0, 0, bounds.Width, bounds.Height));
             canvas.Restore();
-            if (legend && shown.Length > 0)
-            {
-                DrawLegend(canvas, plot, shown, tickPaint);
-            }
         }
 
-        private static void DrawLegend(SKCanvas canvas, SKRect plot, Series[] shown, SKPaint textPaint)
-        {
-            const float row = 18;
-            var width = 34 + shown.Max(s => textPaint.MeasureText(s.Name)) + 8;
-            var box = SKRect.Create(plot.Right - width - 8, plot.Top + 8, width, (shown.Length * row) + 8);
-            using var fill = new SKPaint { Color = SKColors.White.WithAlpha(230), Style = SKPaintStyle.Fill };
-            using var frame = new SKPaint { Color = PictureKit.FrameGrey, Style = SKPaintStyle.Stroke, StrokeWidth = 1 };
-            canvas.DrawRect(box, fill);
-            canvas.DrawRect(box, frame);
-            for (var i = 0; i < shown.Length; i++)
-            {
-                var y = box.Top + 4 + (i * row) + (row / 2);
-                using var line = new SKPaint { Color = shown[i].Color, StrokeWidth = 2.5f, IsAntialias = true };
-                canvas.DrawLine(box.Left + 8, y, box.Left + 28, y, line);
-                canvas.DrawText(shown[i].Name, box.Left + 34, y + 4, textPaint);
-            }
-        }
+        // Plain decimals, and scientific notation for learning rates and other tiny or huge values.
+        private static string Tick(double value) =>
+            value == 0 ? "0"
+            : Math.Abs(value) < 1e-3 || Math.Abs(value) >= 1e6 ? value.ToString("0.##E+0", CultureInfo.InvariantCulture)
+            : value.ToString("#,0.#####", CultureInfo.InvariantCulture);
 
-        /// <summary>Range rounded out to "nice" tick steps (1, 2 or 5 × 10^k) and the ticks inside it.</summary>
-        private static (double Min, double Max, double[] Ticks) Axis(double min, double max, int target)
-        {
-            if (!(max > min))
-            {
-                // Flat data (or a single point): open a small window around it.
-                var pad = Math.Abs(min) > 0 ? Math.Abs(min) * 0.05 : 1;
-                min -= pad;
-                max += pad;
-            }
-
-            var raw = (max - min) / target;
-            var magnitude = Math.Pow(10, Math.Floor(Math.Log10(raw)));
-            var normal = raw / magnitude;
-            var step = (normal < 1.5 ? 1 : normal < 3 ? 2 : normal < 7 ? 5 : 10) * magnitude;
-            var lo = Math.Floor((min / step) + 1e-9) * step;
-            var hi = Math.Ceiling((max / step) - 1e-9) * step;
-            var count = (int)Math.Round((hi - lo) / step) + 1;
-            var ticks = Enumerable.Range(0, count).Select(i => lo + (i * step)).ToArray();
-            return (lo, hi, ticks);
-        }
-
-        private static string Format(double value, double step)
-        {
-            if (Math.Abs(value) < step * 1e-6)
-            {
-                return "0";
-            }
-
-            var magnitude = Math.Max(Math.Abs(value), step);
-            if (magnitude < 1e-3 || magnitude >= 1e6)
-            {
-                return value.ToString("0.##E+0", CultureInfo.InvariantCulture);
-            }
-
-            if (step >= 1)
-            {
-                return value.ToString("#,0", CultureInfo.InvariantCulture);
-            }
-
-            var decimals = Math.Min(8, (int)Math.Ceiling(-Math.Log10(step) - 1e-9));
-            return value.ToString("F" + decimals.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
-        }
+        private static OxyColor Oxy(SKColor color) => OxyColor.FromArgb(color.Alpha, color.Red, color.Green, color.Blue);
     }
 }

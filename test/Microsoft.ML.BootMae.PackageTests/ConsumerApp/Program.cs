@@ -2,6 +2,7 @@
 // package. It uses only the public API and prints one line per step; the test checks the lines and the exit code.
 using Microsoft.ML;
 using Microsoft.ML.BootMae;
+using Microsoft.ML.BootMae.Visualization;
 using Microsoft.ML.Data;
 using Microsoft.ML.Transforms.Image;
 
@@ -55,6 +56,15 @@ using (var featurizer = bytes.Fit(rows))
     var features = featurizer.Transform(rows).GetColumn<VBuffer<float>>("Features").ToList();
     Console.WriteLine($"featurized: {features.Count} images x {features[0].Length} floats, finite: {features.All(f => f.DenseValues().All(float.IsFinite))}");
 }
+
+// 6. Training curves (OxyPlot on the package's SkiaSharp 2.88, in the process that ImageAnalytics used above) and
+//    the TensorBoard sink (TorchSharp's SummaryWriter).
+var curves = BootMaePictures.TrainingCurves(
+    metrics.Select(m => new TrainingCurvePoint(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN)).ToList(),
+    Path.Combine(work, "curves.png"));
+var sink = BootMaeTensorBoard.Sink(Path.Combine(work, "runs"));
+metrics.ForEach(sink);
+Console.WriteLine($"curves: {new FileInfo(curves).Length > 0}, tensorboard files: {Directory.GetFiles(Path.Combine(work, "runs"), "events.out.tfevents.*").Length}");
 
 foreach (var line in BootMaeRuntime.PreparationLog)
 {

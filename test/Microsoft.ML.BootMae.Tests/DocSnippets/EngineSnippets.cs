@@ -1,3 +1,4 @@
+using Microsoft.ML.BootMae.Visualization;
 
 namespace Microsoft.ML.BootMae.Tests.DocSnippets;
 
@@ -71,6 +72,23 @@ internal static class EngineSnippets
         encoder.Save(Path.Combine(settings.CheckpointDirectory, "encoder.bootmae"));
         #endregion
         return settings.CheckpointDirectory;
+    }
+
+    // docs/api.md: compiled, not run (CurvesAndTensorBoardTests runs the sink).
+    public static BootMaePretrainingEstimator.Options TensorBoardOptions()
+    {
+        #region snippet:tensorboard-sink
+        var options = new BootMaePretrainingEstimator.Options
+        {
+            Architecture = BootMaeArchitecture.Tiny28,
+            MaxEpochs = 20,
+
+            // Live curves in TensorBoard (tensorboard --logdir runs), and a console line at each epoch end.
+            MetricsCallback = BootMaeTensorBoard.Sink(Path.Combine("runs", "tiny28"))
+                + (m => { if (m.IsEpochEnd) Console.WriteLine(m); }),
+        };
+        #endregion
+        return options;
     }
 
     // docs/pytorch-interop.md: compiled, not run (it needs real weight files).
