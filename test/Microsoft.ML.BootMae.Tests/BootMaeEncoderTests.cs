@@ -151,6 +151,51 @@ public sealed class BootMaeEncoderTests
     }
 
     [TestMethod]
+    public void PthWrittenByPyBridgeImportsAndNestedOrBrokenFilesAreRefusedClearly()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 12);
+        using var scope = NewDisposeScope();
+        var weights = new System.Collections.Hashtable();
+        foreach (var (key, value) in encoder.Module.state_dict())
+        {
+            weights[key] = value.cpu();
+        }
+
+        // A flat state_dict written by PyBridge's public pickler reads back through its public unpickler.
+        var flat = TempFile("flat.pth");
+        using (var stream = File.Create(flat))
+        {
+            TorchSharp.PyBridge.PyTorchPickler.PickleStateDict(stream, weights, leaveOpen: false);
+        }
+
+        using (var imported = BootMaeEncoder.FromPyTorch(flat, Tiny))
+        {
+            var pixels = RandomPixels(2, Tiny, 6);
+            CollectionAssert.AreEqual(encoder.Embed(pixels, 2, BootMaePooling.Mean, 1, BootMaePrecision.Float32), imported.Embed(pixels, 2, BootMaePooling.Mean, 1, BootMaePrecision.Float32));
+        }
+
+        // The official checkpoints' layout: the weights under 'model'. Refused, naming the key and the fix.
+        var nested = TempFile("nested.pth");
+        using (var stream = File.Create(nested))
+        {
+            TorchSharp.PyBridge.PyTorchPickler.PickleStateDict(stream, new System.Collections.Hashtable { ["model"] = weights }, leaveOpen: false);
+        }
+
+        var error = Assert.ThrowsExactly<InvalidDataException>(() => BootMaeEncoder.FromPyTorch(nested, Tiny));
+        StringAssert.Contains(error.Message, "'model' (a dictionary)");
+        StringAssert.Contains(error.Message, "torch.save(ckpt['model'], path)");
+
+        var broken = TempFile("broken.pth");
+        File.WriteAllText(broken, "not a zip file");
+        error = Assert.ThrowsExactly<InvalidDataException>(() => BootMaeEncoder.FromPyTorch(broken, Tiny));
+        StringAssert.Contains(error.Message, "could not be read as a PyTorch state_dict");
+        foreach (var path in new[] { flat, nested, broken })
+        {
+            File.Delete(path);
+        }
+    }
+
+    [TestMethod]
     public void WrongArchitectureOnImportNamesTheProblem()
     {
         var path = Path.Combine(AppContext.BaseDirectory, "TestData", "interop", "mae_style_encoder.safetensors");

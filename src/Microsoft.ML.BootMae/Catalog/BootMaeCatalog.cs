@@ -7,9 +7,11 @@ namespace Microsoft.ML;
 /// fine-tuning and linear probing in <see cref="MulticlassClassificationCatalog.MulticlassClassificationTrainers"/>.
 /// </summary>
 /// <remarks>
-/// Settings that ML.NET keeps in its environment (seed, GPU device, cancellation) are in each component's Options:
-/// the MLContext's seed is used when <c>Seed</c> is null, but <c>MLContext.GpuDeviceId</c> and
-/// <c>MLContext.CancelExecution</c> are not. Save pipelines with <c>mlContext.Model.SaveBootMae</c>.
+/// Settings that ML.NET keeps in its environment are honoured where the Options leave them unset: the MLContext's
+/// seed when <c>Seed</c> is null; <c>MLContext.GpuDeviceId</c> and <c>MLContext.FallbackToCpu</c> when <c>Device</c>
+/// is <c>Auto</c> and <c>GpuDeviceId</c>/<c>FallbackToCpu</c> are null; and the MLContext's cancellation
+/// (<c>CancelExecution</c>, as AutoML uses it), which stops training before the next step like the Options'
+/// <c>CancellationToken</c>. Save pipelines with <c>mlContext.Model.SaveBootMae</c>.
 /// </remarks>
 public static class BootMaeCatalog
 {

@@ -34,14 +34,24 @@ public abstract class BootMaeTrainingOptionsBase
     /// </summary>
     public int? Seed;
 
-    /// <summary>Where to train. Default <see cref="BootMaeDevice.Auto"/> (CUDA when available, otherwise the CPU). <c>MLContext.GpuDeviceId</c> is not used.</summary>
+    /// <summary>
+    /// Where to train. Default <see cref="BootMaeDevice.Auto"/>: the MLContext decides when its <c>GpuDeviceId</c> is
+    /// set (that GPU, or see <see cref="FallbackToCpu"/>), otherwise CUDA when available, else the CPU.
+    /// <see cref="BootMaeDevice.Cpu"/> and <see cref="BootMaeDevice.Cuda"/> override the MLContext.
+    /// </summary>
     public BootMaeDevice Device = BootMaeDevice.Auto;
 
-    /// <summary>With <see cref="BootMaeDevice.Cuda"/> and no usable GPU: run on the CPU (true) or fail (false). Default <c>true</c>.</summary>
-    public bool FallbackToCpu = true;
+    /// <summary>
+    /// When a GPU is requested (<see cref="BootMaeDevice.Cuda"/>, or <c>MLContext.GpuDeviceId</c> with
+    /// <see cref="BootMaeDevice.Auto"/>) and none is usable: run on the CPU (true, logged) or throw
+    /// <see cref="InvalidOperationException"/> (false). Default <c>null</c>: <c>MLContext.FallbackToCpu</c> when
+    /// <c>MLContext.GpuDeviceId</c> is set (ML.NET reads the two together; <c>MLContext.FallbackToCpu</c> is
+    /// <c>false</c> until set), otherwise <c>true</c>.
+    /// </summary>
+    public bool? FallbackToCpu;
 
-    /// <summary>CUDA device index. Default 0.</summary>
-    public int GpuDeviceId;
+    /// <summary>CUDA device index. Default <c>null</c>: <c>MLContext.GpuDeviceId</c> when set, otherwise 0.</summary>
+    public int? GpuDeviceId;
 
     /// <summary>torch intra-op threads (process-wide). Default <c>null</c>: torch's default.</summary>
     public int? NumberOfThreads;

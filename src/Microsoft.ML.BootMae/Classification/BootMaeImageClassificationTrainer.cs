@@ -45,7 +45,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
-        if (options.GpuDeviceId != 0)
+        if (options.GpuDeviceId is { } gpu && gpu != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.GpuDeviceId, "Image classification trains on CUDA device 0 only; set GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
         }
@@ -192,8 +192,11 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
     /// <summary>Trains the classifier on <paramref name="input"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">A column is missing or of the wrong type.</exception>
-    /// <exception cref="InvalidOperationException">The data has no rows, or CUDA was required and is missing.</exception>
-    /// <exception cref="OperationCanceledException">Cancelled, unless <see cref="BootMaeTrainingOptionsBase.ReturnModelOnCancellation"/>.</exception>
+    /// <exception cref="InvalidOperationException">The data has no rows, or CUDA was required (by the Options or by <c>MLContext.GpuDeviceId</c>) and is missing.</exception>
+    /// <exception cref="OperationCanceledException">
+    /// Cancelled through <see cref="BootMaeTrainingOptionsBase.CancellationToken"/> or <c>MLContext.CancelExecution()</c>
+    /// (checked before every step), unless <see cref="BootMaeTrainingOptionsBase.ReturnModelOnCancellation"/>.
+    /// </exception>
     public BootMaeImageClassificationTransformer Fit(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -222,6 +225,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         using var log = new BootMaeLogger(_env, "BootMaeImageClassification", options.LogCallback);
+        using var cancellation = new TrainingCancellation(_env, options.CancellationToken, "BootMaeImageClassification");
+        cancellation.ThrowIfCanceledBeforeStart();
         long rows = DataViewImageBatchSource.CountRows(input);
         if (rows == 0)
         {
@@ -229,8 +234,15 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
+        var device = BootMaeHost.ResolveDevice(options, _env);
         // Logs the device, and fails now rather than after the data is read when CUDA is required and missing.
-        TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log.Info);
+        var resolved = TorchDevices.Resolve(device, log.Info);
+        if (resolved.type == TorchSharp.DeviceType.CUDA && resolved.index > 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(input), device.GpuDeviceId,
+                $"Image classification trains on CUDA device 0 only, but {device.Origin ?? "GpuDeviceId"} selects device {device.GpuDeviceId}; set MLContext.GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
+        }
+
         TorchDevices.SetThreads(options.NumberOfThreads, log.Info);
         if (options.Encoder is null)
         {
@@ -249,13 +261,22 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             : null;
 
         using var randomEncoder = options.Encoder is null ? BootMaeEncoder.CreateRandom(architecture, seed) : null;
-        var engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, train, validationSource,
-            ToSettings(options, seed), options.MetricsCallback, log.Info, options.CancellationToken);
+        ImageClassifierEngine engine;
+        try
+        {
+            engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, cancellation.Watch(train),
+                validationSource is null ? null : cancellation.Watch(validationSource), ToSettings(options, seed, device), options.MetricsCallback, log.Info, cancellation.Token);
+        }
+        catch (OperationCanceledException ex) when (cancellation.ByContext)
+        {
+            throw cancellation.Explain(ex, options.CheckpointDirectory);
+        }
+
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, keyValues, options.ImageColumnName,
             options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize);
     }
 
-    private static FineTuneSettings ToSettings(Options o, int seed) => new()
+    private static FineTuneSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,
@@ -273,8 +294,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         MaxSteps = o.MaxSteps,
         Augment = false, // this layer augments while decoding (Options.Augment)
         Seed = seed,
-        Device = o.Device,
-        FallbackToCpu = o.FallbackToCpu,
+        Device = device.Device,
+        FallbackToCpu = device.FallbackToCpu,
         LogEveryNSteps = o.LogEveryNSteps,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
         EarlyStoppingPatience = o.EarlyStoppingPatience,

@@ -77,43 +77,45 @@ internal static class PyTorchWeights
            || key.StartsWith("patch_embed.", StringComparison.Ordinal)
            || key.StartsWith("blocks.", StringComparison.Ordinal);
 
-    // TorchSharp.PyBridge reads torch.save's zip + pickle format with an unpickler that only rebuilds tensors and
-    // dictionaries. Its public API loads straight into a module by matching keys, which cannot express the key
-    // remapping above, so its unpickler is called directly; BootMaeEncoderTests.MaeStyleWeightsMatchPyTorch pins this for PyBridge 1.4.4.
+    // TorchSharp.PyBridge's public PyTorchUnpickler.UnpickleStateDict reads torch.save's zip + pickle format into a
+    // table of key → tensor with an unpickler that only rebuilds tensors and dictionaries (nothing in the file runs).
+    // The key remapping above then works on that table; BootMaeEncoderTests.MaeStyleWeightsMatchPyTorch pins the result
+    // against PyTorch for PyBridge 1.4.4.
     private static Dictionary<string, Tensor> UnpickleStateDict(Stream stream)
     {
-        var unpickler = typeof(PyBridgeModuleExtensions).Assembly.GetType("TorchSharp.PyBridge.PyTorchUnpickler")
-            ?.GetMethods(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)
-            .FirstOrDefault(m => m.Name == "UnpickleStateDict" && m.GetParameters() is { Length: >= 1 } ps && ps[0].ParameterType == typeof(Stream))
-            ?? throw new InvalidOperationException("this TorchSharp.PyBridge version has no PyTorchUnpickler.UnpickleStateDict(Stream, ...); use .safetensors instead");
-        // Stream first; leaveOpen = true; any further parameters take their defaults.
-        var arguments = unpickler.GetParameters()
-            .Select((p, i) => i == 0 ? stream : p.ParameterType == typeof(bool) && p.Name == "leaveOpen" ? true : p.DefaultValue)
-            .ToArray();
-        object? table;
+        System.Collections.Hashtable table;
         try
         {
-            table = unpickler.Invoke(null, arguments);
+            table = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
         }
-        catch (System.Reflection.TargetInvocationException ex) when (ex.InnerException is not null)
+        catch (Exception ex) when (ex is not (OutOfMemoryException or InvalidDataException))
         {
-            throw new InvalidDataException(ex.InnerException.Message, ex.InnerException);
-        }
-
-        if (table is not System.Collections.IDictionary entries)
-        {
-            throw new InvalidDataException("the file does not hold a dictionary");
+            // Not a zip, an unknown pickle opcode or class, a truncated storage…: all mean "not a state_dict file".
+            throw new InvalidDataException(ex.Message, ex);
         }
 
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (System.Collections.DictionaryEntry entry in entries)
+        var others = new List<string>();
+        foreach (System.Collections.DictionaryEntry entry in table)
         {
             if (entry.Key is string key && entry.Value is Tensor value)
             {
                 result[key] = value;
             }
+            else
+            {
+                others.Add(entry.Value is System.Collections.IDictionary ? $"'{entry.Key}' (a dictionary)" : $"'{entry.Key}'");
+            }
         }
 
-        return result.Count > 0 ? result : throw new InvalidDataException("the file holds no tensors at its top level (is the state_dict nested under a key such as 'model'?)");
+        if (result.Count > 0)
+        {
+            return result;
+        }
+
+        others.Sort(StringComparer.Ordinal);
+        throw new InvalidDataException(others.Count == 0
+            ? "the file holds an empty dictionary"
+            : $"the file holds no tensors at its top level, only {string.Join(", ", others.Take(8))}{(others.Count > 8 ? ", …" : string.Empty)}; is the state_dict nested under a key such as 'model'?");
     }
 }

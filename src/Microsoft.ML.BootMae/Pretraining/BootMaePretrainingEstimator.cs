@@ -50,8 +50,8 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
-        // The engine's own checks, now rather than after the data has been read (the seed does not matter here).
-        ToSettings(options, seed: 1).Validate();
+        // The engine's own checks, now rather than after the data has been read (the seed and device do not matter here).
+        ToSettings(options, seed: 1, new DeviceRequest(options.Device, options.GpuDeviceId ?? 0, options.FallbackToCpu ?? true, Origin: null)).Validate();
         _env = env;
         _options = options;
     }
@@ -205,8 +205,11 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
 
     /// <summary>Pretrains an encoder on <paramref name="input"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The image column is missing or of the wrong type.</exception>
-    /// <exception cref="InvalidOperationException">The data has no rows, or CUDA was required and is missing.</exception>
-    /// <exception cref="OperationCanceledException">Cancelled, unless <see cref="BootMaeTrainingOptionsBase.ReturnModelOnCancellation"/>.</exception>
+    /// <exception cref="InvalidOperationException">The data has no rows, or CUDA was required (by the Options or by <c>MLContext.GpuDeviceId</c>) and is missing.</exception>
+    /// <exception cref="OperationCanceledException">
+    /// Cancelled through <see cref="BootMaeTrainingOptionsBase.CancellationToken"/> or <c>MLContext.CancelExecution()</c>
+    /// (checked before every step), unless <see cref="BootMaeTrainingOptionsBase.ReturnModelOnCancellation"/>.
+    /// </exception>
     public BootMaeEncoderTransformer Fit(IDataView input)
     {
         ArgumentNullException.ThrowIfNull(input);
@@ -221,6 +224,8 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         using var log = new BootMaeLogger(_env, "BootMaePretrain", options.LogCallback);
+        using var cancellation = new TrainingCancellation(_env, options.CancellationToken, "BootMaePretrain");
+        cancellation.ThrowIfCanceledBeforeStart();
         long rows = DataViewImageBatchSource.CountRows(input);
         if (rows == 0)
         {
@@ -228,15 +233,25 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
+        var device = BootMaeHost.ResolveDevice(options, _env);
         // Fails now, not after the data is read, when CUDA is required and missing; the engine logs the device it uses.
-        TorchDevices.Resolve(options.Device, options.GpuDeviceId, options.FallbackToCpu, log: null);
+        TorchDevices.Resolve(device, log: device.Origin is null ? null : log.Info);
         log.Info($"BootMaePretrain: {rows} images from column '{image.Name}' ({image.Kind}), {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels}, " +
             $"D={architecture.EmbedDim}, depth {architecture.Depth}, {options.MaxEpochs} epochs of batch {options.BatchSize}, seed {seed}, mode {options.Mode}, augment {options.Augment}.");
         var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
             seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize, options.MaxImagePixels);
-        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed));
-        var encoder = pretrainer.Train(source, options.MetricsCallback, log.Info, options.CancellationToken);
+        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed, device));
+        BootMaeEncoder encoder;
+        try
+        {
+            encoder = pretrainer.Train(cancellation.Watch(source), options.MetricsCallback, log.Info, cancellation.Token);
+        }
+        catch (OperationCanceledException ex) when (cancellation.ByContext)
+        {
+            throw cancellation.Explain(ex, options.CheckpointDirectory);
+        }
+
         if (source.BadImagesSkipped > 0)
         {
             log.Warning($"BootMaePretrain: {source.BadImagesSkipped} undecodable images were skipped in the last epoch.");
@@ -246,7 +261,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize);
     }
 
-    private static BootMaePretrainerSettings ToSettings(Options o, int seed) => new()
+    private static BootMaePretrainerSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,
@@ -276,9 +291,9 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         CheckpointsToKeep = o.CheckpointsToKeep,
         Mode = o.Mode,
         Seed = seed,
-        Device = o.Device,
-        FallbackToCpu = o.FallbackToCpu,
-        GpuDeviceId = o.GpuDeviceId,
+        Device = device.Device,
+        FallbackToCpu = device.FallbackToCpu,
+        GpuDeviceId = device.GpuDeviceId,
         NumberOfThreads = o.NumberOfThreads,
         Precision = o.Precision,
         LogEveryNSteps = o.LogEveryNSteps,

@@ -11,8 +11,13 @@ internal static class TorchDevices
     private static int? _threadsSet;
 
     /// <summary>Resolves Auto/Cpu/Cuda to a device, logging the choice; Cuda without a GPU throws unless fallback is allowed.</summary>
-    public static Device Resolve(BootMaeDevice requested, int gpuDeviceId, bool fallbackToCpu, Action<string>? log)
+    public static Device Resolve(BootMaeDevice requested, int gpuDeviceId, bool fallbackToCpu, Action<string>? log) =>
+        Resolve(new DeviceRequest(requested, gpuDeviceId, fallbackToCpu, Origin: null), log);
+
+    /// <summary>Resolves a request merged from the Options and the MLContext; messages name the MLContext when it decided.</summary>
+    public static Device Resolve(DeviceRequest request, Action<string>? log)
     {
+        var (requested, gpuDeviceId, fallbackToCpu, origin) = request;
         BootMaeRuntime.EnsureTorchLoaded();
         bool cudaAvailable = torch.cuda.is_available();
         Device device;
@@ -30,11 +35,17 @@ internal static class TorchDevices
 
                 device = new Device(DeviceType.CUDA, gpuDeviceId);
                 break;
+            case BootMaeDevice.Cuda when !fallbackToCpu && origin is not null:
+                throw new InvalidOperationException(
+                    $"{origin}, but CUDA is not available: reference TorchSharp-cuda-linux (see docs/gpu.md) and check the NVIDIA driver, " +
+                    "or set MLContext.FallbackToCpu = true (or Options.FallbackToCpu = true) to train on the CPU, or Options.Device = Cpu.");
             case BootMaeDevice.Cuda when !fallbackToCpu:
                 throw new InvalidOperationException(
                     "Device = Cuda, but CUDA is not available: reference TorchSharp-cuda-linux (see docs/gpu.md), check the NVIDIA driver, or set FallbackToCpu = true.");
             case BootMaeDevice.Cuda:
-                log?.Invoke("CUDA was requested but is not available (no GPU or no CUDA runtime package); falling back to the CPU.");
+                log?.Invoke(origin is null
+                    ? "CUDA was requested but is not available (no GPU or no CUDA runtime package); falling back to the CPU."
+                    : $"{origin}, but CUDA is not available (no GPU or no CUDA runtime package); falling back to the CPU.");
                 device = CPU;
                 break;
             default:
@@ -42,7 +53,7 @@ internal static class TorchDevices
                 break;
         }
 
-        log?.Invoke($"BootMAE device: {device} (requested {requested}; CUDA available: {cudaAvailable}; torch threads: {torch.get_num_threads()}).");
+        log?.Invoke($"BootMAE device: {device} (requested {requested}{(origin is null ? string.Empty : " by the MLContext")}; CUDA available: {cudaAvailable}; torch threads: {torch.get_num_threads()}).");
         return device;
     }
 
