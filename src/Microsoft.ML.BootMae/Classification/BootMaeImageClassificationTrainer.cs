@@ -252,7 +252,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         var engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, train, validationSource,
             ToSettings(options, seed), options.MetricsCallback, log.Info, options.CancellationToken);
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, keyValues, options.ImageColumnName,
-            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize);
+            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize, options.MaxImagePixels);
     }
 
     private static FineTuneSettings ToSettings(Options o, int seed) => new()
