@@ -21,6 +21,12 @@ using static TorchSharp.torch;
 //            probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training
 //   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
 //            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
+if (args.Length > 0 && args[0] == ReliabilityProbe.Command)
+{
+    // Hidden: the reliability tests' child process (ReliabilityProbe.cs).
+    return ReliabilityProbe.Run(args);
+}
+
 if (args.Length > 0 && args[0] == "evaluate")
 {
     // Its own options (see Evaluation.cs): pretraining that pays off, measured against strong baselines.

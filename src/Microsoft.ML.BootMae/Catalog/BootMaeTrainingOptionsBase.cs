@@ -81,7 +81,8 @@ public abstract class BootMaeTrainingOptionsBase
     /// Largest image, as width × height, that training reads. Encoded files are checked against it from their header
     /// (PNG IHDR, JPEG SOF, …) before any pixel memory is allocated, so a tiny file that declares a huge image (a
     /// decompression bomb) fails with a message naming the column, row and file, or is skipped with
-    /// <see cref="SkipBadImages"/>. <c>Transform</c> of the fitted model uses the default. Default 50,000,000.
+    /// <see cref="SkipBadImages"/>. The fitted model's <c>Transform</c> applies the same cap (its <c>MaxImagePixels</c>
+    /// property, kept by <c>SaveBootMae</c>). Default 50,000,000.
     /// </summary>
     public long MaxImagePixels = SharedDefaults.MaxImagePixels;
 
@@ -129,10 +130,7 @@ public abstract class BootMaeTrainingOptionsBase
             throw new ArgumentOutOfRangeException(nameof(ShufflePoolSize), ShufflePoolSize, "ShufflePoolSize must be positive.");
         }
 
-        if (MaxImagePixels <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(MaxImagePixels), MaxImagePixels, "MaxImagePixels must be positive.");
-        }
+        DataViews.ImageDecoder.CheckMaxImagePixels(MaxImagePixels, nameof(MaxImagePixels));
 
         if (MaxSteps is <= 0)
         {

@@ -273,7 +273,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, keyValues, options.ImageColumnName,
-            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize);
+            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize, options.MaxImagePixels);
     }
 
     private static FineTuneSettings ToSettings(Options o, int seed, DeviceRequest device) => new()

@@ -31,7 +31,7 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
     private bool _disposed;
 
     internal BootMaeImageClassificationTransformer(ImageClassifierEngine engine, BootMaeArchitecture architecture, int numberOfClasses,
-        LabelKeyValues? keyValues, string imageColumnName, string labelColumnName, string scoreColumnName, string predictedLabelColumnName, int batchSize)
+        LabelKeyValues? keyValues, string imageColumnName, string labelColumnName, string scoreColumnName, string predictedLabelColumnName, int batchSize, long maxImagePixels)
     {
         _engine = engine;
         _keyValues = keyValues;
@@ -42,6 +42,7 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
         ScoreColumnName = scoreColumnName;
         PredictedLabelColumnName = predictedLabelColumnName;
         BatchSize = batchSize;
+        MaxImagePixels = ImageDecoder.CheckMaxImagePixels(maxImagePixels, nameof(maxImagePixels));
     }
 
     /// <summary>The network's shape.</summary>
@@ -71,6 +72,13 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
 
     /// <summary>Images per forward pass in <see cref="Transform(IDataView)"/>.</summary>
     public int BatchSize { get; }
+
+    /// <summary>
+    /// Largest encoded image, as width × height, that <see cref="Transform(IDataView)"/> decodes; larger ones (checked on
+    /// the file's header, before any pixel memory) fail naming the column, row and file. The trainer's
+    /// <c>MaxImagePixels</c> (default 50,000,000), kept by <c>SaveBootMae</c>.
+    /// </summary>
+    public long MaxImagePixels { get; }
 
     /// <inheritdoc />
     public bool IsRowToRowMapper => true;
@@ -175,10 +183,11 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
     {
         var architecture = BootMaeModelArchive.ReadArchitecture(config);
         int classes = (int)config["numberOfClasses"]!;
+        long maxImagePixels = BootMaeModelArchive.ReadMaxImagePixels(config);
         var engine = ImageClassifierEngine.Load(weights, architecture, classes);
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, LabelKeyValues.FromJson(config["keyValues"]),
             (string)config["imageColumnName"]!, (string)config["labelColumnName"]!, (string)config["scoreColumnName"]!,
-            (string)config["predictedLabelColumnName"]!, (int)config["batchSize"]!);
+            (string)config["predictedLabelColumnName"]!, (int)config["batchSize"]!, maxImagePixels);
     }
 
     /// <summary>Frees the network.</summary>

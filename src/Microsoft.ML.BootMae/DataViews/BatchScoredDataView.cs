@@ -163,7 +163,7 @@ internal sealed class BatchScoredDataView : IDataView
                 throw new InvalidOperationException("The input data view returned fewer rows to the image cursor than to the pass-through cursor.");
             }
 
-            var pixels = ImageScoring.DecodeBatch(_staged, n, _parent._image, _parent._scorer.Architecture);
+            var pixels = ImageScoring.DecodeBatch(_staged, n, _parent._image, _parent._scorer);
             _scores = _parent._scorer.Score(pixels, n);
             _filled = n;
             _row = 0;

@@ -24,6 +24,10 @@ internal static class ImageDecoder
     /// <summary>Default of <c>MaxImagePixels</c>: 50 million pixels (200 MB of RGBA), far above any photo a ViT needs.</summary>
     internal const long DefaultMaxImagePixels = 50_000_000;
 
+    /// <summary>The one check of a <c>MaxImagePixels</c> setting (trainers, featurizer, transformers): it must be positive.</summary>
+    internal static long CheckMaxImagePixels(long value, string paramName)
+        => value > 0 ? value : throw new ArgumentOutOfRangeException(paramName, value, "MaxImagePixels must be positive.");
+
     /// <summary>Decodes, optionally augments, resizes and writes C·S·S floats into <paramref name="destination"/>.</summary>
     /// <param name="image">The staged row.</param>
     /// <param name="column">The image column.</param>
@@ -87,7 +91,7 @@ internal static class ImageDecoder
         {
             throw Bad(image, column,
                 $"the image declares {width}x{height} = {width * height:N0} pixels, more than MaxImagePixels ({maxImagePixels:N0}); " +
-                "it may be a decompression bomb. Raise MaxImagePixels in the trainer's options if such images are expected");
+                "it may be a decompression bomb. Raise MaxImagePixels (in the trainer's or BootMaeFeaturize's options) if such images are expected");
         }
     }
 

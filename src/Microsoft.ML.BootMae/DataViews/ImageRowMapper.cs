@@ -106,7 +106,7 @@ internal sealed class ImageRowMapper : IRowToRowMapper
             if (_scoredPosition != _input.Position || _scores.Length == 0)
             {
                 _reader!.Read(_staged[0]);
-                var pixels = ImageScoring.DecodeBatch(_staged, 1, _parent._image, _parent._scorer.Architecture);
+                var pixels = ImageScoring.DecodeBatch(_staged, 1, _parent._image, _parent._scorer);
                 _scores = _parent._scorer.Score(pixels, 1);
                 _scoredPosition = _input.Position;
             }

@@ -27,6 +27,9 @@ internal interface IImageScorer
     /// <summary>Images per forward pass in <c>Transform</c>.</summary>
     int BatchSize { get; }
 
+    /// <summary>Largest width·height of an encoded image that <c>Transform</c> decodes (<c>MaxImagePixels</c>), checked on its header.</summary>
+    long MaxImagePixels { get; }
+
     /// <summary>Floats produced per image.</summary>
     int OutputSize { get; }
 
@@ -54,20 +57,22 @@ internal static class ImageScoring
     }
 
     /// <summary>Decodes <paramref name="count"/> staged images in parallel into one [B, C, H, W] array.</summary>
-    internal static float[] DecodeBatch(RawImage[] staged, int count, ImageColumnInfo column, BootMaeArchitecture architecture)
+    internal static float[] DecodeBatch(RawImage[] staged, int count, ImageColumnInfo column, IImageScorer scorer)
     {
+        var architecture = scorer.Architecture;
+        long maxPixels = scorer.MaxImagePixels;
         int per = ImageDecoder.PixelsPerImage(architecture);
         var pixels = new float[count * per];
         if (count == 1)
         {
-            ImageDecoder.Decode(staged[0], column, architecture.ImageSize, architecture.Channels, pixels);
+            ImageDecoder.Decode(staged[0], column, architecture.ImageSize, architecture.Channels, pixels, maxImagePixels: maxPixels);
             return pixels;
         }
 
         try
         {
             Parallel.For(0, count, i =>
-                ImageDecoder.Decode(staged[i], column, architecture.ImageSize, architecture.Channels, pixels.AsSpan(i * per, per)));
+                ImageDecoder.Decode(staged[i], column, architecture.ImageSize, architecture.Channels, pixels.AsSpan(i * per, per), maxImagePixels: maxPixels));
         }
         catch (AggregateException ex) when (ex.InnerExceptions.FirstOrDefault(e => e is InvalidDataException) is { } bad)
         {

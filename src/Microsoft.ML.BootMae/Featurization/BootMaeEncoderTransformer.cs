@@ -30,7 +30,7 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
     private bool _disposed;
 
     internal BootMaeEncoderTransformer(BootMaeEncoder encoder, bool ownsEncoder, string imageColumnName, string outputColumnName,
-        BootMaePooling pooling, int? sourceBlock, BootMaePrecision precision, int batchSize)
+        BootMaePooling pooling, int? sourceBlock, BootMaePrecision precision, int batchSize, long maxImagePixels)
     {
         Encoder = encoder;
         _ownsEncoder = ownsEncoder;
@@ -47,6 +47,7 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
 
         Precision = precision;
         BatchSize = batchSize > 0 ? batchSize : throw new ArgumentOutOfRangeException(nameof(batchSize), batchSize, "BatchSize must be positive.");
+        MaxImagePixels = ImageDecoder.CheckMaxImagePixels(maxImagePixels, nameof(maxImagePixels));
     }
 
     /// <summary>The encoder. It belongs to this transformer when the transformer was trained or loaded; dispose the transformer, not the encoder.</summary>
@@ -69,6 +70,14 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
 
     /// <summary>Images per forward pass in <see cref="Transform(IDataView)"/>.</summary>
     public int BatchSize { get; }
+
+    /// <summary>
+    /// Largest encoded image, as width × height, that <see cref="Transform(IDataView)"/> decodes; larger ones (checked on
+    /// the file's header, before any pixel memory) fail naming the column, row and file. Set by the options that made
+    /// this transformer (<c>MaxImagePixels</c> of the featurizer or trainer, default 50,000,000) and kept by
+    /// <c>SaveBootMae</c>.
+    /// </summary>
+    public long MaxImagePixels { get; }
 
     /// <summary>Dimensions of the output column: [D], or [N, D] for <see cref="BootMaePooling.Tokens"/>.</summary>
     public IReadOnlyList<int> OutputDimensions => Pooling == BootMaePooling.Tokens
@@ -134,6 +143,7 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
         ["sourceBlock"] = SourceBlock,
         ["precision"] = Precision.ToString(),
         ["batchSize"] = BatchSize,
+        ["maxImagePixels"] = MaxImagePixels,
     };
 
     void IBootMaeStage.SaveWeights(Stream stream) => Encoder.Save(stream);
@@ -142,6 +152,7 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
     internal static BootMaeEncoderTransformer FromStage(JsonObject config, Stream weights)
     {
         var architecture = BootMaeModelArchive.ReadArchitecture(config);
+        long maxImagePixels = BootMaeModelArchive.ReadMaxImagePixels(config);
         var encoder = BootMaeEncoder.Load(weights);
         if (encoder.Architecture != architecture)
         {
@@ -153,7 +164,7 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
         return new BootMaeEncoderTransformer(encoder, ownsEncoder: true,
             (string)config["imageColumnName"]!, (string)config["outputColumnName"]!,
             Enum.Parse<BootMaePooling>((string)config["pooling"]!), (int)config["sourceBlock"]!,
-            Enum.Parse<BootMaePrecision>((string)config["precision"]!), (int)config["batchSize"]!);
+            Enum.Parse<BootMaePrecision>((string)config["precision"]!), (int)config["batchSize"]!, maxImagePixels);
     }
 
     /// <summary>Frees the encoder when this transformer owns it (trained or loaded).</summary>

@@ -39,6 +39,7 @@ public sealed class BootMaeFeaturizingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentOutOfRangeException(nameof(options), block, $"SourceBlock must be a 0-based encoder block in [0, {depth - 1}].");
         }
 
+        ImageDecoder.CheckMaxImagePixels(options.MaxImagePixels, nameof(options));
         _options = options;
     }
 
@@ -74,6 +75,14 @@ public sealed class BootMaeFeaturizingEstimator : IEstimator<BootMaeEncoderTrans
 
         /// <summary>Images per forward pass in <c>Transform</c>. Default 32.</summary>
         public int BatchSize = Defaults.BatchSize;
+
+        /// <summary>
+        /// Largest encoded image, as width × height, that <c>Transform</c> decodes. Files are checked against it from
+        /// their header (PNG IHDR, JPEG SOF, …) before any pixel memory is allocated, so a tiny file that declares a huge
+        /// image (a decompression bomb) fails with a message naming the column, row and file. The transformer keeps it
+        /// (<see cref="BootMaeEncoderTransformer.MaxImagePixels"/>), also through <c>SaveBootMae</c>. Default 50,000,000.
+        /// </summary>
+        public long MaxImagePixels = ImageDecoder.DefaultMaxImagePixels;
     }
 
     /// <summary>Checks the input schema and returns the transformer (no training).</summary>
@@ -83,7 +92,7 @@ public sealed class BootMaeFeaturizingEstimator : IEstimator<BootMaeEncoderTrans
         BootMaeRuntime.EnsureTorchLoaded();
         ImageColumn.Resolve(input.Schema, _options.ImageColumnName, nameof(input));
         return new BootMaeEncoderTransformer(_options.Encoder!, ownsEncoder: false, _options.ImageColumnName, _options.OutputColumnName,
-            _options.Pooling, _options.SourceBlock, _options.Precision, _options.BatchSize);
+            _options.Pooling, _options.SourceBlock, _options.Precision, _options.BatchSize, _options.MaxImagePixels);
     }
 
     /// <summary>The input shape plus the embedding column.</summary>

@@ -380,11 +380,21 @@ internal static class BootMaeModelArchive
                 _ => throw new InvalidDataException($"unknown BootMAE stage kind '{kind}'; update Microsoft.ML.BootMae"),
             };
         }
-        catch (Exception ex) when (ex is not InvalidDataException and not BootMaeNativeLoadException and not OutOfMemoryException)
+        catch (Exception ex) when (ex is not BootMaeNativeLoadException and not OutOfMemoryException)
         {
-            throw new InvalidDataException($"The model {description}: BootMAE stage {(int?)stage["index"]} ({kind}) could not be loaded: {ex.Message}", ex);
+            // The weights readers see a stream, not the file: name the model file, the stage and its entry here
+            // (a crafted classifier header used to be reported without any of them).
+            throw new InvalidDataException($"The model {description}: BootMAE stage {(int?)stage["index"]} ({kind}, entry '{entry.FullName}') could not be loaded: {ex.Message}", ex);
         }
     }
+
+    /// <summary>A stage's <c>maxImagePixels</c>; models saved before it was recorded get the default.</summary>
+    internal static long ReadMaxImagePixels(JsonObject config) => config["maxImagePixels"] switch
+    {
+        null => DataViews.ImageDecoder.DefaultMaxImagePixels,
+        JsonValue v when v.TryGetValue(out long pixels) && pixels > 0 => pixels,
+        var other => throw new InvalidDataException($"the stage's field 'maxImagePixels' is {other.ToJsonString()}, not a positive integer"),
+    };
 
     /// <summary>Reads the architecture record of a stage's settings.</summary>
     internal static BootMaeArchitecture ReadArchitecture(JsonObject config) =>

@@ -38,7 +38,7 @@ internal static class DurableFiles
         var removed = new List<string>();
         var now = nowUtc ?? DateTime.UtcNow;
         // Current names carry the writer's pid; the older ".{name}.{guid}.tmp" form has none and is swept by age alone.
-        var regex = new Regex($@"^\.(?:{targetPattern})\.(?:(?<pid>\d{{1,10}})\.)?[0-9a-f]{{32}}(?:\.[a-z]+)?\.tmp$", RegexOptions.CultureInvariant);
+        var regex = StagingName(targetPattern);
         IEnumerable<string> entries;
         try
         {
@@ -59,11 +59,14 @@ internal static class DurableFiles
 
             try
             {
+                if (IsMovedAside(match) && !Exists(Path.Combine(directory, match.Groups["target"].Value)))
+                {
+                    // The only copy of its target (a crash between moving it aside and moving the new one in): RestoreMovedAside's, never the sweep's.
+                    continue;
+                }
+
                 var idle = now - LastTouchedUtc(entry);
-                bool writerGone = match.Groups["pid"].Success
-                    && int.TryParse(match.Groups["pid"].Value, NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
-                    && !IsRunning(pid);
-                if (!(idle >= MaxAge || (writerGone && idle >= DeadWriterGrace)))
+                if (!(idle >= MaxAge || (WriterGone(match) && idle >= DeadWriterGrace)))
                 {
                     continue;
                 }
@@ -86,6 +89,86 @@ internal static class DurableFiles
         }
 
         return removed;
+    }
+
+    /// <summary>
+    /// Puts the complete folder <paramref name="staged"/> in place of <paramref name="target"/> so that at no moment the
+    /// target name is missing or half-written: on Linux by exchanging the two names in one <c>renameat2(RENAME_EXCHANGE)</c>,
+    /// then deleting the old folder (now under the staging name, swept as a crash leftover if this process dies first).
+    /// Where that call is unavailable (other systems, filesystems without it) the old folder is renamed aside as
+    /// <c>.{target}.{pid}.{guid}.old.tmp</c> first; a crash before the new one is moved in leaves it there, and
+    /// <see cref="RestoreMovedAside"/> puts it back (the sweep never removes it while its target is missing).
+    /// </summary>
+    internal static void ReplaceDirectory(string staged, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(staged, target);
+            return;
+        }
+
+        if (ForceMoveAsideForTests || !TryExchange(staged, target))
+        {
+            var aside = StagingPath(target, MovedAsideTag);
+            Directory.Move(target, aside);
+            try
+            {
+                Directory.Move(staged, target);
+            }
+            catch
+            {
+                Directory.Move(aside, target);
+                throw;
+            }
+
+            staged = aside;
+        }
+
+        // `staged` now names the previous folder.
+        try
+        {
+            Directory.Delete(staged, recursive: true);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Left for the next sweep: it carries this process's id and its target exists.
+        }
+    }
+
+    /// <summary>
+    /// Renames back the folders that <see cref="ReplaceDirectory"/> moved aside when its writer died before moving the
+    /// new folder in: for each <c>.{target}.{pid}.{guid}.old.tmp</c> in <paramref name="directory"/> whose target matches
+    /// <paramref name="targetPattern"/>, is missing, and whose writer process is gone. Never throws.
+    /// </summary>
+    /// <returns>The targets restored.</returns>
+    internal static IReadOnlyList<string> RestoreMovedAside(string directory, string targetPattern)
+    {
+        var restored = new List<string>();
+        var regex = StagingName(targetPattern);
+        try
+        {
+            foreach (var entry in Directory.EnumerateDirectories(directory, ".*." + MovedAsideTag + ".tmp").ToList())
+            {
+                var match = regex.Match(Path.GetFileName(entry));
+                if (!match.Success || !IsMovedAside(match) || !WriterGone(match))
+                {
+                    continue;
+                }
+
+                var target = Path.Combine(directory, match.Groups["target"].Value);
+                if (!Exists(target))
+                {
+                    Directory.Move(entry, target);
+                    restored.Add(target);
+                }
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Another writer got there first, or the folder is not ours to change: the next call tries again.
+        }
+
+        return restored;
     }
 
     /// <summary>Writes a file and flushes it to the disk before returning.</summary>
@@ -124,6 +207,62 @@ internal static class DurableFiles
             _ = close(fd);
         }
     }
+
+    /// <summary>Tests only: use the move-aside path of <see cref="ReplaceDirectory"/> even where the names can be exchanged.</summary>
+    internal static bool ForceMoveAsideForTests { get; set; }
+
+    private const string MovedAsideTag = "old";
+
+    // Current names carry the writer's pid; the older ".{name}.{guid}.tmp" form has none and is swept by age alone.
+    private static Regex StagingName(string targetPattern)
+        => new($@"^\.(?<target>{targetPattern})\.(?:(?<pid>\d{{1,10}})\.)?[0-9a-f]{{32}}(?:\.(?<tag>[a-z]+))?\.tmp$", RegexOptions.CultureInvariant);
+
+    private static bool IsMovedAside(Match match) => match.Groups["tag"].Value == MovedAsideTag && match.Groups["pid"].Success;
+
+    private static bool WriterGone(Match match)
+        => match.Groups["pid"].Success
+            && int.TryParse(match.Groups["pid"].Value, NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
+            && !IsRunning(pid);
+
+    private static bool Exists(string path) => Directory.Exists(path) || File.Exists(path);
+
+    // Linux renameat2(2) with RENAME_EXCHANGE: both names must exist; they swap atomically. False where the system,
+    // the C library or the filesystem does not offer it (ENOSYS, EINVAL, a missing entry point), so the caller falls back.
+    private static bool TryExchange(string a, string b)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+
+        try
+        {
+            if (renameat2(AtFdCwd, a, AtFdCwd, b, RenameExchange) == 0)
+            {
+                return true;
+            }
+        }
+        catch (EntryPointNotFoundException)
+        {
+            return false;
+        }
+
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is ENOSYS or EINVAL or EPERM or EXDEV or ENOTSUP)
+        {
+            return false;
+        }
+
+        throw new IOException($"Cannot exchange '{a}' and '{b}': {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).");
+    }
+
+    private const int AtFdCwd = -100;
+    private const uint RenameExchange = 2;
+    private const int EPERM = 1;
+    private const int EXDEV = 18;
+    private const int EINVAL = 22;
+    private const int ENOSYS = 38;
+    private const int ENOTSUP = 95;
 
     // The newest write time of the entry and, for a folder, of everything in it: a writer still at work keeps it fresh.
     private static DateTime LastTouchedUtc(string entry)
@@ -181,4 +320,7 @@ internal static class DurableFiles
 
     [DllImport("libc", SetLastError = true)]
     private static extern int close(int fd);
+
+    [DllImport("libc", SetLastError = true, CharSet = CharSet.Ansi, BestFitMapping = false, ThrowOnUnmappableChar = true)]
+    private static extern int renameat2(int olddirfd, string oldpath, int newdirfd, string newpath, uint flags);
 }

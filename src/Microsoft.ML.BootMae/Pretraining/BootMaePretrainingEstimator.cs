@@ -258,7 +258,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         return new BootMaeEncoderTransformer(encoder, ownsEncoder: true, options.ImageColumnName, options.OutputColumnName,
-            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize);
+            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize, options.MaxImagePixels);
     }
 
     private static BootMaePretrainerSettings ToSettings(Options o, int seed, DeviceRequest device) => new()

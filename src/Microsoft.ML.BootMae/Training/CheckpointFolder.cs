@@ -19,6 +19,9 @@ internal static class CheckpointFolder
 {
     private const string Prefix = "step-";
 
+    // Checkpoint folder names: step-00000123, or step-00000123-1a2b3c4d beside another run's checkpoint of that step.
+    private const string NamePattern = Prefix + @"\d+(-[0-9a-f]{8})?";
+
     /// <summary>
     /// Writes the files and the manifest atomically, then prunes this run's older checkpoints so that <paramref name="keep"/>
     /// remain, the new one included. Only checkpoints whose manifest has this format, version, architecture and fingerprint and
@@ -38,8 +41,10 @@ internal static class CheckpointFolder
             final = Path.Combine(directory, name);
         }
 
-        // Staging folders of crashed writers (kill -9, power loss) would otherwise stay forever.
-        Persistence.DurableFiles.SweepStale(directory, Prefix + @"\d+(-[0-9a-f]{8})?");
+        // A checkpoint a crashed writer had moved aside comes back first; then staging folders of crashed writers
+        // (kill -9, power loss), which would otherwise stay forever.
+        Persistence.DurableFiles.RestoreMovedAside(directory, NamePattern);
+        Persistence.DurableFiles.SweepStale(directory, NamePattern);
         var temp = Persistence.DurableFiles.StagingPath(final);
         Directory.CreateDirectory(temp);
         try
@@ -53,12 +58,10 @@ internal static class CheckpointFolder
                 files.ToDictionary(f => f.Name, f => (string?)Hash(Path.Combine(temp, f.Name))));
             Persistence.DurableFiles.WriteAllBytes(Path.Combine(temp, "manifest.json"), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }));
             Persistence.DurableFiles.FlushDirectory(temp);
-            if (Directory.Exists(final))
-            {
-                Directory.Delete(final, recursive: true);
-            }
 
-            Directory.Move(temp, final);
+            // Never delete-then-move: a crash between the two would lose this step's checkpoint. Swapped in one rename
+            // where the system can, else the old one is moved aside and restored by the next run if the move-in never happens.
+            Persistence.DurableFiles.ReplaceDirectory(temp, final);
             // Without this a power loss can undo the rename, or keep it with empty files.
             Persistence.DurableFiles.FlushDirectory(directory);
         }
@@ -96,6 +99,11 @@ internal static class CheckpointFolder
             return null;
         }
 
+        foreach (var restored in Persistence.DurableFiles.RestoreMovedAside(directory, NamePattern))
+        {
+            log?.Invoke($"Restored checkpoint '{restored}', which a crashed writer had moved aside while replacing it.");
+        }
+
         foreach (var candidate in ListCheckpoints(directory))
         {
             try
@@ -122,10 +130,39 @@ internal static class CheckpointFolder
         return null;
     }
 
-    /// <summary>Reads one file of a checkpoint found by <see cref="FindLatestValid"/>.</summary>
+    /// <summary>
+    /// Reads one file of a checkpoint found by <see cref="FindLatestValid"/>: only a file that <c>manifest.json</c> lists,
+    /// and only after its SHA-256 matches, checked on the same open handle the reader then reads (a file planted beside the
+    /// manifest, or changed after the checkpoint was validated, is never read).
+    /// </summary>
+    /// <exception cref="InvalidDataException">The manifest does not list <paramref name="file"/>, or the file does not match its SHA-256.</exception>
     public static void ReadWith(string checkpoint, string file, Action<BinaryReader> read)
     {
+        Manifest manifest;
+        try
+        {
+            manifest = JsonSerializer.Deserialize<Manifest>(File.ReadAllBytes(Path.Combine(checkpoint, "manifest.json")))
+                ?? throw new InvalidDataException("empty manifest.");
+        }
+        catch (JsonException ex)
+        {
+            throw new InvalidDataException($"Checkpoint '{checkpoint}': manifest.json is not valid JSON ({ex.Message}).", ex);
+        }
+
+        string? expected = null;
+        if (!IsPlainFileName(file) || manifest.Sha256 is null || !manifest.Sha256.TryGetValue(file, out expected) || expected is null)
+        {
+            throw new InvalidDataException($"Checkpoint '{checkpoint}': manifest.json does not list the file '{file}' with a SHA-256; it is not read.");
+        }
+
         using var stream = File.OpenRead(Path.Combine(checkpoint, file));
+        var actual = Convert.ToHexString(SHA256.HashData(stream));
+        if (!string.Equals(actual, expected, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidDataException($"Checkpoint '{checkpoint}': {file} does not match its SHA-256 in manifest.json (changed after it was written); it is not read.");
+        }
+
+        stream.Position = 0;
         using var reader = new BinaryReader(stream, System.Text.Encoding.UTF8, leaveOpen: true);
         read(reader);
     }

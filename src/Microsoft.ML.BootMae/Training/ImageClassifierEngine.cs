@@ -446,93 +446,100 @@ internal sealed class ImageClassifierEngine : IDisposable
             (_batchSteps, _batchLearningRates) = (new long[stepsPerEpoch], new double[stepsPerEpoch]);
             _fingerprint = Fingerprint();
             _position = new TrainingPosition(0, 0, 0, _totalSteps, _s.Seed);
-            if (_s.ResumeFromCheckpoint && FineTuneCheckpoint.FindLatestValid(_s.CheckpointDirectory!, _model.Encoder.Architecture, _fingerprint, _log) is { } found)
-            {
-                Restore(found.Path, found.Position);
-            }
-
-            var start = _position;
-            _log?.Invoke($"{(_model.IsLinearProbe ? "Linear probe" : "Fine-tuning")} of a {_model.Encoder.Depth}-block encoder on features of block {_model.SourceBlock}: " +
-                $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {groups.Sum(g => g.Parameters.Count)} trained tensors in {groups.Count} groups, device {_device.type}.");
-
-            bool Stopped() => _s.EarlyStoppingPatience is { } patience && _epochsSinceBest >= patience;
+            // The best-epoch snapshot lives outside any dispose scope: free it on every path, a throwing epoch or resume included.
             try
             {
-                // A checkpoint taken after the last step but before its epoch was validated still has that epoch to
-                // finish; one taken after early stopping has nothing left to do.
-                for (int epoch = start.Epoch; epoch < _s.MaxEpochs && (_step < _totalSteps || (epoch == start.Epoch && start.StepInEpoch > 0)) && !Stopped(); epoch++)
+                if (_s.ResumeFromCheckpoint && FineTuneCheckpoint.FindLatestValid(_s.CheckpointDirectory!, _model.Encoder.Architecture, _fingerprint, _log) is { } found)
                 {
-                    double trainLoss = RunEpoch(epoch, epoch == start.Epoch ? start.StepInEpoch : 0, schedule, optimizerGroups, groups, dropPathGenerator, token);
-                    double monitored = trainLoss;
-                    if (_validation is not null)
-                    {
-                        monitored = Validate(epoch, token);
-                    }
+                    Restore(found.Path, found.Position);
+                }
 
-                    _lastCompletedEpoch = epoch;
-                    if (monitored < _bestLoss - _s.EarlyStoppingMinDelta)
+                var start = _position;
+                _log?.Invoke($"{(_model.IsLinearProbe ? "Linear probe" : "Fine-tuning")} of a {_model.Encoder.Depth}-block encoder on features of block {_model.SourceBlock}: " +
+                    $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {groups.Sum(g => g.Parameters.Count)} trained tensors in {groups.Count} groups, device {_device.type}.");
+
+                bool Stopped() => _s.EarlyStoppingPatience is { } patience && _epochsSinceBest >= patience;
+                try
+                {
+                    // A checkpoint taken after the last step but before its epoch was validated still has that epoch to
+                    // finish; one taken after early stopping has nothing left to do.
+                    for (int epoch = start.Epoch; epoch < _s.MaxEpochs && (_step < _totalSteps || (epoch == start.Epoch && start.StepInEpoch > 0)) && !Stopped(); epoch++)
                     {
-                        _bestLoss = monitored;
-                        _bestEpoch = epoch;
-                        _epochsSinceBest = 0;
-                        if (_s.ReturnBestModel)
+                        double trainLoss = RunEpoch(epoch, epoch == start.Epoch ? start.StepInEpoch : 0, schedule, optimizerGroups, groups, dropPathGenerator, token);
+                        double monitored = trainLoss;
+                        if (_validation is not null)
                         {
-                            DisposeAll(_best);
-                            _best = Snapshot(_model);
+                            monitored = Validate(epoch, token);
+                        }
+
+                        _lastCompletedEpoch = epoch;
+                        if (monitored < _bestLoss - _s.EarlyStoppingMinDelta)
+                        {
+                            _bestLoss = monitored;
+                            _bestEpoch = epoch;
+                            _epochsSinceBest = 0;
+                            if (_s.ReturnBestModel)
+                            {
+                                DisposeAll(_best);
+                                _best = null;
+                                _best = Snapshot(_model);
+                            }
+                        }
+                        else
+                        {
+                            _epochsSinceBest++;
+                        }
+
+                        // A finished epoch resumes at the start of the next one, with fresh sums.
+                        _position = new TrainingPosition(_step, epoch + 1, 0, _totalSteps, _s.Seed);
+                        ResetEpochSums();
+                        if (_s.CheckpointDirectory is not null && _s.CheckpointEveryNSteps is null)
+                        {
+                            SaveCheckpoint();
+                        }
+
+                        if (Stopped())
+                        {
+                            _log?.Invoke($"Early stopping after epoch {epoch}: no improvement of the {(_validation is null ? "training" : "validation")} loss for {_s.EarlyStoppingPatience} epochs (best {_bestLoss:F4} at epoch {_bestEpoch}).");
+                            break;
                         }
                     }
-                    else
-                    {
-                        _epochsSinceBest++;
-                    }
-
-                    // A finished epoch resumes at the start of the next one, with fresh sums.
-                    _position = new TrainingPosition(_step, epoch + 1, 0, _totalSteps, _s.Seed);
-                    ResetEpochSums();
-                    if (_s.CheckpointDirectory is not null && _s.CheckpointEveryNSteps is null)
+                }
+                catch (OperationCanceledException) when (token.IsCancellationRequested)
+                {
+                    if (_s.CheckpointDirectory is not null && _step > start.Step)
                     {
                         SaveCheckpoint();
                     }
 
-                    if (Stopped())
+                    if (!_s.ReturnModelOnCancellation || _step == 0)
                     {
-                        _log?.Invoke($"Early stopping after epoch {epoch}: no improvement of the {(_validation is null ? "training" : "validation")} loss for {_s.EarlyStoppingPatience} epochs (best {_bestLoss:F4} at epoch {_bestEpoch}).");
-                        break;
+                        throw new OperationCanceledException("Fine-tuning was cancelled.", token);
+                    }
+
+                    _log?.Invoke($"Cancelled after {_step} steps; returning the model trained so far.");
+                    _lastCompletedEpoch = int.MinValue;
+                }
+                finally
+                {
+                    _model.Encoder.SetDropPath(0, null);
+                    _model.eval();
+                    (_epochLoss, _epochCorrect, _batchLosses, _optimizer) = (null, null, null, null);
+                }
+
+                if (_best is not null)
+                {
+                    if (_bestEpoch != _lastCompletedEpoch)
+                    {
+                        CopyState(_model, _best, "the best-epoch snapshot");
+                        _log?.Invoke($"Restored the weights of epoch {_bestEpoch} (lowest {(_validation is null ? "training" : "validation")} loss {_bestLoss:F4}).");
                     }
                 }
             }
-            catch (OperationCanceledException) when (token.IsCancellationRequested)
-            {
-                if (_s.CheckpointDirectory is not null && _step > start.Step)
-                {
-                    SaveCheckpoint();
-                }
-
-                if (!_s.ReturnModelOnCancellation || _step == 0)
-                {
-                    DisposeAll(_best);
-                    throw new OperationCanceledException("Fine-tuning was cancelled.", token);
-                }
-
-                _log?.Invoke($"Cancelled after {_step} steps; returning the model trained so far.");
-                _lastCompletedEpoch = int.MinValue;
-            }
             finally
             {
-                _model.Encoder.SetDropPath(0, null);
-                _model.eval();
-                (_epochLoss, _epochCorrect, _batchLosses, _optimizer) = (null, null, null, null);
-            }
-
-            if (_best is not null)
-            {
-                if (_bestEpoch != _lastCompletedEpoch)
-                {
-                    CopyState(_model, _best, "the best-epoch snapshot");
-                    _log?.Invoke($"Restored the weights of epoch {_bestEpoch} (lowest {(_validation is null ? "training" : "validation")} loss {_bestLoss:F4}).");
-                }
-
                 DisposeAll(_best);
+                _best = null;
             }
         }
 

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Microsoft.ML.BootMae.Persistence;
+using Microsoft.ML.Data;
 using Microsoft.ML.BootMae.Training;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 
@@ -66,7 +67,7 @@ public sealed class CrashLeftoverTests
     public void KillDuringCheckpointWriteLeavesAStagingFolderThatTheNextSaveSweeps()
     {
         using var dir = new TempFolder();
-        var benchmarks = BenchmarksDll();
+        var benchmarks = LimitedChild.BenchmarksDll();
         var start = new ProcessStartInfo("dotnet")
         {
             ArgumentList = { benchmarks, "pretrain", "--preset", "tiny28", "--epochs", "200", "--batch", "20", "--train-per-class", "2", "--checkpoint-dir", dir.Path },
@@ -151,6 +152,111 @@ public sealed class CrashLeftoverTests
     }
 
     [TestMethod]
+    public void KillDuringSaveBootMaeKeepsThePreviousModelAndTheNextSaveSweepsTheLeftovers()
+    {
+        using var dir = new TempFolder();
+        var models = Directory.CreateDirectory(Path.Combine(dir.Path, "models")).FullName;
+        var tmp = Directory.CreateDirectory(Path.Combine(dir.Path, "tmp")).FullName;
+        var path = Path.Combine(models, "model.zip");
+        // The child saves a Tiny28 featurizer (21 MB of weights) to model.zip once, reports its features, then saves it
+        // there again and again; it stages in a TMPDIR of its own so that anything it left there shows.
+        var start = new ProcessStartInfo("dotnet")
+        {
+            ArgumentList = { LimitedChild.BenchmarksDll(), "reliability-probe", "save-loop", models },
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            Environment = { ["TMPDIR"] = tmp, ["DOTNET_EnableDiagnostics"] = "0", ["OMP_WAIT_POLICY"] = "PASSIVE", ["OMP_NUM_THREADS"] = "1" },
+        };
+        using var child = Process.Start(start)!;
+        var saved = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        child.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line)
+            {
+                output.Enqueue(line);
+                if (line.Contains("\"case\":\"saved\"", StringComparison.Ordinal))
+                {
+                    saved.TrySetResult((string)System.Text.Json.Nodes.JsonNode.Parse(line)!["features"]!);
+                }
+            }
+        };
+        child.ErrorDataReceived += (_, e) => output.Enqueue(e.Data ?? string.Empty);
+        child.BeginOutputReadLine();
+        child.BeginErrorReadLine();
+        string childFeatures;
+        string[] leftovers;
+        try
+        {
+            Assert.IsTrue(saved.Task.Wait(TimeSpan.FromSeconds(120)), "the child never saved: " + string.Join("\n", output));
+            childFeatures = saved.Task.Result;
+            var model = File.ReadAllBytes(path);
+            string? staging = null;
+            var watch = Stopwatch.StartNew();
+            while (staging is null && !child.HasExited && watch.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                staging = Directory.EnumerateFiles(models, $".model.zip.{child.Id}.*.tmp").FirstOrDefault();
+            }
+
+            Assert.IsNotNull(staging, "no save was caught in progress: " + string.Join("\n", output));
+            // kill -9 of the child by its own id, in the middle of SaveBootMae.
+            Assert.AreEqual(0, Kill(child.Id, 9));
+            child.WaitForExit();
+            Assert.AreEqual(137, child.ExitCode, "the child must have died by SIGKILL");
+            leftovers = Directory.GetFiles(models, ".*.tmp");
+            Assert.IsNotEmpty(leftovers, "a save killed midway leaves its staging file");
+            foreach (var leftover in leftovers)
+            {
+                StringAssert.StartsWith(Path.GetFileName(leftover), $".model.zip.{child.Id}.", "staging names carry the writer's process id");
+            }
+
+            CollectionAssert.AreEqual(model, File.ReadAllBytes(path), "model.zip is the last complete save, untouched by the killed one");
+        }
+        finally
+        {
+            if (!child.HasExited)
+            {
+                child.Kill();
+                child.WaitForExit();
+            }
+        }
+
+        Assert.IsEmpty(Directory.GetFileSystemEntries(tmp), "SaveBootMae(path) stages nothing in TMPDIR");
+
+        // The model the killed process had saved loads and predicts what it predicted there.
+        var ml = new MLContext(1);
+        var loaded = ml.Model.LoadBootMae(path, out var schema);
+        try
+        {
+            Assert.AreEqual(childFeatures, FeatureHash(ml, loaded, Path.Combine(models, "images")));
+
+            // The next save to that folder, once the grace has passed, removes the dead writer's leftovers.
+            foreach (var leftover in leftovers)
+            {
+                File.SetLastWriteTimeUtc(leftover, DateTime.UtcNow - PastGrace);
+            }
+
+            ml.Model.SaveBootMae(loaded, schema, path);
+        }
+        finally
+        {
+            (loaded as IDisposable)?.Dispose();
+        }
+
+        CollectionAssert.AreEquivalent(new[] { path, Path.Combine(models, "images") }, Directory.GetFileSystemEntries(models));
+        var again = ml.Model.LoadBootMae(path, out _);
+        try
+        {
+            Assert.AreEqual(childFeatures, FeatureHash(ml, again, Path.Combine(models, "images")));
+        }
+        finally
+        {
+            (again as IDisposable)?.Dispose();
+        }
+    }
+
+    [TestMethod]
     public void DisposeDuringTransformWaitsOrGivesObjectDisposedException()
     {
         for (int round = 0; round < 5; round++)
@@ -197,21 +303,29 @@ public sealed class CrashLeftoverTests
         Directory.SetLastWriteTimeUtc(folder, when);
     }
 
+    /// <summary>SHA-256 of the Features column over the images of <paramref name="images"/> in name order (as ReliabilityProbe computes it).</summary>
+    private static string FeatureHash(MLContext ml, ITransformer model, string images)
+    {
+        var rows = MlNetTestData.Rows(ml, Directory.GetFiles(images).Order(StringComparer.Ordinal).Select(f => (Path.GetFileName(f), "a")));
+        var data = ml.Transforms.LoadRawImageBytes("Image", images, "ImagePath").Fit(rows).Transform(rows);
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        foreach (var row in model.Transform(data).GetColumn<VBuffer<float>>("Features"))
+        {
+            hash.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.DenseValues().ToArray().AsSpan()));
+        }
+
+        return Convert.ToHexString(hash.GetHashAndReset());
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+
     /// <summary>The id of a process that has exited (and has not been reused yet: ids are handed out in increasing order).</summary>
-    private static int DeadPid()
+    internal static int DeadPid()
     {
         using var p = Process.Start(new ProcessStartInfo("true") { UseShellExecute = false })!;
         p.WaitForExit();
         Assert.IsFalse(Directory.Exists($"/proc/{p.Id}"));
         return p.Id;
-    }
-
-    private static string BenchmarksDll()
-    {
-        // test/Microsoft.ML.BootMae.Tests/bin/Release/net10.0 → test/Microsoft.ML.BootMae.Benchmarks/bin/Release/net10.0
-        var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
-        var path = Path.Combine(here.Parent!.Parent!.Parent!.Parent!.FullName, "Microsoft.ML.BootMae.Benchmarks", "bin", here.Parent.Name, here.Name, "Microsoft.ML.BootMae.Benchmarks.dll");
-        Assert.IsTrue(File.Exists(path), $"build the solution first: {path} is missing");
-        return path;
     }
 }

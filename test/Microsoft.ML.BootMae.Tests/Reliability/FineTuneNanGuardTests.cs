@@ -42,6 +42,40 @@ public sealed class FineTuneNanGuardTests
     };
 
     [TestMethod]
+    public void TheBestEpochSnapshotIsFreedWhenTrainingThrows()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 1);
+        var pixels = Pixels(nanImage: null);
+
+        // Tensors still alive after a run that throws in epoch 1, when epoch 0 has left a best-epoch snapshot (or not).
+        long LiveAfterAThrowInEpochOne(bool returnBestModel)
+        {
+            var settings = new FineTuneSettings { MaxEpochs = 3, BatchSize = 4, Seed = 1, Device = BootMaeDevice.Cpu, LogEveryNSteps = 1, ReturnBestModel = returnBestModel };
+            bool epochZeroEnded = false;
+            void FailInTheSecondEpoch(BootMaeTrainingMetrics m)
+            {
+                epochZeroEnded |= m.IsEpochEnd && m.Epoch == 0;
+                if (m.Epoch == 1 && !m.IsEpochEnd)
+                {
+                    throw new InvalidOperationException("stop in epoch 1");
+                }
+            }
+
+            long before = TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+            var ex = Assert.ThrowsExactly<InvalidOperationException>(() =>
+                ImageClassifierEngine.Train(encoder, 2, Source(pixels), null, settings, FailInTheSecondEpoch, null, CancellationToken.None));
+            Assert.AreEqual("stop in epoch 1", ex.Message);
+            Assert.IsTrue(epochZeroEnded);
+            return TorchSharp.DisposeScopeManager.Statistics.ThreadTotalLiveCount - before;
+        }
+
+        long without = LiveAfterAThrowInEpochOne(returnBestModel: false);
+        long with = LiveAfterAThrowInEpochOne(returnBestModel: true);
+        // The snapshot (a CPU copy of every weight: dozens of tensors here) must not outlive the run; before the fix it did.
+        Assert.AreEqual(without, with, "tensors of the best-epoch snapshot left alive by a run that threw");
+    }
+
+    [TestMethod]
     public void NanPixelStopsWithStepAndKeepsTheGoodCheckpoint()
     {
         var directory = Path.Combine(Path.GetTempPath(), "bootmae-nan-" + Guid.NewGuid().ToString("N"));

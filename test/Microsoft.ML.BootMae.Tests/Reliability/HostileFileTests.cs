@@ -20,7 +20,7 @@ namespace Microsoft.ML.BootMae.Tests.Reliability;
 [TestClass]
 public sealed class HostileFileTests
 {
-    private static readonly BootMaeArchitecture Huge = MlNetTestData.Tiny8 with { EmbedDim = 262144, Heads = 2, PredictorHeads = 2 };
+    internal static readonly BootMaeArchitecture Huge = MlNetTestData.Tiny8 with { EmbedDim = 262144, Heads = 2, PredictorHeads = 2 };
 
     [TestMethod]
     public void StateElementCountMatchesTheRealStateDict()
@@ -165,10 +165,10 @@ public sealed class HostileFileTests
         StringAssert.Contains(viaImport.Message, path);
     }
 
-    private static JsonNode Arch(BootMaeArchitecture a) => JsonSerializer.SerializeToNode(a)!;
+    internal static JsonNode Arch(BootMaeArchitecture a) => JsonSerializer.SerializeToNode(a)!;
 
     /// <summary>A syntactically valid safetensors payload of about <paramref name="size"/> bytes holding no tensors.</summary>
-    private static byte[] SmallPayload(int size)
+    internal static byte[] SmallPayload(int size)
     {
         var header = Encoding.UTF8.GetBytes("{\"__metadata__\":{\"pad\":\"" + new string('x', Math.Max(0, size - 40)) + "\"}}");
         var bytes = new byte[8 + header.Length];
@@ -178,7 +178,7 @@ public sealed class HostileFileTests
     }
 
     /// <summary>A BootMAE weights container: magic, header length, JSON header with the payload's length and SHA-256, payload.</summary>
-    private static byte[] Container(string magic, JsonObject header, byte[] payload, long? claimedLength = null)
+    internal static byte[] Container(string magic, JsonObject header, byte[] payload, long? claimedLength = null)
     {
         header["PayloadLength"] = claimedLength ?? payload.LongLength;
         header["PayloadSha256"] = Convert.ToHexString(SHA256.HashData(payload));
@@ -193,7 +193,7 @@ public sealed class HostileFileTests
         return stream.ToArray();
     }
 
-    private static string SavedModel(TempFolder dir)
+    internal static string SavedModel(TempFolder dir)
     {
         var files = new MlNetTestData();
         try
@@ -213,13 +213,13 @@ public sealed class HostileFileTests
         }
     }
 
-    private static void EditZip(string path, Action<ZipArchive> edit)
+    internal static void EditZip(string path, Action<ZipArchive> edit)
     {
         using var zip = ZipFile.Open(path, ZipArchiveMode.Update);
         edit(zip);
     }
 
-    private static byte[] Read(ZipArchive zip, string name)
+    internal static byte[] Read(ZipArchive zip, string name)
     {
         using var s = zip.GetEntry(name)!.Open();
         using var copy = new MemoryStream();
@@ -227,7 +227,7 @@ public sealed class HostileFileTests
         return copy.ToArray();
     }
 
-    private static void Replace(ZipArchive zip, string name, byte[] content)
+    internal static void Replace(ZipArchive zip, string name, byte[] content)
     {
         zip.GetEntry(name)!.Delete();
         using var s = zip.CreateEntry(name, CompressionLevel.Optimal).Open();

@@ -78,11 +78,7 @@ public sealed class HostileImageTests
     public void JpegBombIsRefusedFromItsSofHeader()
     {
         using var files = new MlNetTestData();
-        var jpeg = Encode(NoisyBitmap(16), SKEncodedImageFormat.Jpeg);
-        int sof = FindMarker(jpeg, 0xC0);
-        BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 5), 60_000); // height
-        BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 7), 60_000); // width
-        File.WriteAllBytes(Path.Combine(files.Folder, "bomb.jpg"), jpeg);
+        File.WriteAllBytes(Path.Combine(files.Folder, "bomb.jpg"), JpegDeclaring(60_000, 60_000));
         long before = PeakRssBytes(reset: true);
         var ex = ReadFails(files, "bomb.jpg");
         StringAssert.Contains(ex.Message, "MaxImagePixels");
@@ -100,6 +96,64 @@ public sealed class HostileImageTests
         Assert.AreEqual(1, Source(files, skip: false, maxPixels: 64 * 64, "big.png").ReadEpoch(0, 2, CancellationToken.None).Sum(b => b.Count));
         Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new MLContext(1).Transforms.BootMaePretrain(
             new BootMaePretrainingEstimator.Options { MaxImagePixels = 0 }));
+    }
+
+    [TestMethod]
+    public void TransformAppliesTheMaxImagePixelsOfItsOptionsAndSaveBootMaeKeepsIt()
+    {
+        using var files = new MlNetTestData();
+        File.WriteAllBytes(Path.Combine(files.Folder, "big.png"), NoisyPng(64));
+        var ml = new MLContext(1);
+        var rows = MlNetTestData.Rows(ml, new[] { ("big.png", "a") });
+        var data = ml.Transforms.LoadRawImageBytes("Image", files.Folder, "ImagePath").Fit(rows).Transform(rows);
+        using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 1);
+        void Refuses(ITransformer model)
+        {
+            var ex = Assert.ThrowsExactly<InvalidDataException>(() =>
+                ml.Data.CreateEnumerable<MlNetTestData.FeaturesOut>(model.Transform(data), reuseRowObject: false).ToList());
+            StringAssert.Contains(ex.Message, "64x64");
+            StringAssert.Contains(ex.Message, "MaxImagePixels (4,032)");
+            StringAssert.Contains(ex.Message, "big.png");
+        }
+
+        // One row below the image: Transform refuses it from the header, as training would.
+        using var capped = ml.Transforms.BootMaeFeaturize(new BootMaeFeaturizingEstimator.Options { Encoder = encoder, MaxImagePixels = 64 * 63 }).Fit(data);
+        Assert.AreEqual(64L * 63, capped.MaxImagePixels);
+        Refuses(capped);
+        using (var engine = ml.Model.CreatePredictionEngine<MlNetTestData.ImageRow, MlNetTestData.FeaturesOut>(
+            ml.Transforms.LoadRawImageBytes("Image", files.Folder, "ImagePath").Fit(rows).Append(capped), new PredictionEngineOptions { OwnsTransformer = false }))
+        {
+            Assert.ThrowsExactly<InvalidDataException>(() => engine.Predict(new MlNetTestData.ImageRow { ImagePath = "big.png", Label = "a" }));
+        }
+
+        // The default (50,000,000) reads it.
+        using var byDefault = ml.Transforms.BootMaeFeaturize(encoder).Fit(data);
+        Assert.AreEqual(50_000_000L, byDefault.MaxImagePixels);
+        Assert.HasCount(1, ml.Data.CreateEnumerable<MlNetTestData.FeaturesOut>(byDefault.Transform(data), reuseRowObject: false).ToList());
+
+        // SaveBootMae keeps the setting.
+        using var dir = new TempFolder();
+        var path = Path.Combine(dir.Path, "model.zip");
+        ml.Model.SaveBootMae(capped, data.Schema, path);
+        var loaded = ml.Model.LoadBootMae(path, out _);
+        try
+        {
+            var stage = loaded as BootMaeEncoderTransformer ?? ((TransformerChain<ITransformer>)loaded).OfType<BootMaeEncoderTransformer>().Single();
+            Assert.AreEqual(64L * 63, stage.MaxImagePixels);
+            Refuses(loaded);
+        }
+        finally
+        {
+            (loaded as IDisposable)?.Dispose();
+        }
+
+        // A trained model's Transform uses its trainer's setting.
+        using var pretrained = ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options
+        {
+            Architecture = MlNetTestData.Tiny8, MaxEpochs = 1, BatchSize = 1, Device = BootMaeDevice.Cpu, Seed = 1, MaxImagePixels = 64 * 64,
+        }).Fit(data);
+        Assert.AreEqual(64L * 64, pretrained.MaxImagePixels);
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.Transforms.BootMaeFeaturize(new BootMaeFeaturizingEstimator.Options { Encoder = encoder, MaxImagePixels = 0 }));
     }
 
     [TestMethod]
@@ -204,6 +258,16 @@ public sealed class HostileImageTests
         BinaryPrimitives.WriteInt32BigEndian(png.AsSpan(20), height);
         BinaryPrimitives.WriteUInt32BigEndian(png.AsSpan(29), Crc32(png.AsSpan(12, 17)));
         return png;
+    }
+
+    /// <summary>A real 16x16 baseline JPEG whose SOF0 is rewritten to declare <paramref name="width"/>x<paramref name="height"/>.</summary>
+    internal static byte[] JpegDeclaring(int width, int height)
+    {
+        var jpeg = Encode(NoisyBitmap(16), SKEncodedImageFormat.Jpeg);
+        int sof = FindMarker(jpeg, 0xC0);
+        BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 5), checked((ushort)height));
+        BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 7), checked((ushort)width));
+        return jpeg;
     }
 
     private static int FindMarker(byte[] jpeg, byte marker)
