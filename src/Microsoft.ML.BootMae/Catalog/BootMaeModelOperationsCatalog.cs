@@ -33,8 +33,9 @@ public static class BootMaeModelOperationsCatalog
             using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
             {
                 BootMaeRuntime.EnsureTorchLoaded();
-                // ML.NET's own zip is staged beside the target too, not in TMPDIR, so a crash leaves it where the next save sweeps it.
-                BootMaeModelArchive.Save(catalog, model, inputSchema!, file, DurableFiles.StagingPath(full, "mlnet"));
+                // ML.NET's own zip and its scratch folder are staged beside the target too, not in TMPDIR, so a crash
+                // leaves them where the next save sweeps them.
+                BootMaeModelArchive.Save(model, inputSchema!, file, full);
                 file.Flush(flushToDisk: true);
             }
 
@@ -61,7 +62,7 @@ public static class BootMaeModelOperationsCatalog
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(stream);
         BootMaeRuntime.EnsureTorchLoaded();
-        BootMaeModelArchive.Save(catalog, model, inputSchema!, stream);
+        BootMaeModelArchive.Save(model, inputSchema!, stream);
     }
 
     /// <summary>Loads a model saved by <see cref="SaveBootMae(ModelOperationsCatalog, ITransformer, DataViewSchema, string)"/>.</summary>

@@ -49,26 +49,32 @@ internal static class BootMaeModelArchive
     }
 
     /// <summary>Saves <paramref name="model"/> with its BootMAE stages to <paramref name="destination"/>.</summary>
-    /// <param name="catalog">ML.NET's model operations.</param>
     /// <param name="model">The model.</param>
     /// <param name="inputSchema">Its input schema.</param>
     /// <param name="destination">Where the zip goes.</param>
-    /// <param name="stagingPath">Where ML.NET's own zip is staged; null: TMPDIR (stream saves, which have no target folder).</param>
-    internal static void Save(ModelOperationsCatalog catalog, ITransformer model, DataViewSchema inputSchema, Stream destination, string? stagingPath = null)
+    /// <param name="target">The file being written, whose folder holds the staged files; null for stream saves, which
+    /// have no target folder and stage in TMPDIR.</param>
+    internal static void Save(ITransformer model, DataViewSchema inputSchema, Stream destination, string? target = null)
     {
-        if (stagingPath is null)
+        var stagingTarget = target ?? Path.Combine(Path.GetTempPath(), "bootmae-staging");
+        if (target is null)
         {
             DurableFiles.SweepStale(Path.GetTempPath(), "bootmae-staging");
         }
 
-        var temp = stagingPath ?? DurableFiles.StagingPath(Path.Combine(Path.GetTempPath(), "bootmae-staging"), "mlnet");
+        // ML.NET's writer keeps a scratch folder ("ml_dotnet_*") in the context's TempFilePath while it saves, which a
+        // kill -9 would leave behind under a name nobody sweeps: it is redirected into a staging folder of this library.
+        var temp = DurableFiles.StagingPath(stagingTarget, "mlnet");
+        var scratch = DurableFiles.StagingPath(stagingTarget, "mlnetscratch");
         try
         {
+            Directory.CreateDirectory(scratch);
             var stages = new List<IBootMaeStage>();
             SaveScope.Value = stages;
             try
             {
-                catalog.Save(model, inputSchema, temp);
+                // A context of its own only for TempFilePath: saving reads nothing else from the context.
+                new MLContext { TempFilePath = scratch }.Model.Save(model, inputSchema, temp);
             }
             finally
             {
@@ -81,6 +87,7 @@ internal static class BootMaeModelArchive
         finally
         {
             TryDelete(temp);
+            TryDeleteFolder(scratch);
         }
     }
 
@@ -399,6 +406,18 @@ internal static class BootMaeModelArchive
     /// <summary>Reads the architecture record of a stage's settings.</summary>
     internal static BootMaeArchitecture ReadArchitecture(JsonObject config) =>
         config["architecture"].Deserialize<BootMaeArchitecture>() ?? throw new InvalidDataException("the stage has no architecture");
+
+    private static void TryDeleteFolder(string path)
+    {
+        try
+        {
+            Directory.Delete(path, recursive: true);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Swept by the next save once stale.
+        }
+    }
 
     private static void TryDelete(string path)
     {
