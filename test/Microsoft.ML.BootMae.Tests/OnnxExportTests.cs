@@ -245,6 +245,41 @@ public sealed class OnnxExportTests
         Assert.AreEqual("Mean", session.ModelMetadata.CustomMetadataMap["bootmae.pooling"]);
     }
 
+    [TestMethod]
+    public void DeploymentDocSnippetsRun()
+    {
+        var ml = new MLContext(seed: 1);
+        using var encoder = BootMaeEncoder.CreateRandom(Rgb, seed: 6);
+        using var model = ml.Transforms.Conversion.MapValueToKey("Label")
+            .Append(ml.Transforms.LoadRawImageBytes("Image", _data.Folder, "ImagePath"))
+            .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(new BootMaeImageClassificationTrainer.Options
+            {
+                Encoder = encoder, MaxEpochs = 1, BatchSize = 12, Seed = 1,
+            }))
+            .Fit(_rows);
+        var expected = model.Transform(_rows).GetColumn<uint>("PredictedLabel").ToArray();
+        var folder = Path.Combine(_data.Folder, "snippets");
+        Directory.CreateDirectory(folder);
+        var previous = Environment.CurrentDirectory;
+        try
+        {
+            Environment.CurrentDirectory = folder;
+            DocSnippets.DeploymentSnippets.Export(encoder, model);
+            DocSnippets.DeploymentSnippets.SavePipeline(ml, Rgb, _data.Folder, _rows);
+            File.WriteAllText("images.tsv", "ImagePath\n" + string.Join("\n", Enumerable.Range(0, 12).Select(i => $"c{i}.png")) + "\n");
+            var (scores, predicted) = DocSnippets.DeploymentSnippets.Serve();
+            Assert.HasCount(12, scores);
+            CollectionAssert.AreEqual(expected.Select(e => (long)e - 1).ToArray(), predicted.Select(p => p.GetValues()[0]).ToArray());
+            var (features, names) = DocSnippets.DeploymentSnippets.RunDirectly(RandomPixels(2, seed: 1).SelectMany(p => p).ToArray(), 2, 16);
+            Assert.HasCount(2 * Rgb.EmbedDim, features);
+            Assert.IsNull(names, "an encoder has no class names");
+        }
+        finally
+        {
+            Environment.CurrentDirectory = previous;
+        }
+    }
+
     private void AssertEncoderParity(BootMaeEncoder encoder, BootMaePooling pooling, int? block, string what)
     {
         var a = encoder.Architecture;
