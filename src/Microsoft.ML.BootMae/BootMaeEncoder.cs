@@ -170,6 +170,47 @@ public sealed class BootMaeEncoder : IDisposable
         WriteAtomically(path, stream => Safetensors.Save(stream, Module.state_dict()));
     }
 
+    /// <summary>
+    /// Writes the encoder as an ONNX model (opset 17, standard operators, float32) that gives what
+    /// <c>BootMaeFeaturize</c> gives for the same settings, for ML.NET's <c>ApplyOnnxModel</c> or ONNX Runtime, with
+    /// no TorchSharp or libtorch at serving time.
+    /// </summary>
+    /// <param name="path">The <c>.onnx</c> file to write, replaced atomically (a crash leaves the old file or the new one). Its folder must exist.</param>
+    /// <param name="pooling">How the tokens become the output, as in <c>BootMaeFeaturize</c>.</param>
+    /// <param name="sourceBlock">0-based block whose output (after the final LayerNorm) is pooled; <c>null</c> means the last block.</param>
+    /// <remarks>
+    /// Input <c>pixels</c>: float32 <c>[batch, 3, ImageSize, ImageSize]</c>, planar RGB with values 0..255, which is what
+    /// <c>mlContext.Transforms.ExtractPixels</c> gives with its defaults; scaling, clamping, the grey conversion of a
+    /// 1-channel encoder (BT.601 luma) and the [-1, 1] normalisation happen inside the graph. Output <c>features</c>:
+    /// float32 <c>[batch, D]</c>, or <c>[batch, N, D]</c> for <see cref="BootMaePooling.Tokens"/>. The batch dimension
+    /// is dynamic. The architecture, pooling and block are in the model's metadata (keys <c>bootmae.*</c>).
+    /// </remarks>
+    /// <exception cref="ObjectDisposedException">The encoder is disposed.</exception>
+    /// <exception cref="DirectoryNotFoundException">The folder of <paramref name="path"/> does not exist.</exception>
+    /// <exception cref="NotSupportedException">The weights are too large for a single-file ONNX model (2 GiB).</exception>
+    public void ExportOnnx(string path, BootMaePooling pooling = BootMaePooling.Mean, int? sourceBlock = null)
+    {
+        if (_gate.IsClosed)
+        {
+            throw new ObjectDisposedException(nameof(BootMaeEncoder), "This BootMaeEncoder is disposed, so it has no weights left to export. Export it before disposing it, or load it again with BootMaeEncoder.Load.");
+        }
+
+        var full = OnnxExport.BootMaeOnnxExporter.ResolveTarget(path);
+        if (!Enum.IsDefined(pooling))
+        {
+            throw new ArgumentOutOfRangeException(nameof(pooling), pooling, "Pooling must be Mean, Cls or Tokens.");
+        }
+
+        int block = sourceBlock ?? Architecture.Depth - 1;
+        if (block < 0 || block >= Architecture.Depth)
+        {
+            throw new ArgumentOutOfRangeException(nameof(sourceBlock), sourceBlock, $"SourceBlock must be in [0, {Architecture.Depth - 1}] for this {Architecture.Depth}-block encoder.");
+        }
+
+        using var use = _gate.Enter(this);
+        OnnxExport.BootMaeOnnxExporter.Write(OnnxExport.BootMaeOnnxExporter.BuildEncoder(Module, Architecture, pooling, block), full);
+    }
+
     /// <summary>Saves the encoder (architecture and weights) to a file, replacing it atomically.</summary>
     /// <param name="path">The file to write.</param>
     public void Save(string path)
@@ -329,28 +370,8 @@ public sealed class BootMaeEncoder : IDisposable
     private static void WriteAtomically(string path, Action<Stream> write)
     {
         var full = Path.GetFullPath(path);
-        var directory = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(directory);
-        DurableFiles.SweepStale(directory, System.Text.RegularExpressions.Regex.Escape(Path.GetFileName(full)));
-        var temp = DurableFiles.StagingPath(full);
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
-            {
-                write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-
-            File.Move(temp, full, overwrite: true);
-            DurableFiles.FlushDirectory(directory);
-        }
-        finally
-        {
-            if (File.Exists(temp))
-            {
-                File.Delete(temp);
-            }
-        }
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        DurableFiles.WriteAtomically(full, write);
     }
 
     private static void DisposeAll(Dictionary<string, Tensor> tensors)

@@ -19,6 +19,8 @@ using static TorchSharp.torch;
 //   evaluate [--seeds 1,2] [--methods pixels,random,bootmae,mae] [--pretrain-minutes 10 | --pretrain-steps N]
 //            [--finetune 100:60,1000:30] [--md docs/results.md] [--json FILE] [--plots DIR] [recipe switches, see Evaluation.cs]
 //            probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training
+//   onnx     --preset tiny28|small28|small32 [--threads N]   featurization images/s at batch 1 and 64, ONNX Runtime
+//            against TorchSharp on the same encoder (docs/deployment.md)
 //   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
 //            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
 if (args.Length > 0 && args[0] == ReliabilityProbe.Command)
@@ -87,8 +89,11 @@ switch (arguments.Command)
     case "probe":
         Console.WriteLine(JsonSerializer.Serialize(ProbeRun.Run(arguments)));
         break;
+    case "onnx":
+        OnnxBenchmark.Run(arguments);
+        break;
     default:
-        Console.Error.WriteLine($"Unknown command '{arguments.Command}'. Use step, compare, profile, ops, probe, gpucheck or pretrain.");
+        Console.Error.WriteLine($"Unknown command '{arguments.Command}'. Use step, compare, profile, ops, probe, onnx, gpucheck or pretrain.");
         return 2;
 }
 

@@ -112,6 +112,9 @@ public sealed class PackageConsumptionTests
         Assert.Contains("id=\"TorchSharp\"", text, "The package must depend on the managed TorchSharp package.");
         Assert.Contains("id=\"OxyPlot.SkiaSharp\"", text, "The training curves are drawn with OxyPlot.SkiaSharp.");
         Assert.DoesNotContain("id=\"TorchSharp-cpu\"", text, "The package must leave the native runtime (TorchSharp-cpu or -cuda) to the app.");
+        Assert.Contains("id=\"Google.Protobuf\"", text, "The ONNX export writes its files with Google.Protobuf.");
+        Assert.DoesNotContain("Grpc.Tools", text, "Grpc.Tools only generates the ONNX classes at build time.");
+        Assert.DoesNotContain("OnnxRuntime", text, "ONNX Runtime belongs to the serving app, never to the library.");
     }
 
     private static void WriteConsumer(string app, string feed, string version)

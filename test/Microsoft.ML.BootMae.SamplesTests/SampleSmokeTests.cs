@@ -1,5 +1,6 @@
 using BootMae.Samples;
 using BootMae.Samples.BringYourOwnImages;
+using BootMae.Samples.DeployOnnx;
 using BootMae.Samples.Featurize;
 using BootMae.Samples.Quickstart;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
@@ -69,6 +70,18 @@ public sealed class SampleSmokeTests
 
         StringAssert.Contains(output.ToString(), "| method");
         StringAssert.Contains(output.ToString(), "Reloaded model.zip");
+    }
+
+    [TestMethod]
+    public void DeployOnnxExportsAndServesThroughMlNetWithTorchSharpsPredictions()
+    {
+        var output = new StringWriter();
+        var result = DeployOnnxSample.Run(DeployOnnxSettings.Quick with { OutputDirectory = _folder, Architecture = Tiny, TrainPerClass = 4, TestPerClass = 2 }, output);
+        Assert.AreEqual(20, result.TestImages, output.ToString());
+        Assert.AreEqual(1.0, result.Agreement, output.ToString());
+        Assert.IsLessThanOrEqualTo(1e-4, result.MaxScoreDifference, output.ToString());
+        Assert.IsTrue(File.Exists(result.OnnxPath) && File.Exists(result.ModelZipPath));
+        StringAssert.Contains(output.ToString(), "ONNX pipeline vs TorchSharp on 20 test images: same class on 100.0 %");
     }
 
     [TestMethod]

@@ -70,6 +70,33 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
         return _engine.ExtractEncoder();
     }
 
+    /// <summary>
+    /// Writes the classifier as an ONNX model (opset 17, standard operators, float32) for ML.NET's <c>ApplyOnnxModel</c>
+    /// or ONNX Runtime, with no TorchSharp or libtorch at serving time.
+    /// </summary>
+    /// <param name="path">The <c>.onnx</c> file to write, replaced atomically. Its folder must exist.</param>
+    /// <remarks>
+    /// Input <c>pixels</c>: float32 <c>[batch, 3, ImageSize, ImageSize]</c>, planar RGB 0..255 (<c>ExtractPixels</c>
+    /// with its defaults); the normalisation is inside the graph. Outputs: <c>scores</c>, float32 <c>[batch, K]</c>,
+    /// the softmax probabilities of the <see cref="ScoreColumnName"/> column; <c>predicted</c>, int64 <c>[batch]</c>,
+    /// the 0-based index of the most probable class (the <see cref="PredictedLabelColumnName"/> key minus one). The
+    /// class names, in index order, are a JSON array under the metadata key <c>bootmae.classNames</c> (present when
+    /// the training label had key values). The batch dimension is dynamic.
+    /// </remarks>
+    /// <exception cref="ObjectDisposedException">The transformer is disposed.</exception>
+    /// <exception cref="DirectoryNotFoundException">The folder of <paramref name="path"/> does not exist.</exception>
+    /// <exception cref="NotSupportedException">The weights are too large for a single-file ONNX model (2 GiB).</exception>
+    public void ExportOnnx(string path)
+    {
+        if (_disposed)
+        {
+            throw new ObjectDisposedException(nameof(BootMaeImageClassificationTransformer), "This classifier is disposed, so it has no weights left to export. Export it before disposing it, or load the model again with LoadBootMae.");
+        }
+
+        var full = OnnxExport.BootMaeOnnxExporter.ResolveTarget(path);
+        _engine.ExportOnnx(full, _keyValues?.Values);
+    }
+
     /// <summary>Images per forward pass in <see cref="Transform(IDataView)"/>.</summary>
     public int BatchSize { get; }
 

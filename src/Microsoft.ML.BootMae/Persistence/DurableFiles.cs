@@ -171,6 +171,37 @@ internal static class DurableFiles
         return restored;
     }
 
+    /// <summary>
+    /// Writes <paramref name="fullPath"/> atomically: <paramref name="write"/> fills a staging file beside it, which is
+    /// flushed to the disk and then renamed over the target, so a crash leaves either the old file or the new one,
+    /// never a half-written one (a leftover staging file is swept by the next write to the same place). The folder
+    /// must exist.
+    /// </summary>
+    internal static void WriteAtomically(string fullPath, Action<Stream> write)
+    {
+        var directory = Path.GetDirectoryName(fullPath)!;
+        SweepStale(directory, Regex.Escape(Path.GetFileName(fullPath)));
+        var temp = StagingPath(fullPath);
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            {
+                write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+
+            File.Move(temp, fullPath, overwrite: true);
+            FlushDirectory(directory);
+        }
+        finally
+        {
+            if (File.Exists(temp))
+            {
+                File.Delete(temp);
+            }
+        }
+    }
+
     /// <summary>Writes a file and flushes it to the disk before returning.</summary>
     internal static void WriteAllBytes(string path, byte[] bytes)
     {

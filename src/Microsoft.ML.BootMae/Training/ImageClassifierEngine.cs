@@ -113,6 +113,13 @@ internal sealed class ImageClassifierEngine : IDisposable
         return nn.functional.softmax(logits, 1).cpu().contiguous().data<float>().ToArray();
     }
 
+    /// <summary>Writes the network as an ONNX model (pixels → scores, predicted) to <paramref name="fullPath"/>, atomically.</summary>
+    public void ExportOnnx(string fullPath, IReadOnlyList<string>? classNames)
+    {
+        using var use = _gate.Enter(this);
+        OnnxExport.BootMaeOnnxExporter.Write(OnnxExport.BootMaeOnnxExporter.BuildClassifier(_model, classNames), fullPath);
+    }
+
     /// <summary>A copy of the (fine-tuned) encoder, for featurization or further training. Its final LN is the
     /// pretrained one: fine-tuning replaces that LN by identity and never updates it.</summary>
     public BootMaeEncoder ExtractEncoder()
