@@ -38,6 +38,9 @@ public sealed record ByoiSettings
 
     /// <summary>Seed of everything.</summary>
     public int Seed { get; init; } = 1;
+
+    /// <summary>Continue training from the checkpoint next to <see cref="ModelPath"/> (a run stopped with Ctrl+C leaves one).</summary>
+    public bool Resume { get; init; }
 }
 
 /// <summary>One classified file.</summary>
@@ -51,7 +54,11 @@ public static class ByoiSample
 
     /// <summary>Runs the sample; returns the predictions of <see cref="ByoiSettings.Predict"/> (empty when none or when pretraining).</summary>
     /// <exception cref="SampleUsageException">The settings or the folder cannot work; the message says why.</exception>
-    public static IReadOnlyList<ByoiPrediction> Run(ByoiSettings settings, TextWriter output)
+    /// <param name="settings">What to run.</param>
+    /// <param name="output">Where progress and results go.</param>
+    /// <param name="cancellation">Stops training before the next step (Ctrl+C); the checkpoint next to the model is kept.</param>
+    /// <exception cref="OperationCanceledException">Cancelled; the message says where the checkpoint is.</exception>
+    public static IReadOnlyList<ByoiPrediction> Run(ByoiSettings settings, TextWriter output, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
         foreach (var file in settings.Predict.Where(f => !File.Exists(f)))
@@ -90,8 +97,8 @@ public static class ByoiSample
         var modelPath = Path.GetFullPath(settings.ModelPath);
         Directory.CreateDirectory(Path.GetDirectoryName(modelPath)!);
         return settings.Mode == "pretrain"
-            ? Pretrain(ml, settings, folder, rows, modelPath, output)
-            : FineTune(ml, settings, folder, rows, modelPath, output);
+            ? Pretrain(ml, settings, folder, rows, modelPath, output, cancellation)
+            : FineTune(ml, settings, folder, rows, modelPath, output, cancellation);
     }
 
     /// <summary>Writes Fashion-MNIST as <c>DIR/train/&lt;class&gt;/*.png</c> and ten unseen images as <c>DIR/new/&lt;class&gt;-NNNNN.png</c>.</summary>
@@ -132,7 +139,7 @@ public static class ByoiSample
         })
         .ToList();
 
-    private static IReadOnlyList<ByoiPrediction> Pretrain(MLContext ml, ByoiSettings settings, string folder, List<ImageRow> rows, string modelPath, TextWriter output)
+    private static IReadOnlyList<ByoiPrediction> Pretrain(MLContext ml, ByoiSettings settings, string folder, List<ImageRow> rows, string modelPath, TextWriter output, CancellationToken cancellation)
     {
         if (settings.Predict.Count > 0)
         {
@@ -144,14 +151,16 @@ public static class ByoiSample
         var data = ml.Data.LoadFromEnumerable(rows.Select(r => new UnlabeledImageRow { ImagePath = r.ImagePath }));
         var progress = new TrainingProgress(output, "pretrain", settings.Epochs, settings.BatchSize);
         using var initial = settings.EncoderPath is { } path ? BootMaeEncoder.Load(path) : null;
-        using var model = ml.Transforms.LoadRawImageBytes("Image", folder, nameof(ImageRow.ImagePath))
+        var checkpoints = CheckpointFolder(modelPath);
+        var pretrainer = ml.Transforms.LoadRawImageBytes("Image", folder, nameof(ImageRow.ImagePath))
             .Append(ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options
             {
                 Architecture = initial is null ? architecture : null, InitialEncoder = initial, MaxEpochs = settings.Epochs,
                 BatchSize = settings.BatchSize, Seed = settings.Seed, MetricsCallback = progress.Report, LogEveryNSteps = 5,
                 ReconstructionPreviewPath = Path.ChangeExtension(modelPath, ".reconstructions.png"),
-            }))
-            .Fit(data);
+                CancellationToken = cancellation, CheckpointDirectory = checkpoints, ResumeFromCheckpoint = settings.Resume,
+            }));
+        using var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pretrainer.Fit(data), () => Kept(progress, checkpoints)));
         ml.Model.SaveBootMae(model, data.Schema, modelPath);
         var encoderPath = Path.ChangeExtension(modelPath, ".encoder.bootmae");
         model.LastTransformer.Encoder.Save(encoderPath);
@@ -160,7 +169,7 @@ public static class ByoiSample
         return Array.Empty<ByoiPrediction>();
     }
 
-    private static IReadOnlyList<ByoiPrediction> FineTune(MLContext ml, ByoiSettings settings, string folder, List<ImageRow> rows, string modelPath, TextWriter output)
+    private static IReadOnlyList<ByoiPrediction> FineTune(MLContext ml, ByoiSettings settings, string folder, List<ImageRow> rows, string modelPath, TextWriter output, CancellationToken cancellation)
     {
         var labelled = rows.Where(r => r.Label.Length > 0).ToList();
         var classes = labelled.Select(r => r.Label).Distinct().Order(StringComparer.Ordinal).ToArray();
@@ -194,15 +203,17 @@ public static class ByoiSample
         var heldOut = ml.Data.LoadFromEnumerable(holdOut.ToList());
         var progress = new TrainingProgress(output, "finetune", settings.Epochs, settings.BatchSize);
         var clock = Stopwatch.StartNew();
-        using var model = ml.Transforms.Conversion.MapValueToKey("Label")
+        var checkpoints = CheckpointFolder(modelPath);
+        var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.Transforms.LoadRawImageBytes("Image", folder, nameof(ImageRow.ImagePath)))
             .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(new BootMaeImageClassificationTrainer.Options
             {
                 Encoder = encoder, Architecture = encoder is null ? architecture : null, MaxEpochs = settings.Epochs,
                 BatchSize = settings.BatchSize, Seed = settings.Seed, MetricsCallback = progress.Report, LogEveryNSteps = 5,
+                CancellationToken = cancellation, CheckpointDirectory = checkpoints, ResumeFromCheckpoint = settings.Resume,
             }))
-            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
-            .Fit(train);
+            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
+        using var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pipeline.Fit(train), () => Kept(progress, checkpoints)));
         if (holdOut.Count > 0)
         {
             var metrics = ml.MulticlassClassification.Evaluate(model.Transform(heldOut));
@@ -214,6 +225,12 @@ public static class ByoiSample
         output.WriteLine($"Saved the classifier to {modelPath}");
         return settings.Predict.Count == 0 ? Array.Empty<ByoiPrediction>() : Predict(ml, modelPath, settings.Predict, output);
     }
+
+    // Beside the model: out/byoi/model.zip keeps its checkpoints in out/byoi/model.checkpoints/.
+    private static string CheckpointFolder(string modelPath) => Path.ChangeExtension(modelPath, ".checkpoints");
+
+    private static string Kept(TrainingProgress progress, string checkpoints) =>
+        $"Training stopped at step {progress.Steps}; its checkpoint is in {checkpoints}: run the same command with --resume to continue from it.";
 
     private static BootMaeArchitecture SettingsArchitecture(ByoiSettings settings) => settings.Architecture;
 

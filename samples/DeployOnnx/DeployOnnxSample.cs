@@ -55,7 +55,11 @@ public sealed record DeployOnnxResult(string OnnxPath, string ModelZipPath, int 
 public static class DeployOnnxSample
 {
     /// <summary>Trains, exports and compares; progress and results go to <paramref name="output"/>.</summary>
-    public static DeployOnnxResult Run(DeployOnnxSettings settings, TextWriter output)
+    /// <param name="settings">What to run.</param>
+    /// <param name="output">Where progress and results go.</param>
+    /// <param name="cancellation">Stops fine-tuning before the next step (Ctrl+C).</param>
+    /// <exception cref="OperationCanceledException">Cancelled.</exception>
+    public static DeployOnnxResult Run(DeployOnnxSettings settings, TextWriter output, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var total = Stopwatch.StartNew();
@@ -70,13 +74,16 @@ public static class DeployOnnxSample
         // 1. Train here, with TorchSharp.
         using var encoder = settings.EncoderPath is { } path ? BootMaeEncoder.Load(path) : BootMaeEncoder.CreateRandom(settings.Architecture, settings.Seed);
         var architecture = encoder.Architecture;
-        using var model = ml.Transforms.Conversion.MapValueToKey("Label")
+        var progress = new TrainingProgress(output, "finetune", settings.FineTuneEpochs, 32);
+        var trainer = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(ImageRow.ImagePath)))
             .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(new BootMaeImageClassificationTrainer.Options
             {
                 Encoder = encoder, MaxEpochs = settings.FineTuneEpochs, BatchSize = 32, Seed = settings.Seed,
-            }))
-            .Fit(train);
+                MetricsCallback = progress.Report, LogEveryNSteps = 5, CancellationToken = cancellation,
+            }));
+        using var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => trainer.Fit(train),
+            () => $"Fine-tuning stopped at step {progress.Steps}; nothing was exported (a run of a few minutes: start it again)."));
         output.WriteLine($"Fine-tuned {(settings.EncoderPath is null ? "a randomly initialised" : "the given")} {architecture.Depth}-block encoder for {settings.FineTuneEpochs} epoch(s).");
 
         // 2. Export: one .onnx file, then an ML.NET pipeline of ML.NET's own transforms in front of it.

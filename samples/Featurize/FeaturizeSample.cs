@@ -45,6 +45,9 @@ public sealed record FeaturizeSettings
 
     /// <summary>Seed of everything.</summary>
     public int Seed { get; init; } = 1;
+
+    /// <summary>Continue pretraining from the checkpoint in <c>OutputDirectory/checkpoints</c> (a run stopped with Ctrl+C leaves one).</summary>
+    public bool Resume { get; init; }
 }
 
 /// <summary>What the featurization sample measured.</summary>
@@ -58,7 +61,11 @@ public sealed record FeaturizeResult(double Accuracy, double MacroAccuracy, doub
 public static class FeaturizeSample
 {
     /// <summary>Runs the sample; progress and results go to <paramref name="output"/>.</summary>
-    public static FeaturizeResult Run(FeaturizeSettings settings, TextWriter output)
+    /// <param name="settings">What to run.</param>
+    /// <param name="output">Where progress and results go.</param>
+    /// <param name="cancellation">Stops pretraining before the next step (Ctrl+C); its checkpoint is kept.</param>
+    /// <exception cref="OperationCanceledException">Cancelled; the message says where the checkpoint is.</exception>
+    public static FeaturizeResult Run(FeaturizeSettings settings, TextWriter output, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var total = Stopwatch.StartNew();
@@ -69,7 +76,7 @@ public static class FeaturizeSample
         var test = ml.Data.LoadFromTextFile<ImageRow>(files.TestTsvPath, hasHeader: true, separatorChar: '\t');
         output.WriteLine($"Fashion-MNIST: {files.TrainCount} training and {files.TestCount} test images.");
 
-        using var encoder = LoadOrPretrain(ml, settings, files, train, output);
+        using var encoder = LoadOrPretrain(ml, settings, files, train, output, cancellation);
 
         // The encoder turns each image into a D-dimensional vector; any ML.NET trainer can use it.
         var clock = Stopwatch.StartNew();
@@ -113,7 +120,7 @@ public static class FeaturizeSample
         return new FeaturizeResult(metrics.MicroAccuracy, metrics.MacroAccuracy, agreement, picture);
     }
 
-    private static BootMaeEncoder LoadOrPretrain(MLContext ml, FeaturizeSettings settings, FashionMnistFiles files, IDataView train, TextWriter output)
+    private static BootMaeEncoder LoadOrPretrain(MLContext ml, FeaturizeSettings settings, FashionMnistFiles files, IDataView train, TextWriter output, CancellationToken cancellation)
     {
         if (settings.EncoderPath is { } path)
         {
@@ -124,13 +131,16 @@ public static class FeaturizeSample
 
         output.WriteLine($"No --encoder given: pretraining {SampleArchitectures.Describe(settings.Architecture)} for {settings.PretrainEpochs} epochs (labels unused).");
         var progress = new TrainingProgress(output, "pretrain", settings.PretrainEpochs, 64);
-        using var pretrained = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(ImageRow.ImagePath))
+        var checkpoints = Path.Combine(Path.GetFullPath(settings.OutputDirectory), "checkpoints");
+        var pretrainer = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(ImageRow.ImagePath))
             .Append(ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options
             {
                 Architecture = settings.Architecture, MaxEpochs = settings.PretrainEpochs, BatchSize = 64, Seed = settings.Seed,
                 MetricsCallback = progress.Report, LogEveryNSteps = 5,
-            }))
-            .Fit(train);
+                CancellationToken = cancellation, CheckpointDirectory = checkpoints, ResumeFromCheckpoint = settings.Resume,
+            }));
+        using var pretrained = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pretrainer.Fit(train),
+            () => $"Pretraining stopped at step {progress.Steps}; its checkpoint is in {checkpoints}: run again with --resume to continue from it."));
         return pretrained.LastTransformer.Encoder.Clone(); // the transformer owns (and disposes) its encoder
     }
 

@@ -60,6 +60,9 @@ public sealed record QuickstartSettings
 
     /// <summary>Seed of everything.</summary>
     public int Seed { get; init; } = 1;
+
+    /// <summary>Continue pretraining from the checkpoint in <c>OutputDirectory/checkpoints</c> (a run stopped with Ctrl+C leaves one).</summary>
+    public bool Resume { get; init; }
 }
 
 /// <summary>One row of the results table.</summary>
@@ -75,7 +78,11 @@ public sealed record QuickstartResult(string Method, int LabelsUsed, long Steps,
 public static class QuickstartSample
 {
     /// <summary>Runs the quickstart and returns the table's rows; progress and results go to <paramref name="output"/>.</summary>
-    public static IReadOnlyList<QuickstartResult> Run(QuickstartSettings settings, TextWriter output)
+    /// <param name="settings">What to run.</param>
+    /// <param name="output">Where progress and results go.</param>
+    /// <param name="cancellation">Stops training before the next step (Ctrl+C); pretraining keeps its checkpoint.</param>
+    /// <exception cref="OperationCanceledException">Cancelled; the message says what was kept.</exception>
+    public static IReadOnlyList<QuickstartResult> Run(QuickstartSettings settings, TextWriter output, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var total = Stopwatch.StartNew();
@@ -112,9 +119,13 @@ public static class QuickstartSample
         output.WriteLine($"[1/5] BootMAE pretraining, {settings.PretrainEpochs} epochs on {trainRows.Count} unlabelled images");
         var pretrainProgress = new TrainingProgress(output, "pretrain", settings.PretrainEpochs, settings.BatchSize);
         var clock = Stopwatch.StartNew();
-        using var pretrained = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(UnlabeledImageRow.ImagePath))
+        var checkpoints = Path.Combine(outputDirectory, "checkpoints");
+        var pretrainer = ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(UnlabeledImageRow.ImagePath))
             .Append(ml.Transforms.BootMaePretrain(new BootMaePretrainingEstimator.Options
             {
+                CancellationToken = cancellation,
+                CheckpointDirectory = checkpoints,
+                ResumeFromCheckpoint = settings.Resume,
                 Architecture = architecture,
                 MaxEpochs = settings.PretrainEpochs,
                 BatchSize = settings.BatchSize,
@@ -123,8 +134,9 @@ public static class QuickstartSample
                 LogEveryNSteps = 5,
                 LogCallback = line => { if (line.Contains("Warning", StringComparison.Ordinal)) { output.WriteLine("  " + line); } },
                 ReconstructionPreviewPath = Path.Combine(outputDirectory, "reconstructions.png"),
-            }))
-            .Fit(unlabelled);
+            }));
+        using var pretrained = pretrainProgress.Run(() => SampleCommandLine.ExplainCancellation(() => pretrainer.Fit(unlabelled),
+            () => $"Pretraining stopped at step {pretrainProgress.Steps}; its checkpoint is in {checkpoints}: run again with --resume to continue from it."));
         var pretrainTime = clock.Elapsed;
         var encoder = pretrained.LastTransformer.Encoder;
         var encoderPath = Path.Combine(outputDirectory, "encoder.bootmae");
@@ -147,7 +159,7 @@ public static class QuickstartSample
         output.WriteLine("[2/5] Fine-tuning the pretrained encoder");
         foreach (var set in labelSets)
         {
-            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"finetune-{set.Count}", set.Epochs, set.Batch, o => o.Encoder = encoder);
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, cancellation, $"finetune-{set.Count}", set.Epochs, set.Batch, o => o.Encoder = encoder);
             using (model)
             {
                 results.Add(Evaluate(ml, model, test, output, "BootMAE pretrain + fine-tune", set.Count, pretrainProgress.Steps + progress.Steps, pretrainTime + time));
@@ -165,7 +177,7 @@ public static class QuickstartSample
         output.WriteLine("[3/5] The same classifier from scratch (random encoder), same fine-tuning epochs");
         foreach (var set in labelSets)
         {
-            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"scratch-{set.Count}", set.Epochs, set.Batch, o => o.Architecture = architecture);
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, cancellation, $"scratch-{set.Count}", set.Epochs, set.Batch, o => o.Architecture = architecture);
             using (model)
             {
                 results.Add(Evaluate(ml, model, test, output, "From scratch, same epochs", set.Count, progress.Steps, time));
@@ -179,7 +191,7 @@ public static class QuickstartSample
             long budget = pretrainProgress.Steps + fineTuneSteps[set.Count];
             long stepsPerEpoch = (set.Count + set.Batch - 1) / set.Batch;
             int epochs = (int)((budget + stepsPerEpoch - 1) / stepsPerEpoch);
-            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, $"scratch-long-{set.Count}", epochs, set.Batch, o =>
+            var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, cancellation, $"scratch-long-{set.Count}", epochs, set.Batch, o =>
             {
                 o.Architecture = architecture;
                 o.MaxSteps = budget;
@@ -196,7 +208,7 @@ public static class QuickstartSample
             int block = settings.ProbeBlock ?? Math.Max(0, architecture.Depth - 2);
             output.WriteLine();
             output.WriteLine($"[5/5] Linear probe on block {block + 1} of {architecture.Depth} of the frozen pretrained encoder, {settings.FineTuneEpochs} epochs");
-            var (probe, probeProgress, probeTime) = TrainClassifier(ml, files, labelled, settings, output, "probe", settings.FineTuneEpochs, settings.BatchSize, o =>
+            var (probe, probeProgress, probeTime) = TrainClassifier(ml, files, labelled, settings, output, cancellation, "probe", settings.FineTuneEpochs, settings.BatchSize, o =>
             {
                 o.Encoder = encoder;
                 o.FreezeEncoder = true;
@@ -265,7 +277,7 @@ public static class QuickstartSample
     }
 
     private static (TransformerChain<KeyToValueMappingTransformer> Model, TrainingProgress Progress, TimeSpan Time) TrainClassifier(MLContext ml,
-        FashionMnistFiles files, IDataView labelled, QuickstartSettings settings, TextWriter output, string name, int epochs, int batchSize,
+        FashionMnistFiles files, IDataView labelled, QuickstartSettings settings, TextWriter output, CancellationToken cancellation, string name, int epochs, int batchSize,
         Action<BootMaeImageClassificationTrainer.Options> configure)
     {
         var progress = new TrainingProgress(output, name, epochs, batchSize);
@@ -276,14 +288,16 @@ public static class QuickstartSample
             Seed = settings.Seed,
             MetricsCallback = progress.Report,
             LogEveryNSteps = 5,
+            CancellationToken = cancellation,
         };
         configure(options);
         var clock = Stopwatch.StartNew();
-        var model = ml.Transforms.Conversion.MapValueToKey("Label")
+        var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
             .Append(ml.Transforms.LoadRawImageBytes("Image", files.Directory, nameof(ImageRow.ImagePath)))
             .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(options))
-            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"))
-            .Fit(labelled);
+            .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
+        var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pipeline.Fit(labelled),
+            () => $"'{name}' stopped at step {progress.Steps}; the pretrained encoder is kept in {Path.Combine(Path.GetFullPath(settings.OutputDirectory), "encoder.bootmae")}."));
         return (model, progress, clock.Elapsed);
     }
 

@@ -510,57 +510,113 @@ internal sealed class EvaluationArguments
     // --plots DIR: the SVG charts of EvaluationPlots.
     public string? PlotsFolder { get; set; }
 
-    public static EvaluationArguments Parse(string[] args)
+    /// <summary>The <c>evaluate</c> command: its options (the defaults are this class's), parsed into arguments for <paramref name="run"/>.</summary>
+    public static System.CommandLine.Command CreateCommand(Func<EvaluationArguments, int> run)
     {
-        var a = new EvaluationArguments();
-        var c = CultureInfo.InvariantCulture;
-        for (int i = 1; i < args.Length; i += 2)
+        var d = new EvaluationArguments();
+        string[] knownMethods = ["pixels", "random", "bootmae", "mae"];
+        var seeds = CommandLine.List("--seeds", "1,2", "Seeds, comma-separated [default: 1,2]", CommandLine.ParseIntItem, "a whole number");
+        var methods = CommandLine.List("--methods", "pixels,random,bootmae,mae", "Methods to run, comma-separated [default: all four]",
+            m => knownMethods.Contains(m) ? m : null, "one of " + string.Join(", ", knownMethods));
+        var pretrainMinutes = CommandLine.Double("--pretrain-minutes", "Pretraining time per method (timed steps decide the step count)", d.PretrainMinutes, 0);
+        var pretrainSteps = CommandLine.NullableLong("--pretrain-steps", "Pretraining steps (instead of --pretrain-minutes)", 1);
+        var maeSteps = CommandLine.NullableLong("--mae-steps", "MAE's steps when they differ from BootMAE's [default: --pretrain-steps]", 1);
+        var pretrainBatch = CommandLine.Int("--pretrain-batch", "Pretraining batch", d.PretrainBatch);
+        var fineTune = new System.CommandLine.Option<List<(int Labels, int Epochs)>?>("--finetune")
         {
-            if (i + 1 >= args.Length)
+            Description = "Fine-tuning runs LABELS:EPOCHS, comma-separated, or none [default: 100:60,1000:30]",
+            HelpName = "100:60,1000:30|none",
+            CustomParser = result =>
             {
-                throw new ArgumentException($"Option {args[i]} needs a value.");
-            }
+                var text = result.Tokens[0].Value;
+                if (text == "none")
+                {
+                    return [];
+                }
 
-            string v = args[i + 1];
-            switch (args[i])
-            {
-                case "--seeds": a.Seeds = v.Split(',').Select(x => int.Parse(x, c)).ToArray(); break;
-                case "--methods": a.Methods = v.Split(',').ToHashSet(); break;
-                case "--pretrain-minutes": a.PretrainMinutes = double.Parse(v, c); break;
-                case "--pretrain-steps": a.PretrainSteps = long.Parse(v, c); break;
-                case "--mae-steps": a.MaePretrainSteps = long.Parse(v, c); break;
-                case "--pretrain-batch": a.PretrainBatch = int.Parse(v, c); break;
-                case "--finetune" when v == "none": a.FineTune = []; break;
-                case "--test": a.TestLimit = int.Parse(v, c); break;
-                case "--finetune": a.FineTune = v.Split(',').Select(x => x.Split(':')).Select(p => (int.Parse(p[0], c), int.Parse(p[1], c))).ToList(); break;
-                case "--probe": a.Probe = bool.Parse(v); break;
-                case "--unlabelled": a.UnlabelledLimit = int.Parse(v, c); break;
-                case "--official": a.Official = bool.Parse(v); break;
-                case "--lr": a.LearningRate = double.Parse(v, c); break;
-                case "--feature-norm": a.FeatureNorm = v is "ln" ? BootMaeFeatureTargetNormalization.LayerNorm : v is "batch" ? BootMaeFeatureTargetNormalization.BatchStandardized : throw new ArgumentException("--feature-norm: ln or batch"); break;
-                case "--ema-floor": a.EmaFloor = double.Parse(v, c); break;
-                case "--pix-eps": a.PixelEpsilon = double.Parse(v, c); break;
-                case "--norm-pix": a.NormPix = bool.Parse(v); break;
-                case "--augment": a.Augment = bool.Parse(v); break;
-                case "--target": a.Target = Enum.Parse<BootMaeTarget>(v, ignoreCase: true); break;
-                case "--inject": a.Inject = bool.Parse(v); break;
-                case "--masking": a.Masking = Enum.Parse<BootMaeMasking>(v, ignoreCase: true); break;
-                case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
-                case "--layer-decay": a.LayerDecay = double.Parse(v, c); break;
-                case "--ft-lr": a.FineTuneLearningRate = double.Parse(v, c); break;
-                case "--ft-augment": a.FineTuneAugment = bool.Parse(v); break;
-                case "--load-encoder": a.LoadEncoder = v; break;
-                case "--loaded-steps": a.LoadedSteps = long.Parse(v, c); break;
-                case "--loaded-seconds": a.LoadedSeconds = double.Parse(v, c); break;
-                case "--from-json": a.FromJson = v.Split(','); break;
-                case "--save-encoders": a.SaveEncoders = v; break;
-                case "--md": a.MarkdownPath = v; break;
-                case "--json": a.JsonPath = v; break;
-                case "--plots": a.PlotsFolder = v; break;
-                default: throw new ArgumentException($"Unknown option {args[i]} of evaluate.");
-            }
-        }
+                var runs = new List<(int, int)>();
+                foreach (var part in text.Split(','))
+                {
+                    var pair = part.Split(':');
+                    if (pair.Length != 2 || CommandLine.ParseIntItem(pair[0]) is not { } labels || CommandLine.ParseIntItem(pair[1]) is not { } epochs)
+                    {
+                        result.AddError($"--finetune '{text}': '{part}' is not LABELS:EPOCHS (or use none).");
+                        return null;
+                    }
 
-        return a;
+                    runs.Add((labels, epochs));
+                }
+
+                return runs;
+            },
+        };
+        var probe = CommandLine.Bool("--probe", "Linear probes on every block", d.Probe);
+        var unlabelled = CommandLine.NullableInt("--unlabelled", "Use only this many unlabelled images [default: all]");
+        var test = CommandLine.NullableInt("--test", "Use only the first N test images [default: all]");
+        var official = CommandLine.Bool("--official", "The paper's recipe instead of the package defaults", d.Official);
+        var lr = CommandLine.NullableDouble("--lr", "Pretraining base learning rate [default: the recipe's]", 0);
+        var featureNorm = CommandLine.NullableChoice("--feature-norm", "Feature target normalisation [default: the recipe's]",
+            ("ln", BootMaeFeatureTargetNormalization.LayerNorm), ("batch", BootMaeFeatureTargetNormalization.BatchStandardized));
+        var emaFloor = CommandLine.NullableDouble("--ema-floor", "Lowest EMA momentum [default: the recipe's]", 0, 1);
+        var pixelEpsilon = CommandLine.NullableDouble("--pix-eps", "Epsilon of the normalised pixel target [default: the recipe's]", 0);
+        var normPix = CommandLine.NullableBool("--norm-pix", "Per-patch normalised pixel targets [default: the recipe's]");
+        var augment = CommandLine.NullableBool("--augment", "Pretraining augmentation [default: the recipe's]");
+        var target = CommandLine.NullableChoice("--target", "Pretraining targets [default: the recipe's]", CommandLine.EnumChoices<BootMaeTarget>());
+        var inject = CommandLine.NullableBool("--inject", "Context injection into the decoders [default: the recipe's]");
+        var masking = CommandLine.NullableChoice("--masking", "Masking strategy [default: the recipe's]", CommandLine.EnumChoices<BootMaeMasking>());
+        var teacherFraction = CommandLine.NullableDouble("--teacher-fraction", "Share of the batch the teacher encodes [default: the recipe's]", 0, 1);
+        var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
+        var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
+        var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
+        var loadEncoder = CommandLine.Text("--load-encoder", "PATH", "Evaluate this saved BootMAE encoder instead of pretraining one");
+        var loadedSteps = CommandLine.Long("--loaded-steps", "Pretraining steps of --load-encoder, for the table", d.LoadedSteps);
+        var loadedSeconds = CommandLine.Double("--loaded-seconds", "Pretraining seconds of --load-encoder, for the table", d.LoadedSeconds, 0);
+        var fromJson = CommandLine.List("--from-json", "A.jsonl,B.jsonl", "Only merge the rows of earlier runs into --md (and --plots)", f => f, "a file");
+        var saveEncoders = CommandLine.Text("--save-encoders", "DIR", "Save the pretrained encoders here");
+        var markdown = CommandLine.Text("--md", "FILE.md", "Write the results table here");
+        var json = CommandLine.Text("--json", "FILE.jsonl", "Append the result rows here");
+        var plots = CommandLine.Text("--plots", "DIR", "Draw the SVG charts here");
+        var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
+        {
+            seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, unlabelled, test, official, lr, featureNorm,
+            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, layerDecay, ftLr, ftAugment, loadEncoder,
+            loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
+        };
+        command.SetAction(parse => run(new EvaluationArguments
+        {
+            Seeds = parse.GetValue(seeds)?.Select(seed => seed!.Value).ToArray() ?? d.Seeds,
+            Methods = parse.GetValue(methods)?.ToHashSet() ?? d.Methods,
+            PretrainMinutes = parse.GetValue(pretrainMinutes),
+            PretrainSteps = parse.GetValue(pretrainSteps),
+            MaePretrainSteps = parse.GetValue(maeSteps),
+            PretrainBatch = parse.GetValue(pretrainBatch),
+            FineTune = parse.GetValue(fineTune) ?? d.FineTune,
+            Probe = CommandLine.ValueOr(parse, probe, d.Probe),
+            UnlabelledLimit = parse.GetValue(unlabelled),
+            TestLimit = parse.GetValue(test),
+            Official = CommandLine.ValueOr(parse, official, d.Official),
+            LearningRate = parse.GetValue(lr),
+            FeatureNorm = parse.GetValue(featureNorm),
+            EmaFloor = parse.GetValue(emaFloor),
+            PixelEpsilon = parse.GetValue(pixelEpsilon),
+            NormPix = parse.GetValue(normPix),
+            Augment = parse.GetValue(augment),
+            Target = parse.GetValue(target),
+            Inject = parse.GetValue(inject),
+            Masking = parse.GetValue(masking),
+            TeacherFraction = parse.GetValue(teacherFraction),
+            LayerDecay = parse.GetValue(layerDecay),
+            FineTuneLearningRate = parse.GetValue(ftLr),
+            FineTuneAugment = CommandLine.ValueOr(parse, ftAugment, d.FineTuneAugment),
+            LoadEncoder = parse.GetValue(loadEncoder),
+            LoadedSteps = parse.GetValue(loadedSteps),
+            LoadedSeconds = parse.GetValue(loadedSeconds),
+            FromJson = parse.GetValue(fromJson),
+            SaveEncoders = parse.GetValue(saveEncoders),
+            MarkdownPath = parse.GetValue(markdown),
+            JsonPath = parse.GetValue(json),
+            PlotsFolder = parse.GetValue(plots),
+        }));
+        return command;
     }
 }

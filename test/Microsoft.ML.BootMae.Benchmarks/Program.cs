@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -7,49 +9,112 @@ using Microsoft.ML.BootMae.Benchmarks;
 using Microsoft.ML.BootMae.Training;
 using static TorchSharp.torch;
 
-// Benchmarks and the engine-level pretraining run. Usage:
-//   step     --preset tiny28|small32 --mode bootmae|mae --batch 128 --steps 12 --warmup 3 --threads 2
-//            [--precision bf16|fp32] [--teacher-fraction 1.0] [--device cpu|cuda]   one JSON line per run
-//   compare  (same options; runs MAE and BootMAE alternately, --rounds 2) and prints the step-time ratio, with the
-//            lowest ratio this machine's bf16 matrix speed allows (the teacher's FLOPs at the bf16 calibration)
-//   gpucheck CUDA against CPU: losses and weights after a few steps, bf16 teacher, checkpoint portability
-//   probe    --preset small28 --epochs 2 --batch 64 --lr 1.5e-3 [--mode bootmae|mae] [--train-per-class 1000]
-//            [--norm-pix true|false] [--feature-weight 1.0]
-//            pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
-//   evaluate [--seeds 1,2] [--methods pixels,random,bootmae,mae] [--pretrain-minutes 10 | --pretrain-steps N]
-//            [--finetune 100:60,1000:30] [--md docs/results.md] [--json FILE] [--plots DIR] [recipe switches, see Evaluation.cs]
-//            probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training
-//   onnx     --preset tiny28|small28|small32 [--threads N]   featurization images/s at batch 1 and 64, ONNX Runtime
-//            against TorchSharp on the same encoder (docs/deployment.md)
-//   pretrain --preset tiny28 --epochs 5 --batch 128 [--mode bootmae|mae] [--checkpoint-dir DIR] [--train-per-class 1000]
-//            [--curve FILE.png] [--preview FILE.png]                     pretraining on the embedded Fashion-MNIST
-if (args.Length > 0 && args[0] == ReliabilityProbe.Command)
-{
-    // Hidden: the reliability tests' child process (ReliabilityProbe.cs).
-    return ReliabilityProbe.Run(args);
-}
+// Benchmarks and the engine-level pretraining run: `--help` lists the commands, `COMMAND --help` their options and
+// defaults (docs/benchmarks.md). With no command, the options are those of `step`.
+//   step      one JSON line per run: median step time, images/s, MFU, peak RSS
+//   compare   MAE and BootMAE alternately (--rounds), the step-time ratio and the lowest ratio this machine allows
+//   profile   where one BootMAE step's time goes, phase by phase
+//   ops       single ops of a tiny28 teacher block in fp32 and bf16
+//   gpucheck  CUDA against CPU: losses and weights after a few steps, bf16 teacher, checkpoint portability
+//   probe     pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
+//   evaluate  probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (Evaluation.cs)
+//   onnx      featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp (docs/deployment.md)
+//   pretrain  pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA, checkpoints and curves
+//   reliability-probe (hidden) the reliability tests' child process (ReliabilityProbe.cs)
+return Microsoft.ML.BootMae.Benchmarks.CommandLine.Invoke(BenchmarkCommands.Create(), args);
 
-if (args.Length > 0 && args[0] == "evaluate")
+internal static class BenchmarkCommands
 {
-    // Its own options (see Evaluation.cs): pretraining that pays off, measured against strong baselines.
-    BootMaeRuntime.EnsureTorchLoaded();
-    Microsoft.ML.BootMae.Benchmarks.Evaluation.Run(Microsoft.ML.BootMae.Benchmarks.EvaluationArguments.Parse(args));
-    return 0;
-}
+    public static RootCommand Create()
+    {
+        var o = new ArgumentOptions();
+        var root = new RootCommand("Microsoft.ML.BootMae benchmarks and engine runs. Without a command: step.");
+        Configure(root, o, "step", o.Step);
+        root.Add(Command("step", "Times pretraining steps; prints one JSON line per run", o, o.Step));
+        root.Add(Command("compare", "Runs MAE and BootMAE alternately for --rounds and prints the BootMAE/MAE step-time ratio with the lowest ratio the bf16 (or fp32) matrix speed allows", o, o.Step.Append(o.Rounds)));
+        root.Add(Command("profile", "Times the phases of one BootMAE step (median of --steps after --warmup)", o, [o.Preset, o.Batch, o.Steps, o.Warmup, o.Precision, o.TeacherFraction, o.Threads]));
+        root.Add(Command("ops", "Times single ops of a tiny28 teacher block (6400 tokens of width 192) in fp32 and bf16", o, [o.Threads]));
+        root.Add(Command("gpucheck", "CUDA against CPU: losses and weights after a few steps, bf16 teacher, checkpoint portability", o, [o.Device, o.Threads]));
+        root.Add(Command("probe", "Pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features; prints one JSON line", o,
+            [o.Preset, o.Mode, o.Epochs, o.Batch, o.LearningRate, o.TrainPerClass, o.NormPix, o.FeatureWeight, o.Precision, o.Threads]));
+        root.Add(Command("onnx", "Featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp on the same encoder", o, [o.Preset, o.Threads]));
+        root.Add(Command("pretrain", "Pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA and checkpoints", o,
+            [o.Preset, o.Mode, o.Epochs, o.Batch, o.Precision, o.TrainPerClass, o.CheckpointDirectory, o.Curve, o.Preview, o.Threads]));
+        root.Add(EvaluationArguments.CreateCommand(arguments =>
+        {
+            BootMaeRuntime.EnsureTorchLoaded();
+            Microsoft.ML.BootMae.Benchmarks.Evaluation.Run(arguments);
+            return 0;
+        }));
 
-var arguments = Arguments.Parse(args);
-BootMaeRuntime.EnsureTorchLoaded();
-if (arguments.Threads is { } threads)
-{
-    set_num_threads(threads);
-}
+        // Hidden: the reliability tests' child process; its cases and paths pass through as they are.
+        var cases = new Argument<string[]>("cases") { Arity = ArgumentArity.ZeroOrMore };
+        var probe = new Command(ReliabilityProbe.Command, "The reliability tests' child process") { Hidden = true };
+        probe.Add(cases);
+        probe.SetAction(parse => ReliabilityProbe.Run([ReliabilityProbe.Command, .. parse.GetValue(cases) ?? []]));
+        root.Add(probe);
+        return root;
+    }
 
-switch (arguments.Command)
-{
-    case "step":
-        Console.WriteLine(JsonSerializer.Serialize(StepBenchmark.Run(arguments, arguments.Mode)));
-        break;
-    case "compare":
+    private static Command Command(string name, string description, ArgumentOptions o, IEnumerable<Option> options)
+    {
+        var command = new Command(name, description);
+        Configure(command, o, name, options);
+        return command;
+    }
+
+    private static void Configure(Command command, ArgumentOptions o, string name, IEnumerable<Option> options)
+    {
+        foreach (var option in options)
+        {
+            command.Add(option);
+        }
+
+        command.SetAction(parse => Run(o.Bind(parse, name)));
+    }
+
+    private static int Run(Arguments arguments)
+    {
+        BootMaeRuntime.EnsureTorchLoaded();
+        if (arguments.Threads is { } threads)
+        {
+            set_num_threads(threads);
+        }
+
+        switch (arguments.Command)
+        {
+            case "step":
+                Console.WriteLine(JsonSerializer.Serialize(StepBenchmark.Run(arguments, arguments.Mode)));
+                break;
+            case "compare":
+                Compare(arguments);
+                break;
+            case "pretrain":
+                PretrainRun.Run(arguments);
+                break;
+            case "profile":
+                PhaseProfile.Run(arguments);
+                break;
+            case "gpucheck":
+                return GpuCheck.Run(arguments);
+            case "ops":
+                OpProfile.Run();
+                break;
+            case "probe":
+                Console.WriteLine(JsonSerializer.Serialize(ProbeRun.Run(arguments)));
+                break;
+            case "onnx":
+                OnnxBenchmark.Run(arguments);
+                break;
+            default:
+                throw new InvalidOperationException($"No command '{arguments.Command}'.");
+        }
+
+        return 0;
+    }
+
+    private static void Compare(Arguments arguments)
+    {
         var results = new Dictionary<BootMaeMode, List<StepResult>> { [BootMaeMode.Mae] = new(), [BootMaeMode.BootMae] = new() };
         for (int round = 0; round < arguments.Rounds; round++)
         {
@@ -74,30 +139,8 @@ switch (arguments.Command)
             round_ratios = results[BootMaeMode.BootMae].Zip(results[BootMaeMode.Mae]).Select(p => Math.Round(p.First.ms_per_step_median / p.Second.ms_per_step_median, 3)).ToArray(),
             teacher_floor_ms = Math.Round(teacherFloorMs, 1), ratio_floor = Math.Round((mae + teacherFloorMs) / mae, 3),
         }));
-        break;
-    case "pretrain":
-        PretrainRun.Run(arguments);
-        break;
-    case "profile":
-        PhaseProfile.Run(arguments);
-        break;
-    case "gpucheck":
-        return GpuCheck.Run(arguments);
-    case "ops":
-        OpProfile.Run();
-        break;
-    case "probe":
-        Console.WriteLine(JsonSerializer.Serialize(ProbeRun.Run(arguments)));
-        break;
-    case "onnx":
-        OnnxBenchmark.Run(arguments);
-        break;
-    default:
-        Console.Error.WriteLine($"Unknown command '{arguments.Command}'. Use step, compare, profile, ops, probe, onnx, gpucheck or pretrain.");
-        return 2;
+    }
 }
-
-return 0;
 
 internal sealed record StepResult(string impl, string mode, string config, string precision, int batch, int steps, double ms_per_step_median,
     double ms_per_step_min, double images_per_s, double peak_rss_mb, double flops_per_step, double gemm_gflops_calib, double mfu,
@@ -105,27 +148,27 @@ internal sealed record StepResult(string impl, string mode, string config, strin
 
 internal sealed class Arguments
 {
-    public string Command { get; private set; } = "step";
-    public string Preset { get; private set; } = "tiny28";
-    public BootMaeMode Mode { get; private set; } = BootMaeMode.BootMae;
-    public int Batch { get; private set; } = 128;
-    public int Steps { get; private set; } = 12;
-    public int Warmup { get; private set; } = 3;
-    public int? Threads { get; private set; }
-    public BootMaeDevice? DeviceOption { get; private set; }
+    public string Command { get; init; } = "step";
+    public string Preset { get; init; } = "tiny28";
+    public BootMaeMode Mode { get; init; } = BootMaeMode.BootMae;
+    public int Batch { get; init; } = 128;
+    public int Steps { get; init; } = 12;
+    public int Warmup { get; init; } = 3;
+    public int? Threads { get; init; }
+    public BootMaeDevice? DeviceOption { get; init; }
 
     public BootMaeDevice Device => DeviceOption ?? BootMaeDevice.Cpu;
-    public BootMaePrecision Precision { get; private set; } = BootMaePrecision.BFloat16;
-    public double TeacherFraction { get; private set; } = 1.0;
-    public int Rounds { get; private set; } = 2;
-    public double LearningRate { get; private set; } = new BootMaePretrainerSettings().LearningRate;
-    public bool NormPixTarget { get; private set; } = true;
-    public double FeatureWeight { get; private set; } = 1.0;
-    public int Epochs { get; private set; } = 5;
-    public int TrainPerClass { get; private set; } = 1000;
-    public string? CheckpointDirectory { get; private set; }
-    public string? CurvePath { get; private set; }
-    public string? PreviewPath { get; private set; }
+    public BootMaePrecision Precision { get; init; } = BootMaePrecision.BFloat16;
+    public double TeacherFraction { get; init; } = 1.0;
+    public int Rounds { get; init; } = 2;
+    public double LearningRate { get; init; } = new BootMaePretrainerSettings().LearningRate;
+    public bool NormPixTarget { get; init; } = true;
+    public double FeatureWeight { get; init; } = 1.0;
+    public int Epochs { get; init; } = 5;
+    public int TrainPerClass { get; init; } = 1000;
+    public string? CheckpointDirectory { get; init; }
+    public string? CurvePath { get; init; }
+    public string? PreviewPath { get; init; }
 
     public BootMaeArchitecture Architecture => Preset switch
     {
@@ -135,51 +178,61 @@ internal sealed class Arguments
         "small28" => BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 },
         _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28 or small32."),
     };
+}
 
-    public static Arguments Parse(string[] args)
+/// <summary>The options of the commands that read <see cref="Arguments"/>, with the defaults they always had.</summary>
+internal sealed class ArgumentOptions
+{
+    public Option<string> Preset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape", "tiny28", "tiny28", ("tiny28", "tiny28"), ("small28", "small28"), ("small32", "small32"));
+    public Option<BootMaeMode> Mode { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--mode", "BootMAE or plain MAE", BootMaeMode.BootMae, "bootmae", ("bootmae", BootMaeMode.BootMae), ("mae", BootMaeMode.Mae));
+    public Option<int> Batch { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--batch", "Images per step", 128);
+    public Option<int> Steps { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--steps", "Timed steps", 12);
+    public Option<int> Warmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first", 3, min: 0);
+    public Option<int?> Threads { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--threads", "torch intra-op threads [default: torch's]");
+    public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
+    public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision", "Teacher precision (bf16 where the CPU or GPU has it fast)", BootMaePrecision.BFloat16, "bf16",
+        ("bf16", BootMaePrecision.BFloat16), ("bfloat16", BootMaePrecision.BFloat16), ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32));
+    public Option<double> TeacherFraction { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--teacher-fraction", "Share of the batch the teacher encodes", 1.0, 0, 1);
+    public Option<int> Rounds { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--rounds", "MAE-then-BootMAE rounds", 2);
+    public Option<double> LearningRate { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--lr", "Base learning rate", new BootMaePretrainerSettings().LearningRate, 0);
+    public Option<bool> NormPix { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Bool("--norm-pix", "Per-patch normalised pixel targets", true);
+    public Option<double> FeatureWeight { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--feature-weight", "Weight of the feature loss", 1.0, 0);
+    public Option<int> Epochs { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--epochs", "Pretraining epochs", 5);
+    public Option<int> TrainPerClass { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--train-per-class", "Fashion-MNIST training images per class", 1000);
+    public Option<string?> CheckpointDirectory { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--checkpoint-dir", "DIR", "Keep checkpoints and the final encoder.bootmae here");
+    public Option<string?> Curve { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--curve", "FILE.png", "Draw the training curves here");
+    public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
+
+    /// <summary>The options of <c>step</c> (and the root command).</summary>
+    public Option[] Step => [Preset, Mode, Batch, Steps, Warmup, Threads, Device, Precision, TeacherFraction];
+
+    /// <summary>The arguments of <paramref name="command"/>; options the command does not have keep their defaults.</summary>
+    public Arguments Bind(ParseResult parse, string command)
     {
-        var a = new Arguments();
-        int i = 0;
-        if (args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal))
+        T Get<T>(Option<T> option, T fallback) => Microsoft.ML.BootMae.Benchmarks.CommandLine.ValueOr(parse, option, fallback);
+        var d = new Arguments();
+        return new Arguments
         {
-            a.Command = args[0];
-            i = 1;
-        }
-
-        for (; i < args.Length; i += 2)
-        {
-            if (i + 1 >= args.Length)
-            {
-                throw new ArgumentException($"Option {args[i]} needs a value.");
-            }
-
-            string v = args[i + 1];
-            var c = CultureInfo.InvariantCulture;
-            switch (args[i])
-            {
-                case "--preset": a.Preset = v; break;
-                case "--mode": a.Mode = v.Equals("mae", StringComparison.OrdinalIgnoreCase) ? BootMaeMode.Mae : v.Equals("bootmae", StringComparison.OrdinalIgnoreCase) ? BootMaeMode.BootMae : throw new ArgumentException($"--mode {v}: use bootmae or mae."); break;
-                case "--batch": a.Batch = int.Parse(v, c); break;
-                case "--steps": a.Steps = int.Parse(v, c); break;
-                case "--warmup": a.Warmup = int.Parse(v, c); break;
-                case "--threads": a.Threads = int.Parse(v, c); break;
-                case "--device": a.DeviceOption = v is "cpu" ? BootMaeDevice.Cpu : v is "cuda" ? BootMaeDevice.Cuda : throw new ArgumentException($"--device {v}: use cpu or cuda."); break;
-                case "--precision": a.Precision = v is "fp32" or "float32" ? BootMaePrecision.Float32 : v is "bf16" or "bfloat16" ? BootMaePrecision.BFloat16 : throw new ArgumentException($"--precision {v}: use bf16 or fp32."); break;
-                case "--teacher-fraction": a.TeacherFraction = double.Parse(v, c); break;
-                case "--rounds": a.Rounds = int.Parse(v, c); break;
-                case "--lr": a.LearningRate = double.Parse(v, c); break;
-                case "--norm-pix": a.NormPixTarget = bool.Parse(v); break;
-                case "--feature-weight": a.FeatureWeight = double.Parse(v, c); break;
-                case "--epochs": a.Epochs = int.Parse(v, c); break;
-                case "--train-per-class": a.TrainPerClass = int.Parse(v, c); break;
-                case "--checkpoint-dir": a.CheckpointDirectory = v; break;
-                case "--curve": a.CurvePath = v; break;
-                case "--preview": a.PreviewPath = v; break;
-                default: throw new ArgumentException($"Unknown option {args[i]}.");
-            }
-        }
-
-        return a;
+            Command = command,
+            Preset = Get(Preset, d.Preset),
+            Mode = Get(Mode, d.Mode),
+            Batch = Get(Batch, d.Batch),
+            Steps = Get(Steps, d.Steps),
+            Warmup = Get(Warmup, d.Warmup),
+            Threads = Get(Threads, d.Threads),
+            DeviceOption = Get(Device, d.DeviceOption),
+            Precision = Get(Precision, d.Precision),
+            TeacherFraction = Get(TeacherFraction, d.TeacherFraction),
+            Rounds = Get(Rounds, d.Rounds),
+            LearningRate = Get(LearningRate, d.LearningRate),
+            NormPixTarget = Get(NormPix, d.NormPixTarget),
+            FeatureWeight = Get(FeatureWeight, d.FeatureWeight),
+            Epochs = Get(Epochs, d.Epochs),
+            TrainPerClass = Get(TrainPerClass, d.TrainPerClass),
+            CheckpointDirectory = Get(CheckpointDirectory, d.CheckpointDirectory),
+            CurvePath = Get(Curve, d.CurvePath),
+            PreviewPath = Get(Preview, d.PreviewPath),
+        };
     }
 }
 
