@@ -584,13 +584,13 @@ internal sealed class EvaluationArguments
         };
         command.SetAction(parse => run(new EvaluationArguments
         {
-            Seeds = parse.GetValue(seeds)?.Select(seed => seed!.Value).ToArray() ?? d.Seeds,
-            Methods = parse.GetValue(methods)?.ToHashSet() ?? d.Methods,
+            Seeds = CommandLine.ValueOr(parse, seeds, null)?.Select(seed => seed!.Value).ToArray() ?? d.Seeds,
+            Methods = CommandLine.ValueOr(parse, methods, null)?.ToHashSet() ?? d.Methods,
             PretrainMinutes = parse.GetValue(pretrainMinutes),
             PretrainSteps = parse.GetValue(pretrainSteps),
             MaePretrainSteps = parse.GetValue(maeSteps),
             PretrainBatch = parse.GetValue(pretrainBatch),
-            FineTune = parse.GetValue(fineTune) ?? d.FineTune,
+            FineTune = CommandLine.ValueOr(parse, fineTune, null) ?? d.FineTune,
             Probe = CommandLine.ValueOr(parse, probe, d.Probe),
             UnlabelledLimit = parse.GetValue(unlabelled),
             TestLimit = parse.GetValue(test),
@@ -611,7 +611,7 @@ internal sealed class EvaluationArguments
             LoadEncoder = parse.GetValue(loadEncoder),
             LoadedSteps = parse.GetValue(loadedSteps),
             LoadedSeconds = parse.GetValue(loadedSeconds),
-            FromJson = parse.GetValue(fromJson),
+            FromJson = CommandLine.ValueOr(parse, fromJson, null),
             SaveEncoders = parse.GetValue(saveEncoders),
             MarkdownPath = parse.GetValue(markdown),
             JsonPath = parse.GetValue(json),

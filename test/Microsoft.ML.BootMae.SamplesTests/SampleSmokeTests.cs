@@ -189,20 +189,4 @@ public sealed class SampleSmokeTests
         CollectionAssert.AreEqual(new[] { 2.0, 1.0, 0.8 }, points.Select(p => Math.Round(p.TotalLoss, 5)).ToArray());
         Assert.IsTrue(double.IsNaN(points[0].FeatureLoss) && points[2].PixelLoss is > 0.79 and < 0.81);
     }
-
-    [TestMethod]
-    public void ArgumentsRejectTyposAndBadValues()
-    {
-        var arguments = new SampleArguments(["--epochs", "3", "--quick", "--predict", "a.png", "b.png"]);
-        Assert.AreEqual(3, arguments.Int("epochs", 1));
-        Assert.IsTrue(arguments.Flag("quick"));
-        Assert.HasCount(2, arguments.Strings("predict"));
-        arguments.ThrowOnUnknown();
-
-        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epoch", "3"]).ThrowOnUnknown()).Message, "--epoch");
-        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epochs", "x"]).Int("epochs", 1)).Message, "whole number");
-        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--epochs", "0"]).Int("epochs", 1)).Message, "between 1");
-        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["--mode", "train"]).Choice("mode", "finetune", "finetune", "pretrain")).Message, "pretrain");
-        StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => new SampleArguments(["oops"])).Message, "oops");
-    }
 }
