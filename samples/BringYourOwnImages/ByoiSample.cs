@@ -230,7 +230,7 @@ public static class ByoiSample
     private static string CheckpointFolder(string modelPath) => Path.ChangeExtension(modelPath, ".checkpoints");
 
     private static string Kept(TrainingProgress progress, string checkpoints) =>
-        $"Training stopped at step {progress.Steps}; its checkpoint is in {checkpoints}: run the same command with --resume to continue from it.";
+        $"Training stopped; {SampleCommandLine.DescribeCheckpoint(checkpoints)}: run the same command with --resume to continue from it.";
 
     private static BootMaeArchitecture SettingsArchitecture(ByoiSettings settings) => settings.Architecture;
 

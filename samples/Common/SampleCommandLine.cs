@@ -208,6 +208,15 @@ public static class SampleCommandLine
         }
     }
 
+    /// <summary>"its checkpoint is FOLDER/step-N" for the newest checkpoint in <paramref name="folder"/>, or "no checkpoint was written (no step was finished)".</summary>
+    public static string DescribeCheckpoint(string folder)
+    {
+        var newest = Directory.Exists(folder)
+            ? Directory.GetFileSystemEntries(folder).OrderByDescending(p => File.GetLastWriteTimeUtc(p)).ThenByDescending(p => p, StringComparer.Ordinal).FirstOrDefault()
+            : null;
+        return newest is null ? $"no checkpoint was written in {folder} (no step was finished)" : $"its last checkpoint is {newest}";
+    }
+
     private sealed class RunSample : SynchronousCommandLineAction
     {
         public override int Invoke(ParseResult parseResult) => 0;

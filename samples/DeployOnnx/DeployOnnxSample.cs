@@ -83,7 +83,7 @@ public static class DeployOnnxSample
                 MetricsCallback = progress.Report, LogEveryNSteps = 5, CancellationToken = cancellation,
             }));
         using var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => trainer.Fit(train),
-            () => $"Fine-tuning stopped at step {progress.Steps}; nothing was exported (a run of a few minutes: start it again)."));
+            () => $"Fine-tuning stopped after step {progress.Steps} was reported; nothing was exported (a run of a few minutes: start it again)."));
         output.WriteLine($"Fine-tuned {(settings.EncoderPath is null ? "a randomly initialised" : "the given")} {architecture.Depth}-block encoder for {settings.FineTuneEpochs} epoch(s).");
 
         // 2. Export: one .onnx file, then an ML.NET pipeline of ML.NET's own transforms in front of it.

@@ -140,7 +140,7 @@ public static class FeaturizeSample
                 CancellationToken = cancellation, CheckpointDirectory = checkpoints, ResumeFromCheckpoint = settings.Resume,
             }));
         using var pretrained = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pretrainer.Fit(train),
-            () => $"Pretraining stopped at step {progress.Steps}; its checkpoint is in {checkpoints}: run again with --resume to continue from it."));
+            () => $"Pretraining stopped; {SampleCommandLine.DescribeCheckpoint(checkpoints)}: run again with --resume to continue from it."));
         return pretrained.LastTransformer.Encoder.Clone(); // the transformer owns (and disposes) its encoder
     }
 

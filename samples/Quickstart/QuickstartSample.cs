@@ -136,7 +136,7 @@ public static class QuickstartSample
                 ReconstructionPreviewPath = Path.Combine(outputDirectory, "reconstructions.png"),
             }));
         using var pretrained = pretrainProgress.Run(() => SampleCommandLine.ExplainCancellation(() => pretrainer.Fit(unlabelled),
-            () => $"Pretraining stopped at step {pretrainProgress.Steps}; its checkpoint is in {checkpoints}: run again with --resume to continue from it."));
+            () => $"Pretraining stopped; {SampleCommandLine.DescribeCheckpoint(checkpoints)}: run again with --resume to continue from it."));
         var pretrainTime = clock.Elapsed;
         var encoder = pretrained.LastTransformer.Encoder;
         var encoderPath = Path.Combine(outputDirectory, "encoder.bootmae");
@@ -297,7 +297,7 @@ public static class QuickstartSample
             .Append(ml.MulticlassClassification.Trainers.BootMaeImageClassification(options))
             .Append(ml.Transforms.Conversion.MapKeyToValue("PredictedLabel"));
         var model = progress.Run(() => SampleCommandLine.ExplainCancellation(() => pipeline.Fit(labelled),
-            () => $"'{name}' stopped at step {progress.Steps}; the pretrained encoder is kept in {Path.Combine(Path.GetFullPath(settings.OutputDirectory), "encoder.bootmae")}."));
+            () => $"'{name}' stopped after step {progress.Steps} was reported; the pretrained encoder is kept in {Path.Combine(Path.GetFullPath(settings.OutputDirectory), "encoder.bootmae")}."));
         return (model, progress, clock.Elapsed);
     }
 

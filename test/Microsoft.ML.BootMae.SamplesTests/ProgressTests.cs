@@ -71,8 +71,8 @@ public sealed partial class ProgressTests
         Assert.AreEqual(SampleCommandLine.CanceledExitCode, run.Process.ExitCode, run.Output + run.Error);
         var checkpoints = Path.Combine(_folder, "checkpoints");
         StringAssert.Contains(run.Error, "Ctrl+C: stopping after the current step");
-        StringAssert.Contains(run.Error, $"Cancelled. Pretraining stopped at step ");
-        StringAssert.Contains(run.Error, $"its checkpoint is in {checkpoints}: run again with --resume");
+        StringAssert.Contains(run.Error, $"Cancelled. Pretraining stopped; its last checkpoint is {Path.Combine(checkpoints, "step-")}");
+        StringAssert.Contains(run.Error, ": run again with --resume to continue from it.");
         Assert.IsNotEmpty(Directory.GetFileSystemEntries(checkpoints), "the checkpoint at the step reached");
         Assert.DoesNotContain("Unhandled exception", run.Error);
         Assert.DoesNotContain("Done in ", run.Output, "stopped before the end");
