@@ -61,7 +61,9 @@ public sealed class SampleSmokeTests
             Assert.IsLessThan(pretrained.Steps, sameEpochs.Steps, $"{labels} labels: equal epochs means only the fine-tuning steps");
         }
 
-        Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1), output.ToString());
+        // Tiny runs on 20 test images are at chance (measured 0.05–0.30), so only the accuracies' form is checked: each is
+        // a count of the 20 test images.
+        Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1 && Math.Abs((r.Accuracy * 20) - Math.Round(r.Accuracy * 20)) < 1e-9), output.ToString());
         StringAssert.Contains(output.ToString(), "What the numbers mean");
         foreach (var file in new[] { "masks.png", "reconstructions.png", "pretraining-curves.png", "model.zip", "encoder.bootmae" })
         {
@@ -99,7 +101,9 @@ public sealed class SampleSmokeTests
             EncoderPath = encoderPath, OutputDirectory = _folder, TrainPerClass = 5, TestPerClass = 3, Queries = 2, Neighbours = 3,
         }, output);
 
-        Assert.IsTrue(result.Accuracy is >= 0 and <= 1, output.ToString());
+        // Random-encoder features + SDCA on 30 test images (chance 0.1): measured 0.33; a zeroed encoder gives 0.10. The
+        // neighbour agreement of 2 queries × 3 neighbours is too few to beat chance (measured 1/6).
+        Assert.IsGreaterThanOrEqualTo(0.2, result.Accuracy, output.ToString());
         Assert.IsTrue(result.NeighbourLabelAgreement is >= 0 and <= 1);
         Assert.IsTrue(File.Exists(result.PicturePath));
         StringAssert.Contains(output.ToString(), "->");

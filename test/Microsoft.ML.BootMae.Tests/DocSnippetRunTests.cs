@@ -60,7 +60,8 @@ public sealed class DocSnippetRunTests
     {
         float accuracy = MlNetSnippets.QuickStart();
 
-        Assert.IsTrue(accuracy is >= 0 and <= 1, $"macro accuracy {accuracy}");
+        // 50 test images of 10 classes (chance 0.1): measured 0.52; with the pretrained encoder's weights zeroed, 0.10.
+        Assert.IsGreaterThanOrEqualTo(0.3f, accuracy, $"macro accuracy {accuracy}");
     }
 
     [TestMethod]
@@ -68,7 +69,11 @@ public sealed class DocSnippetRunTests
     {
         var (features, fineTuned, probe, predicted) = MlNetSnippets.Tutorial(tiny: true);
 
-        Assert.IsTrue(features is >= 0 and <= 1 && fineTuned is >= 0 and <= 1 && probe is >= 0 and <= 1);
+        // Features + SDCA on 20 test images (chance 0.1): measured 0.55; with the encoder's weights zeroed, 0.10. One epoch
+        // of fine-tuning or probing on 36 images is at chance (measured 0.20 and 0.15), so those two are only checked to be
+        // accuracies; the full-size tutorial's numbers are in docs/tutorial.md.
+        Assert.IsGreaterThanOrEqualTo(0.3, features, $"features + SDCA macro accuracy {features}");
+        Assert.IsTrue(fineTuned is >= 0 and <= 1 && probe is >= 0 and <= 1, $"{fineTuned} {probe}");
         CollectionAssert.Contains(FashionMnistSample.ClassNames.ToList(), predicted, "the saved model predicts a class name");
     }
 

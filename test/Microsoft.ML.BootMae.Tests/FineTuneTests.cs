@@ -135,14 +135,35 @@ public sealed class FineTuneTests
     [TestMethod]
     public void LayerDecayScalesFollowSpec()
     {
+        // The official numbers for ViT-B (BEiT/BootMAE run_class_finetuning, layer_decay 0.65, 12 blocks): the list
+        // 0.65 ** (12 + 1 - i) for i in 0..13, written out; layer id 0 = cls_token, pos_embed, patch_embed; k + 1 = block k;
+        // 13 = everything after the blocks (fc_norm, head).
+        double[] official =
+        {
+            0.003697205891018715, 0.005688009063105715, 0.008750783174008792, 0.013462743344628911, 0.02071191283789063,
+            0.03186448128906251, 0.049022278906250015, 0.07541889062500001, 0.11602906250000002, 0.17850625000000003,
+            0.274625, 0.4225, 0.65, 1.0,
+        };
+        Assert.AreEqual(official[0], ImageClassifierEngine.LayerDecayScale("encoder.cls_token", 12, 0.65), 1e-15);
+        Assert.AreEqual(official[0], ImageClassifierEngine.LayerDecayScale("encoder.pos_embed", 12, 0.65), 1e-15);
+        Assert.AreEqual(official[0], ImageClassifierEngine.LayerDecayScale("encoder.patch_embed.proj.weight", 12, 0.65), 1e-15);
+        for (int block = 0; block < 12; block++)
+        {
+            Assert.AreEqual(official[block + 1], ImageClassifierEngine.LayerDecayScale($"encoder.blocks.{block}.attn.qkv.weight", 12, 0.65), 1e-15, $"block {block}");
+            Assert.AreEqual(official[block + 1], ImageClassifierEngine.LayerDecayScale($"encoder.blocks.{block}.mlp.fc2.bias", 12, 0.65), 1e-15, $"block {block}");
+        }
+
+        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.head.weight", 12, 0.65));
+        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.fc_norm.bias", 12, 0.65));
+        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("encoder.blocks.11.norm1.weight", 12, 1.0), "no decay");
+
+        // The groups of the 2-block test model: ld^3 for the embedding, ld^2 and ld for the blocks, 1 for the head.
         const double ld = 0.65;
-        const int depth = 2;
-        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.head.weight", depth, ld));
-        Assert.AreEqual(1.0, ImageClassifierEngine.LayerDecayScale("classifier.fc_norm.bias", depth, ld));
-        Assert.AreEqual(ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.blocks.0.attn.qkv.weight", depth, ld), 1e-12);
-        Assert.AreEqual(ld, ImageClassifierEngine.LayerDecayScale("encoder.blocks.1.mlp.fc2.bias", depth, ld), 1e-12);
-        Assert.AreEqual(ld * ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.patch_embed.proj.weight", depth, ld), 1e-12);
-        Assert.AreEqual(ld * ld * ld, ImageClassifierEngine.LayerDecayScale("encoder.cls_token", depth, ld), 1e-12);
+        var expectedScale = new (string Prefix, double Scale)[]
+        {
+            ("encoder.patch_embed.", 0.274625), ("encoder.cls_token", 0.274625), ("encoder.blocks.0.", 0.4225),
+            ("encoder.blocks.1.", 0.65), ("classifier.", 1.0),
+        };
 
         using var model = new ImageClassifier(new VisionTransformerEncoder(Tiny), Classes, linearProbe: false, sourceBlock: 1);
         foreach (var (name, p) in model.named_parameters())
@@ -157,7 +178,7 @@ public sealed class FineTuneTests
         var dims = model.named_parameters().ToDictionary(x => x.name, x => x.parameter.dim());
         foreach (var (name, scale, wd) in listed)
         {
-            Assert.AreEqual(ImageClassifierEngine.LayerDecayScale(name, depth, ld), scale, 1e-12, name);
+            Assert.AreEqual(expectedScale.Single(e => name.StartsWith(e.Prefix, StringComparison.Ordinal)).Scale, scale, 1e-12, name);
             // Spec §10.13: every 1-D tensor (biases, q/v biases, LN), and cls_token, are not decayed.
             bool noDecay = dims[name] <= 1 || name == "encoder.cls_token";
             Assert.AreEqual(noDecay ? 0.0 : 0.05, wd, name);
@@ -340,6 +361,87 @@ public sealed class FineTuneTests
         var validationReports = reports.Where(r => r.Dataset == BootMaeDataset.Validation).ToList();
         CollectionAssert.AreEqual(new[] { 0, 1, 2 }, validationReports.Select(r => r.Epoch).ToArray(), "stopped after 3 of 10 epochs");
         Assert.IsTrue(validationReports.All(r => r.Accuracy is >= 0f and <= 1f && float.IsFinite(r.Loss)));
+    }
+
+    [TestMethod]
+    public void ReturnBestModelRestoresTheBestEpochsWeights()
+    {
+        // Validation labels are right in epoch 0 and one class off from epoch 1 on, so the last epoch is the worse one.
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 13);
+        var validation = new LabelsGoWrongAfterEpoch0(ValidationSource());
+        Assert.IsTrue(new FineTuneSettings().ReturnBestModel, "on by default");
+        var reports = new List<BootMaeTrainingMetrics>();
+        var log = new List<string>();
+        using var best = ImageClassifierEngine.Train(encoder, Classes, Source(), validation, Settings(epochs: 2), reports.Add, log.Add, CancellationToken.None);
+
+        var losses = reports.Where(r => r.Dataset == BootMaeDataset.Validation).Select(r => r.Loss).ToList();
+        Assert.HasCount(2, losses);
+        Assert.IsGreaterThan(losses[0], losses[1], "the construction: epoch 1 validates worse than epoch 0");
+        Assert.IsTrue(log.Any(l => l.StartsWith("Restored the weights of epoch 0", StringComparison.Ordinal)), string.Join("\n", log));
+
+        var lastSettings = Settings(epochs: 2);
+        lastSettings.ReturnBestModel = false;
+        using var last = ImageClassifierEngine.Train(encoder, Classes, Source(), new LabelsGoWrongAfterEpoch0(ValidationSource()), lastSettings, null, null, CancellationToken.None);
+
+        // Epoch 0's weights under the same schedule: the same run, stopped (and returned as it is) right after epoch 0's validation.
+        var firstSettings = Settings(epochs: 2);
+        firstSettings.ReturnBestModel = false;
+        firstSettings.ReturnModelOnCancellation = true;
+        using var cts = new CancellationTokenSource();
+        using var epoch0 = ImageClassifierEngine.Train(encoder, Classes, Source(), new LabelsGoWrongAfterEpoch0(ValidationSource()), firstSettings, m =>
+        {
+            if (m.Dataset == BootMaeDataset.Validation && m.Epoch == 0)
+            {
+                cts.Cancel();
+            }
+        }, null, cts.Token);
+
+        CollectionAssert.AreEqual(Bytes(epoch0), Bytes(best), "the returned weights are epoch 0's");
+        CollectionAssert.AreNotEqual(Bytes(last), Bytes(best), "not the last epoch's");
+    }
+
+    [TestMethod]
+    public void LayerDecayLearningRatesReachTheOptimizerGroups()
+    {
+        // Layer decay 0.5 on 2 blocks, written out: patch embedding and cls 0.125, block 0 0.25, block 1 0.5, fc_norm and head 1.
+        var expected = new (string Prefix, double Scale)[]
+        {
+            ("encoder.patch_embed.", 0.125), ("encoder.cls_token", 0.125), ("encoder.blocks.0.", 0.25), ("encoder.blocks.1.", 0.5), ("classifier.", 1.0),
+        };
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 12);
+        var seen = new List<(long Step, double Scheduled, List<(string[] Names, double LearningRate)> Groups)>();
+        var settings = new FineTuneSettings
+        {
+            MaxEpochs = 1, MaxSteps = 3, BatchSize = 32, LearningRate = 2e-3, Seed = 11, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, LayerDecay = 0.5,
+            AfterStep = t => seen.Add((t.Step, t.ScheduledLearningRate,
+                t.Groups.Select((g, i) => (g.Parameters.Select(p => p.Name).ToArray(), t.OptimizerGroups[i].LearningRate)).ToList())),
+        };
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+
+        CollectionAssert.AreEqual(new long[] { 0, 1, 2 }, seen.Select(s => s.Step).ToArray());
+        Assert.AreEqual(2e-3, seen[0].Scheduled, 1e-15, "no warmup step in 3 steps: the cosine starts at the peak");
+        foreach (var (step, scheduled, groups) in seen)
+        {
+            Assert.IsGreaterThan(4, groups.Count, "one group per layer id and decay kind");
+            foreach (var (names, learningRate) in groups)
+            {
+                var scales = names.Select(n => expected.Single(e => n.StartsWith(e.Prefix, StringComparison.Ordinal)).Scale).Distinct().ToList();
+                Assert.HasCount(1, scales, $"one layer id per group: {string.Join(", ", names)}");
+                Assert.AreEqual(scheduled * scales[0], learningRate, 1e-15, $"step {step}, {names[0]}");
+            }
+        }
+    }
+
+    // Validation batches with the right labels in epoch 0 and every label one class off afterwards.
+    private sealed class LabelsGoWrongAfterEpoch0(IImageBatchSource inner) : IImageBatchSource
+    {
+        public long? Count => inner.Count;
+
+        public IEnumerable<ImageBatch> ReadEpoch(int epoch, int batchSize, CancellationToken cancellationToken) =>
+            epoch == 0
+                ? inner.ReadEpoch(epoch, batchSize, cancellationToken)
+                : inner.ReadEpoch(epoch, batchSize, cancellationToken).Select(b => b with { Labels = b.Labels!.Select(l => (l + 1) % Classes).ToArray() });
     }
 
     [TestMethod]

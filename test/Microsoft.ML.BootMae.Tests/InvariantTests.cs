@@ -241,9 +241,30 @@ public sealed class InvariantTests
         Assert.AreEqual(ScalarType.Float32, b.dtype);
         Assert.IsLessThan(0.15f, ((a - b).abs().max() / a.abs().max()).item<float>(), "bf16 output close to fp32");
 
+        // Move the student away from the teachers, then copy it in (m = 0): the bfloat16 twin the forwards run on must
+        // be the new master rounded to bfloat16, entry by entry, not the weights it was built with.
+        using (no_grad())
+        {
+            foreach (var p in net.Encoder.parameters())
+            {
+                p.add_(randn_like(p) * 0.05f);
+            }
+        }
+
+        var twin = bf16.ComputeEncoder!.state_dict();
+        var before = twin.ToDictionary(kv => kv.Key, kv => kv.Value.clone());
         bf16.Update(net.Encoder, 0.0);
         fp32.Update(net.Encoder, 0.0);
         TensorAssert.Equal(fp32.Encoder.state_dict()["blocks.0.attn.qkv.weight"], bf16.Encoder.state_dict()["blocks.0.attn.qkv.weight"], "masters agree");
+        foreach (var (key, master) in bf16.Encoder.state_dict())
+        {
+            Assert.AreEqual(ScalarType.BFloat16, twin[key].dtype, key);
+            TensorAssert.Equal(master.to(ScalarType.BFloat16), twin[key], "the bf16 twin follows its master after the update: " + key);
+        }
+
+        Assert.IsFalse(before["blocks.0.attn.qkv.weight"].eq(twin["blocks.0.attn.qkv.weight"]).all().item<bool>(), "the twin changed with the update");
+        var afterUpdate = bf16.Forward(images);
+        Assert.IsLessThan(0.15f, ((fp32.Forward(images) - afterUpdate).abs().max() / afterUpdate.abs().max()).item<float>(), "bf16 output follows the updated fp32 teacher");
     }
 
     // §10.10

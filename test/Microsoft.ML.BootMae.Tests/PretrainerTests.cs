@@ -203,14 +203,32 @@ public sealed class PretrainerTests
     public void FrozenTeacherAndTeacherFractionRun()
     {
         using var frozen = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
+        var given = Weights(frozen);
         var settings = Settings(epochs: 1);
         settings.Teacher = BootMaeTeacher.Frozen;
         settings.TeacherEncoder = frozen;
         settings.TeacherFraction = 0.25;
         var metrics = new List<BootMaeTrainingMetrics>();
+        var steps = new List<long>();
 
-        using var encoder = new BootMaePretrainer(Tiny, settings).Train(FashionSource(4), metrics.Add);
+        // The run's own teacher, after every step (optimizer step and the EMA update, if there were one): bit-identical to the given encoder.
+        var hooks = new PretrainingHooks
+        {
+            AfterStep = trace =>
+            {
+                steps.Add(trace.Step);
+                Assert.IsNull(trace.EmaMomentum, "a frozen teacher gets no EMA update");
+                Assert.IsNotNull(trace.Teacher);
+                using var scope = NewDisposeScope();
+                var teacher = trace.Teacher.Encoder.parameters().SelectMany(p => p.detach().cpu().flatten().data<float>().ToArray()).ToArray();
+                CollectionAssert.AreEqual(given, teacher, $"the frozen teacher changed at step {trace.Step}");
+            },
+        };
+        using var encoder = new BootMaePretrainer(Tiny, settings) { Hooks = hooks }.Train(FashionSource(4), metrics.Add);
 
+        CollectionAssert.AreEqual(new long[] { 0, 1, 2 }, steps);
+        CollectionAssert.AreEqual(given, Weights(frozen), "the caller's TeacherEncoder is untouched");
+        CollectionAssert.AreNotEqual(given, Weights(encoder), "the student trained");
         Assert.IsTrue(metrics.All(m => float.IsFinite(m.Loss) && m.FeatureLoss is >= 0));
     }
 

@@ -116,9 +116,58 @@ public sealed class RecipeTests
         var longRun = BootMaePretrainer.CreateSchedules(250_000, s);
         Assert.AreEqual(Schedules.ScaledEmaMomenta(250_000).End, longRun.EmaMomentum(249_999), 1e-12);
 
-        var explicitMomenta = BootMaePretrainer.CreateSchedules(395, new BootMaePretrainerSettings { EmaMomentumStart = 0.9, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.99 });
+        var log = new List<string>();
+        var explicitMomenta = BootMaePretrainer.CreateSchedules(395, new BootMaePretrainerSettings { EmaMomentumStart = 0.9, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.99 }, log.Add);
         Assert.AreEqual(0.9, explicitMomenta.EmaMomentum(0), 1e-12);
         Assert.AreEqual(0.99, explicitMomenta.EmaMomentum(394), 1e-12);
+        BootMaePretrainer.CreateSchedules(395, s, log.Add);
+        Assert.IsEmpty(log, "nothing given is raised: nothing is logged");
+    }
+
+    [TestMethod]
+    public void RaisedEmaMomentaAreLoggedInOneLine()
+    {
+        // Momenta never decrease: a given Mid and End below the Start are raised to it, and the log says so once.
+        var log = new List<string>();
+        var settings = new BootMaePretrainerSettings { EmaMomentumStart = 0.99, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.9 };
+
+        var schedules = BootMaePretrainer.CreateSchedules(400, settings, log.Add);
+
+        Assert.AreEqual(0.99, schedules.EmaMid, 1e-15);
+        Assert.AreEqual(0.99, schedules.EmaEnd, 1e-15);
+        Assert.HasCount(1, log, string.Join("\n", log));
+        StringAssert.Contains(log[0], "EmaMomentumMid from 0.95 to 0.99");
+        StringAssert.Contains(log[0], "EmaMomentumEnd from 0.9 to 0.99");
+
+        // Only End below Mid: only End is named. A scaled (null) Mid raised to a high Start is not a user value and is not logged.
+        log.Clear();
+        BootMaePretrainer.CreateSchedules(400, new BootMaePretrainerSettings { EmaMomentumMid = 0.999, EmaMomentumEnd = 0.998 }, log.Add);
+        Assert.HasCount(1, log);
+        StringAssert.Contains(log[0], "EmaMomentumEnd from 0.998 to 0.999");
+        Assert.DoesNotContain("EmaMomentumMid", log[0]);
+        log.Clear();
+        BootMaePretrainer.CreateSchedules(400, new BootMaePretrainerSettings { EmaMomentumStart = 0.9999 }, log.Add);
+        Assert.IsEmpty(log);
+
+        // Through Train, to the run's log callback.
+        var split = FashionMnistSample.LoadArrays(trainPerClass: 2, testPerClass: 0).Train;
+        var pixels = new float[split.Count * 784];
+        for (int i = 0; i < split.Count; i++)
+        {
+            split.GetImage(i).CopyTo(pixels, i * 784);
+        }
+
+        var run = new BootMaePretrainerSettings
+        {
+            MaxEpochs = 1, MaxSteps = 1, BatchSize = 20, Seed = 3, Device = BootMaeDevice.Cpu, Precision = BootMaePrecision.Float32,
+            EmaMomentumStart = 0.99, EmaMomentumMid = 0.95,
+        };
+        var lines = new List<string>();
+        using (new BootMaePretrainer(PretrainerTests.Tiny, run).Train(new InMemoryImageSource(pixels, null, split.Count, 1, 28, 3, shuffle: true), log: lines.Add))
+        {
+        }
+
+        Assert.AreEqual(1, lines.Count(l => l.StartsWith("Raised EmaMomentumMid from 0.95 to 0.99", StringComparison.Ordinal)), string.Join("\n", lines));
     }
 
     [TestMethod]

@@ -1,4 +1,5 @@
 using Microsoft.ML.BootMae;
+using Microsoft.ML.BootMae.Training;
 
 namespace Microsoft.ML;
 
@@ -20,11 +21,11 @@ public static class BootMaeCatalog
     /// <param name="outputColumnName">The added <c>Vector&lt;Single, D&gt;</c> column.</param>
     /// <param name="imageColumnName">The image column: encoded bytes (<c>LoadRawImageBytes</c>), <c>Image</c> or a pixel vector.</param>
     /// <param name="architecture">Network shape; <c>null</c> means <see cref="BootMaeArchitecture.VitBase16"/>.</param>
-    /// <param name="maxEpochs">Passes over the data.</param>
-    /// <param name="batchSize">Images per optimizer step.</param>
+    /// <param name="maxEpochs">Passes over the data. Default 100.</param>
+    /// <param name="batchSize">Images per optimizer step. Default 64.</param>
     /// <returns>An estimator whose fit runs the pretraining.</returns>
     public static BootMaePretrainingEstimator BootMaePretrain(this TransformsCatalog catalog, string outputColumnName = "Features",
-        string imageColumnName = "Image", BootMaeArchitecture? architecture = null, int maxEpochs = 100, int batchSize = 64)
+        string imageColumnName = "Image", BootMaeArchitecture? architecture = null, int maxEpochs = PretrainingDefaults.MaxEpochs, int batchSize = PretrainingDefaults.BatchSize)
     {
         ArgumentNullException.ThrowIfNull(catalog);
         return BootMaePretrain(catalog, new BootMaePretrainingEstimator.Options
@@ -85,13 +86,13 @@ public static class BootMaeCatalog
     /// <param name="scoreColumnName">The added class-probability column.</param>
     /// <param name="predictedLabelColumnName">The added predicted-label key column.</param>
     /// <param name="encoder">The pretrained encoder to start from (copied); <c>null</c> trains from a random start.</param>
-    /// <param name="maxEpochs">Passes over the training data.</param>
-    /// <param name="batchSize">Images per optimizer step.</param>
+    /// <param name="maxEpochs">Passes over the training data. Default 20.</param>
+    /// <param name="batchSize">Images per optimizer step. Default 32.</param>
     /// <param name="validationSet">Labelled data scored after each epoch; the best epoch is returned.</param>
     /// <returns>The trainer.</returns>
     public static BootMaeImageClassificationTrainer BootMaeImageClassification(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string labelColumnName = "Label", string imageColumnName = "Image", string scoreColumnName = "Score",
-        string predictedLabelColumnName = "PredictedLabel", BootMaeEncoder? encoder = null, int maxEpochs = 20, int batchSize = 32,
+        string predictedLabelColumnName = "PredictedLabel", BootMaeEncoder? encoder = null, int maxEpochs = FineTuneDefaults.MaxEpochs, int batchSize = FineTuneDefaults.BatchSize,
         IDataView? validationSet = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);

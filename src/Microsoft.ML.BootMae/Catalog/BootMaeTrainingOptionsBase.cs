@@ -7,7 +7,7 @@ public abstract class BootMaeTrainingOptionsBase
     internal static class SharedDefaults
     {
         internal const string ImageColumnName = "Image";
-        internal const int LogEveryNSteps = 50;
+        internal const int LogEveryNSteps = Training.PretrainingDefaults.LogEveryNSteps;
         internal const int ShufflePoolSize = 1000;
         internal const long MaxImagePixels = DataViews.ImageDecoder.DefaultMaxImagePixels;
     }

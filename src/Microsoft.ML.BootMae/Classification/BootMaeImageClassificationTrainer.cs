@@ -62,21 +62,13 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
     /// <summary>Settings of <see cref="BootMaeImageClassificationTrainer"/>.</summary>
     public sealed class Options : BootMaeTrainingOptionsBase
     {
-        /// <summary>Default values.</summary>
+        /// <summary>Default values of the ML.NET-only settings.</summary>
         internal static class Defaults
         {
             internal const string LabelColumnName = "Label";
             internal const string ScoreColumnName = "Score";
             internal const string PredictedLabelColumnName = "PredictedLabel";
-            internal const int MaxEpochs = 20;
-            internal const int BatchSize = 32;
-            internal const double LearningRate = 1e-3;
-            internal const double WeightDecay = 0.05;
-            internal const double DropPathRate = 0.1;
-            internal const double LabelSmoothing = 0.1;
-            internal const double WarmupFraction = 0.1;
-            internal const double MinLearningRate = 1e-6;
-            internal const double EarlyStoppingMinDelta = 0.0;
+            // Only the ML.NET-side ones; the training defaults live in FineTuneDefaults, shared with the engine.
             internal const int InferenceBatchSize = 32;
         }
 
@@ -93,16 +85,16 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         public BootMaeEncoder? Encoder;
 
         /// <summary>Passes over the training data. Default 20.</summary>
-        public int MaxEpochs = Defaults.MaxEpochs;
+        public int MaxEpochs = FineTuneDefaults.MaxEpochs;
 
         /// <summary>Images per optimizer step. Default 32.</summary>
-        public int BatchSize = Defaults.BatchSize;
+        public int BatchSize = FineTuneDefaults.BatchSize;
 
         /// <summary>Absolute peak learning rate (after warmup, before cosine decay; no batch scaling). Default 1e-3.</summary>
-        public double LearningRate = Defaults.LearningRate;
+        public double LearningRate = FineTuneDefaults.LearningRate;
 
         /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
-        public double MinLearningRate = Defaults.MinLearningRate;
+        public double MinLearningRate = FineTuneDefaults.MinLearningRate;
 
         /// <summary>
         /// Layer-wise learning-rate decay: block k of L gets LayerDecay^(L−k). Default <c>null</c>: chosen for the encoder —
@@ -112,16 +104,16 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         public double? LayerDecay;
 
         /// <summary>AdamW weight decay. Default 0.05.</summary>
-        public double WeightDecay = Defaults.WeightDecay;
+        public double WeightDecay = FineTuneDefaults.WeightDecay;
 
         /// <summary>Stochastic depth rate of the encoder. Default 0.1.</summary>
-        public double DropPathRate = Defaults.DropPathRate;
+        public double DropPathRate = FineTuneDefaults.DropPathRate;
 
         /// <summary>Label smoothing of the cross-entropy. Default 0.1.</summary>
-        public double LabelSmoothing = Defaults.LabelSmoothing;
+        public double LabelSmoothing = FineTuneDefaults.LabelSmoothing;
 
         /// <summary>Share of the steps spent in linear warmup. Default 0.1.</summary>
-        public double WarmupFraction = Defaults.WarmupFraction;
+        public double WarmupFraction = FineTuneDefaults.WarmupFraction;
 
         /// <summary>Train only the head on a frozen encoder (the linear probe). Default <c>false</c>.</summary>
         public bool FreezeEncoder;
@@ -144,7 +136,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         public int? EarlyStoppingPatience;
 
         /// <summary>Smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
-        public double EarlyStoppingMinDelta = Defaults.EarlyStoppingMinDelta;
+        public double EarlyStoppingMinDelta = FineTuneDefaults.EarlyStoppingMinDelta;
 
         /// <summary>Return the weights of the epoch with the lowest monitored loss instead of the last epoch's. Default <c>true</c>.</summary>
         public bool ReturnBestModel = true;
@@ -160,7 +152,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         public long? CheckpointEveryNSteps;
 
         /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
-        public int CheckpointsToKeep = 2;
+        public int CheckpointsToKeep = FineTuneDefaults.CheckpointsToKeep;
 
         /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one;
         /// damaged ones, and ones made with another architecture, class count or run-shaping settings, are skipped
@@ -276,7 +268,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize, options.MaxImagePixels);
     }
 
-    private static FineTuneSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
+    // The engine settings of a run: every Options field that the engine declares is carried over here (SettingsDefaultsTests
+    // checks that by reflection), except Augment, which this layer applies while decoding.
+    internal static FineTuneSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,

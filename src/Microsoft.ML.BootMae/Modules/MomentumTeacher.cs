@@ -52,6 +52,9 @@ internal sealed class MomentumTeacher : IDisposable
 
     public bool UsesBFloat16 => compute is not null;
 
+    // The bfloat16 twin the forwards run on (null without bf16 compute); for tests that check it follows the master.
+    internal VisionTransformerEncoder? ComputeEncoder => compute;
+
     // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged; m = 0 copies
     // (use that to load a frozen pretrained encoder for TeacherKind.Frozen, then never update again).
     public void Update(VisionTransformerEncoder student, double momentum)

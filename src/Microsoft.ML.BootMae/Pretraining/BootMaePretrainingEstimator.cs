@@ -59,69 +59,73 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
     /// <summary>Settings of <see cref="BootMaePretrainingEstimator"/>.</summary>
     public sealed class Options : BootMaeTrainingOptionsBase
     {
-        /// <summary>Default values.</summary>
+        /// <summary>Default values of the ML.NET-only settings.</summary>
         internal static class Defaults
         {
+            // Only the ML.NET-side ones; the training defaults live in PretrainingDefaults, shared with the engine.
             internal const string OutputColumnName = "Features";
-            internal const int MaxEpochs = 100;
-            internal const int BatchSize = 64;
-            internal const double LearningRate = 1.5e-3;
-            internal const double MinLearningRateFraction = 0.01;
-            internal const double WarmupFraction = 0.05;
-            internal const double WeightDecay = 0.05;
-            internal const double FeatureLossWeight = 1.0;
-            internal const double MaskRatio = 0.75;
             internal const int InferenceBatchSize = 32;
-            internal const double EmaMomentumFloor = 0.996;
-            internal const double PixelTargetEpsilon = 1e-5;
         }
 
         /// <summary>The added embedding column. Default <c>"Features"</c>.</summary>
         public string OutputColumnName = Defaults.OutputColumnName;
 
         /// <summary>Passes over the data. Default 100 (the paper uses 800 on ImageNet).</summary>
-        public int MaxEpochs = Defaults.MaxEpochs;
+        public int MaxEpochs = PretrainingDefaults.MaxEpochs;
 
         /// <summary>Images per optimizer step. Default 64.</summary>
-        public int BatchSize = Defaults.BatchSize;
+        public int BatchSize = PretrainingDefaults.BatchSize;
 
         /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-3 (the paper's 1.5e-4 suits 800-epoch runs; shorter runs need more).</summary>
-        public double LearningRate = Defaults.LearningRate;
+        public double LearningRate = PretrainingDefaults.LearningRate;
 
         /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
-        public double MinLearningRateFraction = Defaults.MinLearningRateFraction;
+        public double MinLearningRateFraction = PretrainingDefaults.MinLearningRateFraction;
 
         /// <summary>Share of the steps spent in linear warmup. Default 0.05 (40 of 800 epochs in the paper).</summary>
-        public double WarmupFraction = Defaults.WarmupFraction;
+        public double WarmupFraction = PretrainingDefaults.WarmupFraction;
 
         /// <summary>AdamW weight decay (not applied to biases, norms and position tables). Default 0.05.</summary>
-        public double WeightDecay = Defaults.WeightDecay;
+        public double WeightDecay = PretrainingDefaults.WeightDecay;
 
-        /// <summary>Final weight λ of the feature-prediction loss (ramped up over the first quarter). Default 1.</summary>
-        public double FeatureLossWeight = Defaults.FeatureLossWeight;
+        /// <summary>Final weight λ of the feature-prediction loss (ramped up over <see cref="FeatureLossRampFraction"/> of the run). Default 1.</summary>
+        public double FeatureLossWeight = PretrainingDefaults.FeatureLossWeight;
+
+        /// <summary>Share of the run over which λ ramps up linearly from 0 to <see cref="FeatureLossWeight"/>. Default 0.25 (the official code).</summary>
+        public double FeatureLossRampFraction = PretrainingDefaults.FeatureLossRampFraction;
 
         /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumStart;
 
-        /// <summary>EMA momentum at the end of the first ramp (12.5% of the run). Default <c>null</c>: scaled (horizon 1/25 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
+        /// <summary>EMA momentum at the end of the first ramp (<see cref="EmaRamp1Fraction"/> of the run). Default <c>null</c>: scaled (horizon 1/25 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumMid;
 
-        /// <summary>EMA momentum from half the run on. Default <c>null</c>: scaled (horizon 1/2.5 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
+        /// <summary>EMA momentum from the end of the second ramp (<see cref="EmaRamp2EndFraction"/> of the run) on. Default <c>null</c>: scaled (horizon 1/2.5 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
         public double? EmaMomentumEnd;
 
         /// <summary>The lowest value a scaled (null) EMA momentum may take, so the teacher remembers at least 1/(1 − floor) steps
         /// even in short runs. Default 0.996.</summary>
-        public double EmaMomentumFloor = Defaults.EmaMomentumFloor;
+        public double EmaMomentumFloor = PretrainingDefaults.EmaMomentumFloor;
+
+        /// <summary>Share of the run of the first EMA ramp (<see cref="EmaMomentumStart"/> → <see cref="EmaMomentumMid"/>). Default 0.125 (100 of 800 epochs).</summary>
+        public double EmaRamp1Fraction = PretrainingDefaults.EmaRamp1Fraction;
+
+        /// <summary>Share of the run at which the second EMA ramp (<see cref="EmaMomentumMid"/> → <see cref="EmaMomentumEnd"/>) ends. Default 0.5 (400 of 800 epochs).</summary>
+        public double EmaRamp2EndFraction = PretrainingDefaults.EmaRamp2EndFraction;
 
         /// <summary>How the teacher's features become the target. Default <see cref="BootMaeFeatureTargetNormalization.BatchStandardized"/>;
         /// the paper's is <see cref="BootMaeFeatureTargetNormalization.LayerNorm"/>.</summary>
         public BootMaeFeatureTargetNormalization FeatureTargetNormalization = BootMaeFeatureTargetNormalization.BatchStandardized;
 
         /// <summary>ε added to each patch's pixel variance (pixels in [−1, 1]) in the normalised pixel target. Default 1e-5 (the official value).</summary>
-        public double PixelTargetEpsilon = Defaults.PixelTargetEpsilon;
+        public double PixelTargetEpsilon = PretrainingDefaults.PixelTargetEpsilon;
 
         /// <summary>Share of patches masked. Default 0.75.</summary>
-        public double MaskRatio = Defaults.MaskRatio;
+        public double MaskRatio = PretrainingDefaults.MaskRatio;
+
+        /// <summary>Largest roll jitter of the block masks, in patches. Default <c>null</c>: the official 3 scaled to the grid,
+        /// round(3·N/196) (1 on 7×7 and 8×8 grids); 0 turns it off.</summary>
+        public int? MaskJitter;
 
         /// <summary>Masking strategy. Default <see cref="BootMaeMasking.BlockFill"/> (the official code); MAE mode always masks at random.</summary>
         public BootMaeMasking Masking = BootMaeMasking.BlockFill;
@@ -137,7 +141,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
 
         /// <summary>Share of the image the teacher sees (paper Table 5); below 1 it sees a sample of the masked patches and the
         /// feature loss covers only those. Default 1 (the full image).</summary>
-        public double TeacherFraction = 1.0;
+        public double TeacherFraction = PretrainingDefaults.TeacherFraction;
 
         /// <summary>Shallow-feature cross-attention in the pixel regressor. Default <c>true</c>.</summary>
         public bool InjectRegressor = true;
@@ -152,10 +156,13 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         public bool NormPixTarget = true;
 
         /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
-        public int CheckpointsToKeep = 2;
+        public int CheckpointsToKeep = PretrainingDefaults.CheckpointsToKeep;
 
         /// <summary>BootMAE, or plain MAE as a baseline. Default <see cref="BootMaeMode.BootMae"/>.</summary>
         public BootMaeMode Mode = BootMaeMode.BootMae;
+
+        /// <summary>Blocks of the decoder in <see cref="BootMaeMode.Mae"/> mode (unused in BootMAE mode). Default 8 (MAE's).</summary>
+        public int MaeDecoderDepth = PretrainingDefaults.MaeDecoderDepth;
 
         /// <summary>Continue from these weights instead of a random start. Default <c>null</c>.</summary>
         public BootMaeEncoder? InitialEncoder;
@@ -192,7 +199,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         public string? ReconstructionPreviewPath;
 
         /// <summary>Images in the reconstruction preview. Default 6.</summary>
-        public int ReconstructionPreviewCount = 6;
+        public int ReconstructionPreviewCount = PretrainingDefaults.ReconstructionPreviewCount;
     }
 
     /// <summary>Checks the input shape and adds the embedding column.</summary>
@@ -241,7 +248,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
             seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize, options.MaxImagePixels);
-        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed, device));
+        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed, device)) { Hooks = Hooks };
         BootMaeEncoder encoder;
         try
         {
@@ -261,7 +268,12 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize, options.MaxImagePixels);
     }
 
-    private static BootMaePretrainerSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
+    // Test seam (switches observed in the engine): passed to the pretrainer; null in every product path.
+    internal PretrainingHooks? Hooks { get; set; }
+
+    // The engine settings of a run: every Options field that the engine declares is carried over here (SettingsDefaultsTests
+    // checks that by reflection), except Augment, which this layer applies while decoding.
+    internal static BootMaePretrainerSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
     {
         MaxEpochs = o.MaxEpochs,
         BatchSize = o.BatchSize,
@@ -271,6 +283,9 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         WarmupFraction = o.WarmupFraction,
         WeightDecay = o.WeightDecay,
         FeatureLossWeight = o.FeatureLossWeight,
+        FeatureLossRampFraction = o.FeatureLossRampFraction,
+        EmaRamp1Fraction = o.EmaRamp1Fraction,
+        EmaRamp2EndFraction = o.EmaRamp2EndFraction,
         EmaMomentumStart = o.EmaMomentumStart,
         EmaMomentumMid = o.EmaMomentumMid,
         EmaMomentumEnd = o.EmaMomentumEnd,
@@ -279,6 +294,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         PixelTargetEpsilon = o.PixelTargetEpsilon,
         Augment = false, // this layer augments while decoding (Options.Augment)
         MaskRatio = o.MaskRatio,
+        MaskJitter = o.MaskJitter,
         Masking = o.Masking,
         Target = o.Target,
         Teacher = o.Teacher,
@@ -290,6 +306,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         NormPixTarget = o.NormPixTarget,
         CheckpointsToKeep = o.CheckpointsToKeep,
         Mode = o.Mode,
+        MaeDecoderDepth = o.MaeDecoderDepth,
         Seed = seed,
         Device = device.Device,
         FallbackToCpu = device.FallbackToCpu,

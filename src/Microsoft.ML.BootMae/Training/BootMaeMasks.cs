@@ -10,7 +10,7 @@ public static class BootMaeMasks
     /// <param name="seed">Seed; the same seed gives the same masks.</param>
     /// <param name="maskRatio">Share of patches masked. Default 0.75.</param>
     /// <returns>One row-major bool per patch for each mask; <c>true</c> = masked.</returns>
-    public static bool[][] Sample(BootMaeArchitecture architecture, BootMaeMasking masking, int count, int seed, double maskRatio = 0.75)
+    public static bool[][] Sample(BootMaeArchitecture architecture, BootMaeMasking masking, int count, int seed, double maskRatio = Training.PretrainingDefaults.MaskRatio)
     {
         ArgumentNullException.ThrowIfNull(architecture);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);

@@ -78,7 +78,7 @@ public sealed class BootMaePretrainer
         long totalSteps = Math.Min(stepsPerEpoch * s.MaxEpochs, s.MaxSteps ?? long.MaxValue);
         bool bf16Teacher = s.Precision == BootMaePrecision.BFloat16 && TorchDevices.HasFastBFloat16(device);
         var modelSettings = ToModelSettings(s, bf16Teacher);
-        var schedules = CreateSchedules(totalSteps, s);
+        var schedules = CreateSchedules(totalSteps, s, log);
         log?.Invoke(string.Format(CultureInfo.InvariantCulture,
             "BootMAE pretraining ({0}): {1} images, batch {2}, {3} steps ({4} per epoch), peak lr {5:E2}, teacher {6}{7}.",
             s.Mode, count, s.BatchSize, totalSteps, stepsPerEpoch, schedules.BaseLearningRate,
@@ -120,12 +120,30 @@ public sealed class BootMaePretrainer
         return run.Execute(source, position, stepsPerEpoch, cancellationToken);
     }
 
-    internal static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s)
+    // The momenta never decrease along the run (start ≤ mid ≤ end), so a given Mid or End below the value before it is
+    // raised to that value; log says so in one line.
+    internal static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s, Action<string>? log = null)
     {
         var scaled = Schedules.ScaledEmaMomenta(totalSteps, s.EmaMomentumFloor);
         double start = s.EmaMomentumStart ?? scaled.Start;
         double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
         double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
+        var raised = new List<string>(2);
+        if (s.EmaMomentumMid is { } givenMid && mid > givenMid)
+        {
+            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumMid from {0} to {1}", givenMid, mid));
+        }
+
+        if (s.EmaMomentumEnd is { } givenEnd && end > givenEnd)
+        {
+            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumEnd from {0} to {1}", givenEnd, end));
+        }
+
+        if (raised.Count > 0)
+        {
+            log?.Invoke($"Raised {string.Join(" and ", raised)}: the EMA momentum never decreases along the run (start <= mid <= end).");
+        }
+
         double peak = s.LearningRate * s.BatchSize / 256.0;
         return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
             s.FeatureLossWeight, s.FeatureLossRampFraction, start, mid, end, s.EmaRamp1Fraction, s.EmaRamp2EndFraction);
@@ -350,7 +368,7 @@ public sealed class BootMaePretrainer
             }
 
             hooks?.AfterStep?.Invoke(new PretrainingStepTrace(step, _optimizer.ParamGroups.First().LearningRate, lambda, momentum,
-                total, pixel, feature, _network, _teacher));
+                total, pixel, feature, _network, _teacher, masks.NumMasked));
         }
 
         private void KeepPreviewImages(ImageBatch batch)

@@ -1,3 +1,5 @@
+using Microsoft.ML.BootMae.Training;
+
 namespace Microsoft.ML.BootMae;
 
 /// <summary>Which patches are masked in pretraining.</summary>
@@ -45,32 +47,32 @@ public sealed class BootMaePretrainerSettings
     /// <summary>BootMAE (default) or plain MAE as a baseline.</summary>
     public BootMaeMode Mode = BootMaeMode.BootMae;
 
-    /// <summary>Passes over the data. Default 10.</summary>
-    public int MaxEpochs = 10;
+    /// <summary>Passes over the data. Default 100 (the paper uses 800 on ImageNet), as the ML.NET estimator's.</summary>
+    public int MaxEpochs = PretrainingDefaults.MaxEpochs;
 
     /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default null: no cap.</summary>
     public long? MaxSteps;
 
     /// <summary>Images per step. Default 64.</summary>
-    public int BatchSize = 64;
+    public int BatchSize = PretrainingDefaults.BatchSize;
 
     /// <summary>Base learning rate, scaled by BatchSize/256 (spec §5). Default 1.5e-3, higher than the paper's 1.5e-4 because short runs need it.</summary>
-    public double LearningRate = 1.5e-3;
+    public double LearningRate = PretrainingDefaults.LearningRate;
 
     /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
-    public double MinLearningRateFraction = 0.01;
+    public double MinLearningRateFraction = PretrainingDefaults.MinLearningRateFraction;
 
     /// <summary>Share of the run spent in linear warmup. Default 0.05.</summary>
-    public double WarmupFraction = 0.05;
+    public double WarmupFraction = PretrainingDefaults.WarmupFraction;
 
     /// <summary>AdamW weight decay on matrices (biases, norms, cls token and position tables get none). Default 0.05.</summary>
-    public double WeightDecay = 0.05;
+    public double WeightDecay = PretrainingDefaults.WeightDecay;
 
     /// <summary>Final weight λ of the feature loss. Default 1.</summary>
-    public double FeatureLossWeight = 1.0;
+    public double FeatureLossWeight = PretrainingDefaults.FeatureLossWeight;
 
     /// <summary>Share of the run over which λ ramps up linearly from 0. Default 0.25 (the official code).</summary>
-    public double FeatureLossRampFraction = 0.25;
+    public double FeatureLossRampFraction = PretrainingDefaults.FeatureLossRampFraction;
 
     /// <summary>EMA momentum at the start; null (default) scales it to the run (horizon T/250 steps), but never below <see cref="EmaMomentumFloor"/>.</summary>
     public double? EmaMomentumStart;
@@ -87,17 +89,17 @@ public sealed class BootMaePretrainerSettings
     /// no information. Explicit momenta are used as given. Default 0.996 (a memory of 250 steps); the official code uses
     /// 0.999 and up.
     /// </summary>
-    public double EmaMomentumFloor = 0.996;
+    public double EmaMomentumFloor = PretrainingDefaults.EmaMomentumFloor;
 
     /// <summary>How the teacher's features become the target. Default <see cref="BootMaeFeatureTargetNormalization.BatchStandardized"/>
     /// (the official code: <see cref="BootMaeFeatureTargetNormalization.LayerNorm"/>).</summary>
     public BootMaeFeatureTargetNormalization FeatureTargetNormalization = BootMaeFeatureTargetNormalization.BatchStandardized;
 
     /// <summary>Share of the run of the first EMA ramp. Default 0.125 (100 of 800 epochs).</summary>
-    public double EmaRamp1Fraction = 0.125;
+    public double EmaRamp1Fraction = PretrainingDefaults.EmaRamp1Fraction;
 
     /// <summary>Share of the run at which the second EMA ramp ends. Default 0.5 (400 of 800 epochs).</summary>
-    public double EmaRamp2EndFraction = 0.5;
+    public double EmaRamp2EndFraction = PretrainingDefaults.EmaRamp2EndFraction;
 
     /// <summary>Teacher kind. Default <see cref="BootMaeTeacher.Ema"/>.</summary>
     public BootMaeTeacher Teacher = BootMaeTeacher.Ema;
@@ -112,14 +114,14 @@ public sealed class BootMaePretrainerSettings
     public BootMaeMasking Masking = BootMaeMasking.BlockFill;
 
     /// <summary>Share of patches masked. Default 0.75.</summary>
-    public double MaskRatio = 0.75;
+    public double MaskRatio = PretrainingDefaults.MaskRatio;
 
     /// <summary>Largest roll jitter of the block masks; null (default) scales the official 3 to the grid, round(3·N/196): 1 on 7×7 and 8×8 grids; 0 turns it off.</summary>
     public int? MaskJitter;
 
     /// <summary>Share of the image the teacher sees (paper Table 5): 1 (default) = the full image; smaller values feed cls plus
     /// that share of patches, sampled from the masked ones, and take the feature loss on them only.</summary>
-    public double TeacherFraction = 1.0;
+    public double TeacherFraction = PretrainingDefaults.TeacherFraction;
 
     /// <summary>Cross-attention from the shallow block into the pixel regressor. Default true.</summary>
     public bool InjectRegressor = true;
@@ -138,20 +140,25 @@ public sealed class BootMaePretrainerSettings
     /// nearly flat patches into amplified quantisation noise; a larger ε keeps their target near 0. Default 1e-5
     /// (see docs/results.md for what was measured).
     /// </summary>
-    public double PixelTargetEpsilon = 1e-5;
+    public double PixelTargetEpsilon = PretrainingDefaults.PixelTargetEpsilon;
 
-    /// <summary>Random resized crop (area <c>0.5–1</c> below 64 pixels, else <c>0.2–1</c>) and horizontal flip of each batch
-    /// before masking, on the device. Default true. The ML.NET estimator turns it off because it augments while decoding.</summary>
+    /// <summary>
+    /// Random resized crop (area <c>0.5–1</c> below 64 pixels, else <c>0.2–1</c>) and horizontal flip of each batch
+    /// before masking, on the device. Default true. The ML.NET estimator always passes false here and applies its own
+    /// <see cref="BootMaeTrainingOptionsBase.Augment"/> (same default, true) while decoding instead, with the same crop
+    /// ranges: augmenting the decoded image at its own resolution, on the background reader, before it is resized to
+    /// the network's size, rather than the resized batch on the device (pixel-vector columns are never augmented there).
+    /// </summary>
     public bool Augment = true;
 
     /// <summary>Blocks of the MAE-mode decoder. Default 8.</summary>
-    public int MaeDecoderDepth = 8;
+    public int MaeDecoderDepth = PretrainingDefaults.MaeDecoderDepth;
 
     /// <summary>Starts the student's encoder from these weights instead of a random initialisation. Default null.</summary>
     public BootMaeEncoder? InitialEncoder;
 
     /// <summary>Seed of initialisation, data order, masks and augmentation. Default 1.</summary>
-    public int Seed = 1;
+    public int Seed = PretrainingDefaults.Seed;
 
     /// <summary>Device. Default <see cref="BootMaeDevice.Auto"/>.</summary>
     public BootMaeDevice Device = BootMaeDevice.Auto;
@@ -170,7 +177,7 @@ public sealed class BootMaePretrainerSettings
     public BootMaePrecision Precision = BootMaePrecision.BFloat16;
 
     /// <summary>Reports metrics every this many steps (and at each epoch end). Default 50.</summary>
-    public int LogEveryNSteps = 50;
+    public int LogEveryNSteps = PretrainingDefaults.LogEveryNSteps;
 
     /// <summary>Folder for checkpoints (student, teacher, optimizer, position). Default null: none.</summary>
     public string? CheckpointDirectory;
@@ -179,7 +186,7 @@ public sealed class BootMaePretrainerSettings
     public long? CheckpointEveryNSteps;
 
     /// <summary>Checkpoints kept (older ones are deleted). Default 2.</summary>
-    public int CheckpointsToKeep = 2;
+    public int CheckpointsToKeep = PretrainingDefaults.CheckpointsToKeep;
 
     /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default false.</summary>
     public bool ResumeFromCheckpoint;
@@ -192,7 +199,7 @@ public sealed class BootMaePretrainerSettings
     public string? ReconstructionPreviewPath;
 
     /// <summary>Images in the reconstruction preview. Default 6.</summary>
-    public int ReconstructionPreviewCount = 6;
+    public int ReconstructionPreviewCount = PretrainingDefaults.ReconstructionPreviewCount;
 
     /// <summary>Checks the settings and throws <see cref="ArgumentException"/> naming the bad one.</summary>
     public void Validate()

@@ -6,23 +6,23 @@ namespace Microsoft.ML.BootMae.Training;
 /// </summary>
 internal sealed class FineTuneSettings
 {
-    /// <summary>Passes over the training set. Default 10.</summary>
-    public int MaxEpochs { get; set; } = 10;
+    /// <summary>Passes over the training set. Default 20, as the ML.NET trainer's.</summary>
+    public int MaxEpochs { get; set; } = FineTuneDefaults.MaxEpochs;
 
     /// <summary>Images per optimizer step. Default 32.</summary>
-    public int BatchSize { get; set; } = 32;
+    public int BatchSize { get; set; } = FineTuneDefaults.BatchSize;
 
     /// <summary>Absolute peak learning rate (no batch scaling; the paper uses 5e-3 at batch 2048). Default 1e-3.</summary>
-    public double LearningRate { get; set; } = 1e-3;
+    public double LearningRate { get; set; } = FineTuneDefaults.LearningRate;
 
     /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
-    public double MinLearningRate { get; set; } = 1e-6;
+    public double MinLearningRate { get; set; } = FineTuneDefaults.MinLearningRate;
 
     /// <summary>Fraction of the run spent in linear warmup from 0. Default 0.1.</summary>
-    public double WarmupFraction { get; set; } = 0.1;
+    public double WarmupFraction { get; set; } = FineTuneDefaults.WarmupFraction;
 
     /// <summary>AdamW weight decay on matrices (biases, norms, cls_token, pos_embed get 0). Default 0.05.</summary>
-    public double WeightDecay { get; set; } = 0.05;
+    public double WeightDecay { get; set; } = FineTuneDefaults.WeightDecay;
 
     /// <summary>Layer-wise lr decay: head and fc_norm ×1, block k × ld^(L−k), patch embed and cls × ld^(L+1). Default 0.65.</summary>
     public double LayerDecay { get; set; } = 0.65;
@@ -35,10 +35,10 @@ internal sealed class FineTuneSettings
     public static double AutoLayerDecay(int depth) => depth >= 12 ? 0.65 : depth <= 4 ? 1.0 : 1.0 - (0.35 * (depth - 4) / 8.0);
 
     /// <summary>Stochastic depth of the last block (rising linearly from 0 at block 0). Fine-tuning only. Default 0.1.</summary>
-    public double DropPathRate { get; set; } = 0.1;
+    public double DropPathRate { get; set; } = FineTuneDefaults.DropPathRate;
 
     /// <summary>Label smoothing ε of the soft-target cross-entropy. Default 0.1.</summary>
-    public double LabelSmoothing { get; set; } = 0.1;
+    public double LabelSmoothing { get; set; } = FineTuneDefaults.LabelSmoothing;
 
     /// <summary>Mixup Beta(α, α); 0 turns it off. Default 0 (the paper uses 0.8).</summary>
     public double MixupAlpha { get; set; }
@@ -57,8 +57,12 @@ internal sealed class FineTuneSettings
     /// <summary>0-based block whose output is pooled; blocks after it are unused. Null means the last block. Default null.</summary>
     public int? SourceBlock { get; set; }
 
-    /// <summary>Random resized crop (area 0.2–1, ratio 3/4–4/3, bilinear) and horizontal flip on the training batches. Default false
-    /// (the ML.NET layer augments while decoding).</summary>
+    /// <summary>
+    /// Random resized crop (area 0.2–1, ratio 3/4–4/3, bilinear) and horizontal flip of the training batches on the
+    /// device. Default false, unlike <see cref="BootMaeTrainingOptionsBase.Augment"/> (true): the ML.NET trainer, this
+    /// engine's only product caller, always passes false and augments while decoding instead, so the engine's default
+    /// only matters to direct callers (tests, benchmarks), which opt in.
+    /// </summary>
     public bool Augment { get; set; }
 
     /// <summary>Seeds the head initialisation, drop path, augmentation and mixup. Same seed and data → bit-identical weights on the CPU.</summary>
@@ -71,14 +75,14 @@ internal sealed class FineTuneSettings
     public bool FallbackToCpu { get; set; } = true;
 
     /// <summary>Report training metrics every N steps (0: only at epoch ends). Default 50.</summary>
-    public int LogEveryNSteps { get; set; } = 50;
+    public int LogEveryNSteps { get; set; } = FineTuneDefaults.LogEveryNSteps;
 
     /// <summary>Stop after this many epochs without improvement of the monitored loss (validation loss, or the
     /// training loss without a validation set). Null: never stop early.</summary>
     public int? EarlyStoppingPatience { get; set; }
 
     /// <summary>The smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
-    public double EarlyStoppingMinDelta { get; set; }
+    public double EarlyStoppingMinDelta { get; set; } = FineTuneDefaults.EarlyStoppingMinDelta;
 
     /// <summary>Return the weights of the epoch with the lowest monitored loss rather than the last. Default true.</summary>
     public bool ReturnBestModel { get; set; } = true;
@@ -97,11 +101,14 @@ internal sealed class FineTuneSettings
     public long? CheckpointEveryNSteps { get; set; }
 
     /// <summary>Checkpoints kept (older ones are deleted). Default 2.</summary>
-    public int CheckpointsToKeep { get; set; } = 2;
+    public int CheckpointsToKeep { get; set; } = FineTuneDefaults.CheckpointsToKeep;
 
     /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one; it must
     /// match the architecture, class count and run-shaping settings. Default false.</summary>
     public bool ResumeFromCheckpoint { get; set; }
+
+    /// <summary>Test seam: called after every optimizer step with the groups as the step ran them. Null in every product path.</summary>
+    public Action<FineTuneStepTrace>? AfterStep { get; init; }
 
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first bad setting.</summary>
     public void Validate(BootMaeArchitecture architecture)
@@ -135,3 +142,8 @@ internal sealed class FineTuneSettings
         Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), ResumeFromCheckpoint, "needs a CheckpointDirectory");
     }
 }
+
+/// <summary>One fine-tuning step as the loop ran it: the scheduled learning rate, and each AdamW group's parameters
+/// (with their layer-decay multiplier) beside the optimizer group whose <c>LearningRate</c> the step used.</summary>
+internal readonly record struct FineTuneStepTrace(long Step, double ScheduledLearningRate, IReadOnlyList<FineTuneParameterGroup> Groups,
+    IReadOnlyList<OwnedAdamW.ParamGroup> OptimizerGroups);

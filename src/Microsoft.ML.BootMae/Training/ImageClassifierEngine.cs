@@ -695,6 +695,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                     _optimizer!.ZeroGrad();
                     loss.backward();
                     _optimizer.Step();
+                    _s.AfterStep?.Invoke(new FineTuneStepTrace(_step, _lastLearningRate, groups, optimizerGroups));
                     using (no_grad())
                     {
                         using var count = batch.Count.ToScalar();

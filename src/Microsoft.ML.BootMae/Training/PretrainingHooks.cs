@@ -19,6 +19,7 @@ internal sealed class PretrainingHooks
 }
 
 // One step as the loop ran it: the learning rate read back from the optimizer's first group, λ and the EMA momentum
-// passed on (null without an EMA update), and the losses. Network and Teacher are the live modules, not copies.
+// passed on (null without an EMA update), the losses, and the patches masked per image in the step's masks. Network and
+// Teacher are the live modules, not copies.
 internal readonly record struct PretrainingStepTrace(long Step, double LearningRate, double FeatureWeight, double? EmaMomentum,
-    float Total, float? Pixel, float? Feature, BootMaeNetwork Network, MomentumTeacher? Teacher);
+    float Total, float? Pixel, float? Feature, BootMaeNetwork Network, MomentumTeacher? Teacher, int NumMasked = 0);
