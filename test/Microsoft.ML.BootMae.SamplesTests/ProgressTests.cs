@@ -126,7 +126,12 @@ public sealed partial class ProgressTests
             var here = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar));
             var dll = Path.Combine(here.Parent!.Parent!.Parent!.Parent!.Parent!.FullName, "samples", sample, "bin", here.Parent.Name, here.Name, sample + ".dll");
             Assert.IsTrue(File.Exists(dll), $"build the samples first: {dll} is missing");
-            var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            // Through `env --default-signal=INT`: a test run started in the background by a non-interactive shell (as CI
+            // may do) has SIGINT ignored, children inherit that, and .NET then never sees Ctrl+C. A user's terminal does
+            // not ignore it, so the child gets the default disposition back (env execs dotnet: the pid is the sample's).
+            var start = new ProcessStartInfo("env") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            start.ArgumentList.Add("--default-signal=INT");
+            start.ArgumentList.Add("dotnet");
             start.ArgumentList.Add(dll);
             foreach (var a in args)
             {
