@@ -71,6 +71,6 @@ internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
             head.weight!.mul_(scale);
         }
 
-        head.bias!.zero_();
+        OwnedTensors.Zero(head.bias!);
     }
 }

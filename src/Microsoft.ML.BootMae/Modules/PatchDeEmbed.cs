@@ -15,7 +15,7 @@ internal sealed class PatchDeEmbed : nn.Module<Tensor, Tensor>
     public PatchDeEmbed(int dim, int channels, int patchSize, int gridSize) : base(nameof(PatchDeEmbed))
     {
         this.gridSize = gridSize;
-        proj = nn.ConvTranspose2d(dim, channels, patchSize, stride: patchSize);
+        proj = OwnedTensors.Build(() => nn.ConvTranspose2d(dim, channels, patchSize, stride: patchSize));
         RegisterComponents();
     }
 

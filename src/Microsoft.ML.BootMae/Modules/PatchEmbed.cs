@@ -11,7 +11,7 @@ internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
 
     public PatchEmbed(int channels, int embedDim, int patchSize) : base(nameof(PatchEmbed))
     {
-        proj = nn.Conv2d(channels, embedDim, patchSize, stride: patchSize);
+        proj = OwnedTensors.Build(() => nn.Conv2d(channels, embedDim, patchSize, stride: patchSize));
         RegisterComponents();
     }
 

@@ -24,7 +24,7 @@ internal static class WeightInit
         }
 
         using var _ = no_grad();
-        tensor.zero_();
+        OwnedTensors.Zero(tensor);
     }
 
     public static void Normal(Tensor tensor, double std, Generator generator)

@@ -611,8 +611,8 @@ internal sealed class ImageClassifierEngine : IDisposable
 
         private void ResetEpochSums()
         {
-            _epochLoss!.zero_();
-            _epochCorrect!.zero_();
+            OwnedTensors.Zero(_epochLoss!);
+            OwnedTensors.Zero(_epochCorrect!);
             _epochImages = 0;
         }
 
@@ -629,7 +629,7 @@ internal sealed class ImageClassifierEngine : IDisposable
             var lossSum = _epochLoss!;
             var correctSum = _epochCorrect!;
             _epoch = epoch;
-            _batchLosses!.zero_();
+            OwnedTensors.Zero(_batchLosses!);
             long windowImages = 0, inEpoch = 0;
             double windowLoss = skip > 0 ? lossSum.item<double>() : 0, windowCorrect = skip > 0 ? correctSum.item<long>() : 0;
             var windowStart = _clock.Elapsed;

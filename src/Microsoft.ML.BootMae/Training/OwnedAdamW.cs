@@ -65,6 +65,9 @@ internal sealed class OwnedAdamW : IDisposable
     public void ZeroGrad()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+
+        // The scope frees the extra wrapper that TorchSharp's zero_() returns (see OwnedTensors).
+        using var scope = NewDisposeScope();
         foreach (var p in Parameters)
         {
             using var grad = p.grad;
