@@ -1,0 +1,26 @@
+# The ablation table of docs/results.md from the rows of `evaluate` runs named <config>-s<seed>.jsonl (usage: python3 tools/ablation_table.py [folder]).
+import json, re, glob, os, statistics as st
+import sys
+D = sys.argv[1] if len(sys.argv) > 1 else "docs/data/evaluation/ablations"
+order = [("random", "random encoder, no pretraining (reference)"),
+         ("base", "BootMAE (pixel + feature, block masking, injection on, teacher sees 100%)"),
+         ("pixel", "pixel target only (Table 1: no bootstrapped feature prediction)"),
+         ("feature", "feature target only"),
+         ("noinject", "no feature injection into either decoder (Table 2)"),
+         ("pixel-random", "pixel only, random masking (Table 3)"),
+         ("feature-random", "feature only, random masking (Table 3)"),
+         ("frac25", "teacher sees 25% of the patches (Table 5)")]
+print("| configuration | best block, seed 1 / seed 2 | mean, best block | mean, last block |")
+print("|---|---|--:|--:|")
+for key, label in order:
+    best, last = {}, {}
+    for s in (1, 2):
+        f = f"{D}/{key}-s{s}.jsonl"
+        if not os.path.exists(f): continue
+        for line in open(f):
+            r = json.loads(line)
+            (best if "best" in r["evaluation"] else last)[s] = (r["accuracy"], r["evaluation"])
+    if not best: continue
+    blk = {s: re.search(r"\((\d) of", best[s][1]).group(1) for s in best}
+    b = " / ".join(f"{best[s][0]*100:.1f} (block {blk[s]})" for s in sorted(best))
+    print(f"| {label} | {b} | {st.mean(v[0] for v in best.values())*100:.1f} | {st.mean(v[0] for v in last.values())*100:.1f} |")
