@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Microsoft.ML.BootMae build script (Linux).
 #   ./build.sh            set up (apt packages where needed), restore and build the solution (Release)
-#   ./build.sh test       run the whole test suite; ends with one line "N passed, N failed"
+#   ./build.sh test       pack (as below), then run the whole test suite; ends with one line "N passed, N failed"
 #   ./build.sh pack       create the NuGet package in artifacts/packages
 #   ./build.sh fixtures   regenerate the PyTorch parity fixtures (installs Debian's python3-torch)
 # Options: --cuda  use TorchSharp-cuda-linux instead of TorchSharp-cpu (your feed must serve it)
@@ -57,6 +57,8 @@ case "$command" in
     results="$root/artifacts/TestResults"
     rm -rf "$results"
     status=0
+    # The notebook test restores Microsoft.ML.BootMae from the local feed artifacts/packages, as a user does: pack first.
+    dotnet pack src/Microsoft.ML.BootMae/Microsoft.ML.BootMae.csproj "${props[@]}" -o "$root/artifacts/packages" || status=$?
     # Each test project writes its TRX into artifacts/TestResults/<project>/ (Directory.Build.targets).
     dotnet test Microsoft.ML.BootMae.sln "${props[@]}" --logger "trx" || status=$?
     passed=0; failed=0; total=0

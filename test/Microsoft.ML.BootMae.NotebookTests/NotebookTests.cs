@@ -8,6 +8,7 @@ using Microsoft.DotNet.Interactive.CSharp;
 using Microsoft.DotNet.Interactive.Documents;
 using Microsoft.DotNet.Interactive.Documents.Jupyter;
 using Microsoft.DotNet.Interactive.Events;
+using Microsoft.DotNet.Interactive.PackageManagement;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 
 [assembly: Parallelize(Workers = 1, Scope = ExecutionScope.ClassLevel)]
@@ -19,10 +20,11 @@ namespace Microsoft.ML.BootMae.NotebookTests;
 /// and fails on any failed cell or compiler error, so the notebook cannot rot.
 /// </summary>
 /// <remarks>
-/// The only substitution: the notebook's setup cell (<c>#r "nuget: Microsoft.ML.BootMae, ..."</c> and
-/// <c>#r "nuget: TorchSharp-cpu, ..."</c>) becomes <c>#r "&lt;this test's bin&gt;/X.dll"</c> for the library and
-/// its ML.NET and TorchSharp assemblies, which this project builds from source (a ProjectReference, plus
-/// TorchSharp-cpu through BootMaeUsesTorchRuntime). Every other cell runs verbatim.
+/// Every cell runs exactly as written, the setup cells included: they add the repository's artifacts/packages (filled by
+/// <c>./build.sh pack</c>; <c>./build.sh test</c> packs first) as a source and restore Microsoft.ML.BootMae and
+/// TorchSharp-cpu with <c>#r "nuget: ..."</c>, as in Polyglot Notebooks. This project references neither the library nor
+/// TorchSharp, so the assemblies that run are the package's. The restore uses an isolated packages folder (the package can
+/// only come from the feed) with the machine's packages as a fallback (nothing is downloaded).
 /// </remarks>
 [TestClass]
 public sealed class NotebookTests
@@ -36,46 +38,157 @@ public sealed class NotebookTests
     [TestCategory("Notebook")]
     public async Task ImageClassificationNotebookRunsCellByCell()
     {
-        var notebook = Notebook.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "notebooks", NotebookFile)));
+        var repo = FindRepoRoot();
+        var notebookFolder = Path.Combine(repo, "samples", "notebooks");
+        var notebook = Notebook.Parse(File.ReadAllText(Path.Combine(notebookFolder, NotebookFile)));
         var cells = notebook.Elements.Where(e => e.KernelName is "csharp" or "C#").ToList();
         Assert.IsGreaterThan(5, cells.Count, $"Too few C# cells in {NotebookFile}: {cells.Count}.");
-        var markdown = string.Join("\n", notebook.Elements.Where(e => e.KernelName == "markdown").Select(e => e.Contents));
-        Assert.Contains("test/Microsoft.ML.BootMae.NotebookTests", markdown, "The notebook must say that CI replaces its setup cell.");
-
-        var setup = cells[0].Contents;
-        Assert.Contains("#r \"nuget: Microsoft.ML.BootMae,", setup, "The first C# cell must reference the package.");
-        Assert.Contains("#r \"nuget: TorchSharp-cpu,", setup, "The first C# cell must reference the CPU runtime.");
-        var otherLines = setup.Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith("#r \"nuget:", StringComparison.Ordinal)).ToList();
-        Assert.IsEmpty(otherLines, $"The setup cell is replaced in CI, so it must hold only #r \"nuget: ...\" lines, not: {string.Join(" | ", otherLines)}");
+        var feed = CheckLocalFeed(repo, cells[0].Contents, cells[1].Contents);
 
         var temp = Path.Combine(Path.GetTempPath(), "bootmae-notebook-test-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(temp);
-        var previousTemp = Environment.GetEnvironmentVariable("TMPDIR");
-        Environment.SetEnvironmentVariable("TMPDIR", temp); // the notebook works under Path.GetTempPath(): keep runs apart
+        var packages = Path.Combine(temp, "nuget-packages");
+        var fallback = FallbackPackagesFolder(Path.Combine(temp, "fallback"));
+        var saved = new Dictionary<string, string?>();
+        void Set(string name, string? value)
+        {
+            saved.TryAdd(name, Environment.GetEnvironmentVariable(name));
+            Environment.SetEnvironmentVariable(name, value);
+        }
+
+        // The kernel restores #r "nuget: ..." with a `dotnet` child process that inherits this process's environment:
+        // an isolated packages folder, so the package can only come from the local feed (never a stale cached 0.1.0),
+        // and the machine's packages (TorchSharp, libtorch, ML.NET) as a read-only fallback so nothing is downloaded.
+        Set("NUGET_PACKAGES", packages);
+        Set("NUGET_FALLBACK_PACKAGES", fallback);
+        foreach (var name in Environment.GetEnvironmentVariables().Keys.Cast<string>()
+                     .Where(n => n.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase) || n.StartsWith("VSTEST", StringComparison.OrdinalIgnoreCase)).ToList())
+        {
+            Set(name, null); // set by the outer `dotnet test` build; they would leak into the kernel's restore build
+        }
+
+        Set("TMPDIR", temp); // the notebook works under Path.GetTempPath(): keep runs apart
+        var previousDirectory = Environment.CurrentDirectory;
+        Environment.CurrentDirectory = notebookFolder; // as in Polyglot Notebooks: the notebook's relative #i path resolves from here
         var outputs = new List<CellOutput>();
         var total = Stopwatch.StartNew();
+        var restoredFromFeed = false;
         try
         {
-            using var kernel = new CSharpKernel().UseKernelHelpers();
-            var codes = cells.Select(c => c.Contents).ToList();
-            codes[0] = LocalReferences();
-            for (var i = 0; i < codes.Count; i++)
+            // Set up as the dotnet-interactive tool (Polyglot Notebooks) sets up its C# kernel: #r/#i "nuget: ..." and the helpers.
+            using var kernel = new CSharpKernel()
+                .UseNugetDirective((k, resolved) =>
+                {
+                    k.AddAssemblyReferences(resolved.SelectMany(r => r.AssemblyPaths));
+                    return Task.CompletedTask;
+                }, forceRestore: true) // no results cache in ~/.packagemanagement: it would point into a deleted run's folders
+                .UseKernelHelpers();
+            for (var i = 0; i < cells.Count; i++)
             {
-                var output = await RunCellAsync(kernel, i, codes[i]);
+                var output = await RunCellAsync(kernel, i, cells[i].Contents);
                 outputs.Add(output);
                 TestContext.WriteLine($"--- cell {i} ({output.Elapsed.TotalSeconds:F1} s)\n{output.Text}");
                 RecordOutputs(cells[i], output);
             }
+
+            restoredFromFeed = Directory.Exists(Path.Combine(packages, "microsoft.ml.bootmae"));
         }
         finally
         {
-            Environment.SetEnvironmentVariable("TMPDIR", previousTemp);
+            Environment.CurrentDirectory = previousDirectory;
+            foreach (var (name, value) in saved)
+            {
+                Environment.SetEnvironmentVariable(name, value);
+            }
+
             TryDelete(temp);
             SaveExecutedNotebook(notebook);
         }
 
+        Assert.IsTrue(restoredFromFeed, $"Microsoft.ML.BootMae was not restored from {feed} into {packages}.");
         TestContext.WriteLine($"Notebook ran in {total.Elapsed.TotalSeconds:F0} s.");
         AssertKeyOutputs(outputs);
+    }
+
+    private static string FindRepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Microsoft.ML.BootMae.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new AssertFailedException($"No Microsoft.ML.BootMae.sln above {AppContext.BaseDirectory}.");
+    }
+
+    /// <summary>
+    /// Checks the notebook's first two cells (the #i source: the repository's artifacts/packages, found from the notebook's
+    /// folder; then #r of the package and the CPU runtime) and that `./build.sh pack` has put the version the notebook
+    /// asks for there, no older than the library built here.
+    /// </summary>
+    private static string CheckLocalFeed(string repo, string source, string setup)
+    {
+        Assert.Contains("Path.Combine(\"..\", \"..\", \"artifacts\", \"packages\")", source, "The first C# cell must add the folder `./build.sh pack` writes as a source.");
+        Assert.Contains("#i \\\"nuget: ", source, "The first C# cell must add the local feed with #i \"nuget: ...\".");
+        var feed = Path.Combine(repo, "artifacts", "packages");
+        var reference = Regex.Match(setup, @"^#r ""nuget: ?Microsoft\.ML\.BootMae, ?([^""\s]+)""", RegexOptions.Multiline);
+        Assert.IsTrue(reference.Success, $"The second C# cell must reference the package with #r \"nuget: Microsoft.ML.BootMae, <version>\":\n{setup}");
+        Assert.Contains("#r \"nuget: TorchSharp-cpu,", setup, "The second C# cell must reference the CPU runtime.");
+
+        var nupkg = Path.Combine(feed, $"Microsoft.ML.BootMae.{reference.Groups[1].Value}.nupkg");
+        Assert.IsTrue(File.Exists(nupkg), $"{nupkg} is missing: run ./build.sh pack (./build.sh test does) before this test.");
+        var built = Directory.GetFiles(Path.Combine(repo, "src", "Microsoft.ML.BootMae", "bin"), "Microsoft.ML.BootMae.dll", SearchOption.AllDirectories)
+            .Select(File.GetLastWriteTimeUtc).DefaultIfEmpty(DateTime.MinValue).Max();
+        Assert.IsTrue(File.GetLastWriteTimeUtc(nupkg) >= built,
+            $"{nupkg} is older than the library built at {built:u}: run ./build.sh pack (./build.sh test does) before this test.");
+        return feed;
+    }
+
+    /// <summary>
+    /// A fallback packages folder that links every package of the machine's global packages folder except
+    /// Microsoft.ML.BootMae, so the dependencies restore with no download while the package itself must come from the feed.
+    /// </summary>
+    private static string FallbackPackagesFolder(string folder)
+    {
+        var global = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } configured
+            ? configured
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        Directory.CreateDirectory(folder);
+        if (Directory.Exists(global))
+        {
+            foreach (var package in Directory.GetDirectories(global))
+            {
+                var name = Path.GetFileName(package);
+                if (name.Equals("torchsharp", StringComparison.OrdinalIgnoreCase))
+                {
+                    // A copy (14 MB): in a notebook, TorchSharp gathers libtorch next to TorchSharp.dll (~500 MB) and
+                    // BootMAE patches LibTorchSharp in the package folder; that must not touch the machine's cache.
+                    CopyDirectory(package, Path.Combine(folder, name));
+                }
+                else if (!name.Equals("microsoft.ml.bootmae", StringComparison.OrdinalIgnoreCase))
+                {
+                    Directory.CreateSymbolicLink(Path.Combine(folder, name), package);
+                }
+            }
+        }
+
+        return folder;
+    }
+
+    private static void CopyDirectory(string source, string target)
+    {
+        foreach (var directory in Directory.GetDirectories(source, "*", SearchOption.AllDirectories))
+        {
+            Directory.CreateDirectory(Path.Combine(target, Path.GetRelativePath(source, directory)));
+        }
+
+        Directory.CreateDirectory(target);
+        foreach (var file in Directory.GetFiles(source, "*", SearchOption.AllDirectories))
+        {
+            File.Copy(file, Path.Combine(target, Path.GetRelativePath(source, file)));
+        }
     }
 
     private static void RecordOutputs(InteractiveDocumentElement cell, CellOutput output)
@@ -100,19 +213,6 @@ public sealed class NotebookTests
         File.WriteAllText(path, notebook.ToJupyterJson());
         TestContext.AddResultFile(path);
         TestContext.WriteLine($"Executed notebook: {path}");
-    }
-
-    /// <summary>The setup cell for CI: #r of the assemblies built into this test's output folder.</summary>
-    private static string LocalReferences()
-    {
-        var bin = AppContext.BaseDirectory;
-        var test = typeof(NotebookTests).Assembly.GetName().Name + ".dll";
-        var assemblies = Directory.GetFiles(bin, "Microsoft.ML*.dll").Concat(Directory.GetFiles(bin, "TorchSharp*.dll"))
-            .Where(p => !Path.GetFileName(p).Equals(test, StringComparison.OrdinalIgnoreCase))
-            .Order(StringComparer.Ordinal)
-            .ToList();
-        Assert.IsTrue(assemblies.Any(p => Path.GetFileName(p) == "Microsoft.ML.BootMae.dll"), $"Microsoft.ML.BootMae.dll is missing from {bin}.");
-        return string.Join("\n", assemblies.Select(p => $"#r \"{p}\""));
     }
 
     private static async Task<CellOutput> RunCellAsync(Kernel kernel, int index, string code)

@@ -102,6 +102,7 @@ public static class BootMaeRuntime
             }
 
             PatchLibTorchSharpCopies();
+            PreloadPackagedLibTorch();
         }
         catch (Exception ex)
         {
@@ -166,6 +167,52 @@ public static class BootMaeRuntime
             {
                 Report.Add($"{candidate}: could not be checked or patched ({ex.Message}).");
             }
+        }
+    }
+
+    /// <summary>
+    /// Notebooks (#r "nuget: ...") load TorchSharp.dll from the NuGet packages folder with no libtorch beside it, so
+    /// TorchSharp's loader first opens libtorch_cpu by name and can pick up a system libtorch (Debian's python3-torch)
+    /// that LibTorchSharp 0.107 cannot use. Loading the libtorch-cpu package's own copy by path first makes that name
+    /// resolve to it (the dynamic loader matches already-loaded libraries by soname).
+    /// </summary>
+    private static void PreloadPackagedLibTorch()
+    {
+        const string name = "libtorch_cpu.so";
+        var torchSharp = Path.GetDirectoryName(typeof(torch).Assembly.Location);
+        if (string.IsNullOrEmpty(torchSharp) || RuntimeInformation.ProcessArchitecture != Architecture.X64)
+        {
+            return;
+        }
+
+        string[] appLocal = [Path.Combine(torchSharp, name), Path.Combine(AppContext.BaseDirectory, name), Path.Combine(AppContext.BaseDirectory, "runtimes", "linux-x64", "native", name)];
+        // NuGet layout: <packages>/torchsharp/<version>/lib/<tfm>/TorchSharp.dll.
+        var packages = Path.GetFullPath(Path.Combine(torchSharp, "..", "..", "..", ".."));
+        var libTorchPackage = Path.Combine(packages, "libtorch-cpu-linux-x64");
+        if (appLocal.Any(File.Exists) || !Directory.Exists(libTorchPackage)
+            || !Path.GetFileName(Path.GetFullPath(Path.Combine(torchSharp, "..", "..", ".."))).Equals("torchsharp", StringComparison.OrdinalIgnoreCase))
+        {
+            return;
+        }
+
+        var native = Directory.GetDirectories(libTorchPackage)
+            .Select(version => Path.Combine(version, "runtimes", "linux-x64", "native"))
+            .Where(folder => File.Exists(Path.Combine(folder, name)))
+            .OrderByDescending(folder => Version.TryParse(Path.GetFileName(Path.GetFullPath(Path.Combine(folder, "..", "..", ".."))), out var v) ? v : new Version(0, 0))
+            .FirstOrDefault();
+        if (native is null)
+        {
+            return;
+        }
+
+        // LibTorchSharp needs libtorch.so, which the package folder of TorchSharp lacks, so without this the loader would
+        // take a system libtorch.so (and its libtorch_cpu) by name and crash or fail beside the package's libtorch.
+        foreach (var library in new[] { "libc10.so", name, "libtorch.so" })
+        {
+            var path = Path.Combine(native, library);
+            Report.Add(File.Exists(path) && NativeLibrary.TryLoad(path, out _)
+                ? $"{path}: loaded first (TorchSharp.dll runs from the NuGet packages folder, as in notebooks)."
+                : $"{path}: could not be preloaded.");
         }
     }
 
