@@ -24,31 +24,15 @@ public static class BootMaeModelOperationsCatalog
         ArgumentNullException.ThrowIfNull(catalog);
         ArgumentNullException.ThrowIfNull(model);
         var full = Path.GetFullPath(filePath);
-        var directory = Path.GetDirectoryName(full)!;
-        // Leftovers of a save that crashed (kill -9) beside this target; only this library's names, only stale ones.
-        DurableFiles.SweepStale(directory, Regex.Escape(Path.GetFileName(full)));
-        var temp = DurableFiles.StagingPath(full);
-        try
+        // WriteAtomically sweeps a crashed save's leftovers beside this target (only this library's names, only stale
+        // ones), stages beside it, flushes and renames into place.
+        DurableFiles.WriteAtomically(full, file =>
         {
-            using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
-            {
-                BootMaeRuntime.EnsureTorchLoaded();
-                // ML.NET's own zip and its scratch folder are staged beside the target too, not in TMPDIR, so a crash
-                // leaves them where the next save sweeps them.
-                BootMaeModelArchive.Save(model, inputSchema!, file, full);
-                file.Flush(flushToDisk: true);
-            }
-
-            File.Move(temp, full, overwrite: true);
-            DurableFiles.FlushDirectory(directory);
-        }
-        finally
-        {
-            if (File.Exists(temp))
-            {
-                File.Delete(temp);
-            }
-        }
+            BootMaeRuntime.EnsureTorchLoaded();
+            // ML.NET's own zip and its scratch folder are staged beside the target too, not in TMPDIR, so a crash
+            // leaves them where the next save sweeps them.
+            BootMaeModelArchive.Save(model, inputSchema!, file, full);
+        });
     }
 
     /// <summary>Saves a model (any pipeline, with or without BootMAE stages) to a stream, which is left open.</summary>

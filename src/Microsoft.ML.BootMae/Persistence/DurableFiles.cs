@@ -184,7 +184,8 @@ internal static class DurableFiles
         var temp = StagingPath(fullPath);
         try
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            // ReadWrite: a zip written in Create mode may read back what it wrote.
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
             {
                 write(stream);
                 stream.Flush(flushToDisk: true);
