@@ -1,5 +1,4 @@
 using Microsoft.ML.BootMae;
-using System.Text.RegularExpressions;
 using Microsoft.ML.BootMae.Persistence;
 
 namespace Microsoft.ML;
