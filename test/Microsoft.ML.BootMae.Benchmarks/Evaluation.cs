@@ -34,13 +34,13 @@ internal static class Evaluation
                 }
             }
 
-            File.WriteAllText(args.MarkdownPath ?? throw new ArgumentException("--from-json needs --md."), Markdown(args, EvaluationData.Load(args.UnlabelledLimit, args.TestLimit), merged));
+            File.WriteAllText(args.MarkdownPath ?? throw new ArgumentException("--from-json needs --md."), Markdown(args, EvaluationData.Load(args.UnlabelledLimit, args.TestLimit, args.Validation), merged));
             Console.WriteLine($"Results table ({merged.Count} rows): {args.MarkdownPath}");
             return;
         }
 
-        var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit);
-        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} test images. CPU: {CpuModel()}.");
+        var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit, args.Validation);
+        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} {data.ScoredSet} images. CPU: {CpuModel()}.");
         var rows = new List<EvaluationRow>();
         void Add(EvaluationRow row)
         {
@@ -214,7 +214,8 @@ internal static class Evaluation
         var settings = new FineTuneSettings
         {
             MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = args.FineTuneAugment,
-            LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : 1e-3,
+            LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : args.ScratchLearningRate ?? 1e-3,
+            DropPathRate = args.FineTuneDropPath ?? FineTuneDefaults.DropPathRate,
             LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
         };
         long steps = 0;
@@ -297,7 +298,7 @@ internal static class Evaluation
     {
         var c = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
-        sb.AppendLine(c, $"Data: {data.Description}. Test: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
+        sb.AppendLine(c, $"Data: {data.Description}. {(data.ScoredSet == "test" ? "Test" : "Scored on validation")}: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
         string budget = args.PretrainSteps is { } s ? $", {s} BootMAE steps" + (args.MaePretrainSteps is { } m ? $" and {m} MAE steps" : string.Empty) : $", {args.PretrainMinutes} minutes per method";
         string recipe = args.Official ? ", official recipe" : string.Empty;
         sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
@@ -370,11 +371,46 @@ internal sealed class EvaluationData
 
     public int[] TestLabels { get; }
 
-    public static EvaluationData Load(int? unlabelledLimit, int? testLimit)
+    // "test", or "validation" when the scored images are held-out training images (--validation).
+    public string ScoredSet { get; private init; } = "test";
+
+    public static EvaluationData Load(int? unlabelledLimit, int? testLimit, int? validation = null)
     {
         var data = LoadAll(unlabelledLimit);
+        if (validation is { } v)
+        {
+            return data.WithValidation(v);
+        }
+
         return testLimit is { } t && t < data.TestCount ? data.WithTest(t) : data;
     }
+
+    // Scores on count training images (count / 10 per class, fixed by a seed of their own) instead of the test set, and
+    // keeps them out of every labelled draw, so that recipe choices can be made without looking at the test set. The
+    // unlabelled pretraining images still include them (their labels are never used there).
+    private EvaluationData WithValidation(int count)
+    {
+        var order = Enumerable.Range(0, TrainCount).ToArray();
+        new Random(424242).Shuffle(order);
+        var held = order.GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(count / 10)).OrderBy(i => i).ToArray();
+        var pixels = new float[held.Length * 784];
+        for (int k = 0; k < held.Length; k++)
+        {
+            for (int j = 0; j < 784; j++)
+            {
+                pixels[(k * 784) + j] = _train[(held[k] * 784) + j] / 255f;
+            }
+        }
+
+        return new EvaluationData(Description + $"; scored on {held.Length} held-out training images, not the test set", _train, _trainLabels,
+            pixels, held.Select(i => (int)_trainLabels[i]).ToArray())
+        {
+            ScoredSet = "validation",
+            _heldOut = held.ToHashSet(),
+        };
+    }
+
+    private HashSet<int> _heldOut = [];
 
     // The first count test images (the test file's order is close to class-balanced).
     private EvaluationData WithTest(int count) => new(Description, _train, _trainLabels,
@@ -415,7 +451,7 @@ internal sealed class EvaluationData
     {
         var order = Enumerable.Range(0, TrainCount).ToArray();
         new Random(seed * 7919).Shuffle(order);
-        var chosen = order.GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(perClass)).OrderBy(i => i).ToArray();
+        var chosen = order.Where(i => !_heldOut.Contains(i)).GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(perClass)).OrderBy(i => i).ToArray();
         var pixels = new float[chosen.Length * 784];
         for (int k = 0; k < chosen.Length; k++)
         {
@@ -493,6 +529,14 @@ internal sealed class EvaluationArguments
 
     public bool FineTuneAugment { get; set; } = true;
 
+    // The from-scratch runs' fine-tuning learning rate (--ft-lr is the pretrained runs').
+    public double? ScratchLearningRate { get; set; }
+
+    public double? FineTuneDropPath { get; set; }
+
+    // Score on this many held-out training images instead of the test set (for choosing recipes).
+    public int? Validation { get; set; }
+
     public string? LoadEncoder { get; set; }
 
     public long LoadedSteps { get; set; }
@@ -514,9 +558,10 @@ internal sealed class EvaluationArguments
     public static System.CommandLine.Command CreateCommand(Func<EvaluationArguments, int> run)
     {
         var d = new EvaluationArguments();
-        string[] knownMethods = ["pixels", "random", "bootmae", "mae"];
+        // "none": only what --load-encoder names.
+        string[] knownMethods = ["pixels", "random", "bootmae", "mae", "none"];
         var seeds = CommandLine.List("--seeds", "1,2", "Seeds, comma-separated [default: 1,2]", CommandLine.ParseIntItem, "a whole number");
-        var methods = CommandLine.List("--methods", "pixels,random,bootmae,mae", "Methods to run, comma-separated [default: all four]",
+        var methods = CommandLine.List("--methods", "pixels,random,bootmae,mae", "Methods to run, comma-separated, or none (only --load-encoder) [default: all four]",
             m => knownMethods.Contains(m) ? m : null, "one of " + string.Join(", ", knownMethods));
         var pretrainMinutes = CommandLine.Double("--pretrain-minutes", "Pretraining time per method (timed steps decide the step count)", d.PretrainMinutes, 0);
         var pretrainSteps = CommandLine.NullableLong("--pretrain-steps", "Pretraining steps (instead of --pretrain-minutes)", 1);
@@ -568,6 +613,9 @@ internal sealed class EvaluationArguments
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
+        var scratchLr = CommandLine.NullableDouble("--scratch-lr", "From-scratch fine-tuning learning rate [default: the trainer's]", 0);
+        var ftDropPath = CommandLine.NullableDouble("--ft-drop-path", "Fine-tuning drop-path rate, both runs [default: the trainer's]", 0, 1);
+        var validation = CommandLine.NullableInt("--validation", "Score on N held-out training images instead of the test set [default: test set]");
         var loadEncoder = CommandLine.Text("--load-encoder", "PATH", "Evaluate this saved BootMAE encoder instead of pretraining one");
         var loadedSteps = CommandLine.Long("--loaded-steps", "Pretraining steps of --load-encoder, for the table", d.LoadedSteps);
         var loadedSeconds = CommandLine.Double("--loaded-seconds", "Pretraining seconds of --load-encoder, for the table", d.LoadedSeconds, 0);
@@ -579,13 +627,13 @@ internal sealed class EvaluationArguments
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
             seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, unlabelled, test, official, lr, featureNorm,
-            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, layerDecay, ftLr, ftAugment, loadEncoder,
+            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
         command.SetAction(parse => run(new EvaluationArguments
         {
             Seeds = CommandLine.ValueOr(parse, seeds, null)?.Select(seed => seed!.Value).ToArray() ?? d.Seeds,
-            Methods = CommandLine.ValueOr(parse, methods, null)?.ToHashSet() ?? d.Methods,
+            Methods = CommandLine.ValueOr(parse, methods, null)?.Where(m => m != "none").ToHashSet() ?? d.Methods,
             PretrainMinutes = parse.GetValue(pretrainMinutes),
             PretrainSteps = parse.GetValue(pretrainSteps),
             MaePretrainSteps = parse.GetValue(maeSteps),
@@ -608,6 +656,9 @@ internal sealed class EvaluationArguments
             LayerDecay = parse.GetValue(layerDecay),
             FineTuneLearningRate = parse.GetValue(ftLr),
             FineTuneAugment = CommandLine.ValueOr(parse, ftAugment, d.FineTuneAugment),
+            ScratchLearningRate = parse.GetValue(scratchLr),
+            FineTuneDropPath = parse.GetValue(ftDropPath),
+            Validation = parse.GetValue(validation),
             LoadEncoder = parse.GetValue(loadEncoder),
             LoadedSteps = parse.GetValue(loadedSteps),
             LoadedSeconds = parse.GetValue(loadedSeconds),
