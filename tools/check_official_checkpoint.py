@@ -351,7 +351,8 @@ def load_checkpoint(path, failures):
     except pickle.UnpicklingError as e:
         # torch 1.13's weights-only unpickler lacks the BINFLOAT opcode that any float (an optimizer's lr) needs; the
         # opcode scan above has already shown the file names nothing but tensors and OrderedDict.
-        print(f"  torch {torch.__version__} weights_only=True refused the file ({str(e).splitlines()[-1][-40:]}); loading after the opcode scan")
+        print(f"  torch {torch.__version__} weights_only=True refused the file ({str(e).split('WeightsUnpickler error: ')[-1].strip()}); "
+              "loaded after the opcode scan instead")
     return torch.load(path, map_location="cpu")
 
 
