@@ -163,6 +163,15 @@ public sealed class OfficialCheckpointTests
         StringAssert.Contains(output, "model: <All keys matched successfully>");
         StringAssert.Contains(output, "model_ema: <All keys matched successfully>");
         StringAssert.Contains(output, "\nOK");
+
+        // With a checkout of LightDXY/BootMAE (and timm) named in BOOTMAE_OFFICIAL_CHECKOUT, the same check runs on the
+        // official module file itself.
+        if (Environment.GetEnvironmentVariable("BOOTMAE_OFFICIAL_CHECKOUT") is { Length: > 0 } checkout)
+        {
+            var (officialExit, officialOutput) = RunPython("check", pth, expectedPath, "--official-checkout", checkout);
+            Console.WriteLine(officialOutput);
+            Assert.AreEqual(0, officialExit, officialOutput);
+        }
     }
 
     [TestMethod]
