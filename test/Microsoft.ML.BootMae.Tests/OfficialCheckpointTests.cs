@@ -230,8 +230,11 @@ public sealed class OfficialCheckpointTests
         inPlace.CheckpointEveryNSteps = 1;
         using var straight = new BootMaePretrainer(Tiny, inPlace).Train(Source());
 
+        var exportLog = new List<string>();
         var (pth, twin) = BootMaePretrainer.ExportOfficialCheckpoint(
-            Path.Combine(inPlace.CheckpointDirectory, $"step-{exportStep:D8}"), Path.Combine(dir, "handover.pth"));
+            Path.Combine(inPlace.CheckpointDirectory, $"step-{exportStep:D8}"), Path.Combine(dir, "handover.pth"), exportLog.Add);
+        // Step 3 ends epoch 0, so the official code goes on with epoch 1; step 4 is inside epoch 1, which it redoes.
+        Assert.IsTrue(exportLog.Any(l => l.Contains("--resume starts at epoch 1", StringComparison.Ordinal)), string.Join("\n", exportLog));
         var continued = Settings();
         continued.CheckpointDirectory = Path.Combine(dir, "continued");
         continued.CheckpointEveryNSteps = 1;

@@ -305,7 +305,11 @@ public sealed class BootMaePretrainer
                         KeepPreviewImages(batch);
                         TrainStep(batch, step, epoch);
                         step++;
-                        position = new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
+                        // After an epoch's last batch the run stands at the start of the next epoch, as the epoch-end
+                        // checkpoint records it (an official export then counts that epoch as finished).
+                        position = inEpoch == stepsPerEpoch
+                            ? new TrainingPosition(step, epoch + 1, 0, _schedules.TotalSteps, s.Seed)
+                            : new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
                         if (step % s.LogEveryNSteps == 0 && step < _schedules.TotalSteps)
                         {
                             Report(epoch, step, isEpochEnd: false);
