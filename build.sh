@@ -85,6 +85,11 @@ case "$command" in
     /usr/bin/python3 tools/make_parity_fixtures.py
     /usr/bin/python3 tools/make_trajectory_fixture.py
     /usr/bin/python3 tools/make_interop_fixtures.py
+    # A checkpoint as the official run_pretraining.py saves it (torch.save), for the import test; the architecture is
+    # OfficialCheckpointTests' (PretrainerTests.Tiny).
+    /usr/bin/python3 tools/check_official_checkpoint.py write test/Microsoft.ML.BootMae.Tests/TestData/official/checkpoint-3.pth \
+      test/Microsoft.ML.BootMae.Tests/TestData/official/expected.safetensors --config \
+      '{"img_size":28,"patch_size":7,"in_chans":1,"embed_dim":32,"depth":2,"fea_list":[0,1],"num_heads":2,"mlp_ratio":4.0,"decoder_depth":1,"decode_dim":32,"mask_len":12,"weight_decay":0.05,"epoch":3,"epochs":10}'
     tools/make_elf_fixtures.sh
     ;;
 esac

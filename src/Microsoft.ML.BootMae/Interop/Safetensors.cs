@@ -8,7 +8,7 @@ namespace Microsoft.ML.BootMae.Interop;
 // Minimal safetensors reader/writer: 8-byte little-endian header length, a JSON header
 // {name: {dtype, shape, data_offsets: [begin, end]}} (offsets relative to the data section), then raw little-endian data.
 // Pure data parsing: nothing in a file is ever executed. Reads F32, BF16 and F16 (returned as float32) and I64;
-// writes F32.
+// writes F32 and I64.
 internal static class Safetensors
 {
     private const long MaxHeaderBytes = 100L * 1024 * 1024;
@@ -201,32 +201,39 @@ internal static class Safetensors
         return values.ToArray();
     }
 
-    // Writes float32 tensors (any device, converted to contiguous CPU float32), keys sorted for stable files.
-    public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors)
+    // Writes int64 tensors as I64 and every other tensor as float32 (any device, converted to contiguous CPU data), keys
+    // sorted for stable files. metadata, when given, becomes the header's "__metadata__" string map.
+    public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         using var stream = File.Create(path);
-        Save(stream, tensors);
+        Save(stream, tensors, metadata);
     }
 
-    public static void Save(Stream stream, IReadOnlyDictionary<string, Tensor> tensors)
+    public static void Save(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
-        var payloads = new List<float[]>();
+        var payloads = new List<byte[]>();
         var header = new StringBuilder("{");
+        if (metadata is not null)
+        {
+            header.Append("\"__metadata__\":").Append(JsonSerializer.Serialize(metadata));
+        }
+
         long offset = 0;
         foreach (var name in names)
         {
             var t = tensors[name];
-            using var cpu = t.detach().to(ScalarType.Float32).cpu().contiguous();
-            var data = cpu.data<float>().ToArray();
+            bool integer = t.dtype == ScalarType.Int64;
+            using var cpu = t.detach().to(integer ? ScalarType.Int64 : ScalarType.Float32).cpu().contiguous();
+            var data = integer ? LittleEndianBytes(cpu.data<long>().ToArray()) : LittleEndianBytes(cpu.data<float>().ToArray());
             payloads.Add(data);
-            long end = offset + (4L * data.Length);
+            long end = offset + data.Length;
             if (header.Length > 1)
             {
                 header.Append(',');
             }
 
-            header.Append(JsonSerializer.Serialize(name)).Append(":{\"dtype\":\"F32\",\"shape\":[")
+            header.Append(JsonSerializer.Serialize(name)).Append(integer ? ":{\"dtype\":\"I64\",\"shape\":[" : ":{\"dtype\":\"F32\",\"shape\":[")
                 .Append(string.Join(",", t.shape)).Append("],\"data_offsets\":[").Append(offset).Append(',').Append(end).Append("]}");
             offset = end;
         }
@@ -245,11 +252,30 @@ internal static class Safetensors
 
         foreach (var data in payloads)
         {
-            foreach (var v in data)
-            {
-                writer.Write(v);
-            }
+            writer.Write(data);
         }
+    }
+
+    private static byte[] LittleEndianBytes(float[] values)
+    {
+        var bytes = new byte[4 * values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(4 * i, 4), values[i]);
+        }
+
+        return bytes;
+    }
+
+    private static byte[] LittleEndianBytes(long[] values)
+    {
+        var bytes = new byte[8 * values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            BinaryPrimitives.WriteInt64LittleEndian(bytes.AsSpan(8 * i, 8), values[i]);
+        }
+
+        return bytes;
     }
 
     private static float[] ReadFloats(ReadOnlySpan<byte> bytes)

@@ -167,6 +167,12 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Continue from these weights instead of a random start. Default <c>null</c>.</summary>
         public BootMaeEncoder? InitialEncoder;
 
+        /// <summary>
+        /// Starts from a whole pretraining checkpoint in the official BootMAE layout (student, teacher, optimizer moments,
+        /// epoch): see <see cref="BootMaePretrainerSettings.InitialState"/> and docs/scale-out.md. Default <c>null</c>.
+        /// </summary>
+        public string? InitialState;
+
         /// <summary>Pooling of the output column. Default <see cref="BootMaePooling.Mean"/>.</summary>
         public BootMaePooling Pooling = BootMaePooling.Mean;
 
@@ -319,6 +325,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         ResumeFromCheckpoint = o.ResumeFromCheckpoint,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
         InitialEncoder = o.InitialEncoder,
+        InitialState = o.InitialState,
         ReconstructionPreviewPath = o.ReconstructionPreviewPath,
         ReconstructionPreviewCount = o.ReconstructionPreviewCount,
     };

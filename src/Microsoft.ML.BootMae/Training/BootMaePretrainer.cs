@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using Microsoft.ML.BootMae.Interop;
 using Microsoft.ML.BootMae.Modules;
 using Microsoft.ML.BootMae.Training;
 using TorchSharp;
@@ -109,6 +110,12 @@ public sealed class BootMaePretrainer
         using var optimizer = ParameterGroups.CreateAdamW(network, schedules.BaseLearningRate, s.WeightDecay);
         string fingerprint = Fingerprint(s, totalSteps);
         var position = new TrainingPosition(0, 0, 0, totalSteps, s.Seed);
+        if (s.InitialState is { } initialState)
+        {
+            position = OfficialCheckpoint.Load(initialState, network, teacher, loadTeacher: s.Teacher == BootMaeTeacher.Ema, optimizer,
+                stepsPerEpoch, totalSteps, s.Seed, log);
+        }
+
         if (s.ResumeFromCheckpoint && PretrainingCheckpoint.FindLatestValid(s.CheckpointDirectory!, a, fingerprint, log) is { } found)
         {
             PretrainingCheckpoint.Load(found.Path, network, teacher, optimizer);
@@ -118,6 +125,59 @@ public sealed class BootMaePretrainer
 
         var run = new Run(this, network, teacher, optimizer, schedules, device, modelSettings, fingerprint, metricsCallback, log);
         return run.Execute(source, position, stepsPerEpoch, cancellationToken);
+    }
+
+    /// <summary>
+    /// Writes a pretraining checkpoint as the official BootMAE code keeps its own (LightDXY/BootMAE <c>run_pretraining.py</c>,
+    /// <c>--resume</c>): <paramref name="destination"/> (<c>.pth</c>) with <c>model</c> (the whole student under the official
+    /// <c>VisionTransformerForMaskedImageModeling</c> names), <c>model_ema</c>, <c>optimizer</c> (AdamW moments and step
+    /// counts in the official parameter groups), <c>epoch</c> and <c>args</c>, and beside it a <c>.safetensors</c> twin with the
+    /// same tensors under <c>model.</c> / <c>model_ema.</c> / <c>optimizer.</c> names. See docs/scale-out.md.
+    /// </summary>
+    /// <param name="checkpoint">A checkpoint folder (<c>step-…</c>, with <c>manifest.json</c>) or a
+    /// <see cref="BootMaePretrainerSettings.CheckpointDirectory"/>, whose newest valid checkpoint is taken.</param>
+    /// <param name="destination">The <c>.pth</c> file to write (replaced atomically; its folder must exist).</param>
+    /// <param name="log">Receives what was written and how the official code resumes from it.</param>
+    /// <returns>The <c>.pth</c> and <c>.safetensors</c> paths.</returns>
+    /// <exception cref="InvalidDataException">No usable checkpoint at <paramref name="checkpoint"/>.</exception>
+    /// <exception cref="InvalidOperationException">The run cannot be expressed in the official layout (MAE mode, an injection
+    /// off, decoder heads that differ from the encoder's, or WeightDecay 0); the message says which.</exception>
+    public static (string Pth, string Safetensors) ExportOfficialCheckpoint(string checkpoint, string destination, Action<string>? log = null)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        ArgumentNullException.ThrowIfNull(destination);
+        BootMaeRuntime.EnsureTorchLoaded();
+        var (folder, architecture, position) = CheckpointFolder.Resolve(checkpoint, PretrainingCheckpoint.Format, PretrainingCheckpoint.Version);
+        // The official layout is BootMAE mode with both injections; a checkpoint of another layout fails to load into it.
+        using var network = new BootMaeNetwork(architecture, new BootMaeModelSettings { Mode = PretrainMode.BootMae, InjectRegressor = true, InjectPredictor = true });
+        try
+        {
+            CheckpointFolder.ReadWith(folder, "student.bin", r => network.load(r));
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidOperationException($"Checkpoint '{folder}': its student is not the official BootMAE layout (a run in MAE mode, or with " +
+                $"InjectRegressor or InjectPredictor off): {ex.Message}", ex);
+        }
+
+        OfficialCheckpoint.CheckLayout(network);
+        using var teacher = new VisionTransformerEncoder(architecture);
+        bool hasTeacher = false;
+        CheckpointFolder.ReadWith(folder, "teacher.bin", r =>
+        {
+            // A run without a teacher (Target = Pixel) writes an empty teacher.bin.
+            hasTeacher = r.BaseStream.Length > 0;
+            if (hasTeacher)
+            {
+                teacher.load(r);
+            }
+        });
+        IReadOnlyList<double> decays = Array.Empty<double>();
+        CheckpointFolder.ReadWith(folder, "optimizer.bin", r => decays = OwnedAdamW.ReadWeightDecays(r));
+        using var optimizer = ParameterGroups.CreateAdamW(network, 1e-3, decays.Count > 0 ? decays[0] : 0);
+        CheckpointFolder.ReadWith(folder, "optimizer.bin", r => optimizer.Load(r));
+        log?.Invoke($"Exporting checkpoint '{folder}' (step {position.Step}, epoch {position.Epoch}).");
+        return OfficialCheckpoint.Export(destination, network, hasTeacher ? teacher : null, optimizer, position, log);
     }
 
     // The momenta never decrease along the run (start ≤ mid ≤ end), so a given Mid or End below the value before it is
@@ -245,7 +305,11 @@ public sealed class BootMaePretrainer
                         KeepPreviewImages(batch);
                         TrainStep(batch, step, epoch);
                         step++;
-                        position = new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
+                        // After an epoch's last batch the run stands at the start of the next epoch, as the epoch-end
+                        // checkpoint records it (an official export then counts that epoch as finished).
+                        position = inEpoch == stepsPerEpoch
+                            ? new TrainingPosition(step, epoch + 1, 0, _schedules.TotalSteps, s.Seed)
+                            : new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
                         if (step % s.LogEveryNSteps == 0 && step < _schedules.TotalSteps)
                         {
                             Report(epoch, step, isEpochEnd: false);

@@ -157,6 +157,17 @@ public sealed class BootMaePretrainerSettings
     /// <summary>Starts the student's encoder from these weights instead of a random initialisation. Default null.</summary>
     public BootMaeEncoder? InitialEncoder;
 
+    /// <summary>
+    /// Starts the run from a whole pretraining checkpoint in the official BootMAE layout (a <c>.pth</c> that
+    /// <see cref="BootMaePretrainer.ExportOfficialCheckpoint"/> or the official <c>run_pretraining.py</c> wrote, or the
+    /// <c>.safetensors</c> twin of an export): the student strictly, the teacher's encoder from <c>model_ema</c>, the AdamW
+    /// moments when present, and the position (the epoch after the file's <c>epoch</c>; an unchanged export of ours resumes
+    /// at its exact step). Requires BootMAE mode with both injections on and decoder heads equal to
+    /// <see cref="BootMaeArchitecture.Heads"/>. A checkpoint found by <see cref="ResumeFromCheckpoint"/> takes precedence.
+    /// Nothing in the file is executed. Default null. See docs/scale-out.md.
+    /// </summary>
+    public string? InitialState;
+
     /// <summary>Seed of initialisation, data order, masks and augmentation. Default 1.</summary>
     public int Seed = PretrainingDefaults.Seed;
 
@@ -228,6 +239,8 @@ public sealed class BootMaePretrainerSettings
         Require(CheckpointsToKeep > 0, nameof(CheckpointsToKeep), "must be positive.");
         Require(ReconstructionPreviewCount > 0, nameof(ReconstructionPreviewCount), "must be positive.");
         Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), "needs a CheckpointDirectory.");
+        Require(InitialState is null || InitialEncoder is null, nameof(InitialState), "cannot be combined with InitialEncoder (the checkpoint holds the encoder).");
+        Require(InitialState is null || Mode == BootMaeMode.BootMae, nameof(InitialState), "needs Mode = BootMae (the official checkpoint is a BootMAE model).");
         Require(Teacher != BootMaeTeacher.Frozen || TeacherEncoder is not null, nameof(TeacherEncoder), "is required when Teacher is Frozen.");
         Require(EmaMomentumFloor is >= 0 and < 1, nameof(EmaMomentumFloor), "must be in [0, 1).");
         Require(PixelTargetEpsilon > 0 && double.IsFinite(PixelTargetEpsilon), nameof(PixelTargetEpsilon), "must be a positive number.");

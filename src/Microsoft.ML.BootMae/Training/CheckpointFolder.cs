@@ -167,6 +167,43 @@ internal static class CheckpointFolder
         read(reader);
     }
 
+    /// <summary>
+    /// The checkpoint <paramref name="path"/> names: a checkpoint folder (holding <c>manifest.json</c>), or a checkpoint directory,
+    /// whose newest checkpoint of <paramref name="format"/> with a manifest and files that check out is taken. Returns its folder,
+    /// architecture and position.
+    /// </summary>
+    /// <exception cref="InvalidDataException">No such checkpoint, or the one named is damaged or of another format.</exception>
+    public static (string Path, BootMaeArchitecture Architecture, TrainingPosition Position) Resolve(string path, string format, int version)
+    {
+        if (File.Exists(Path.Combine(path, "manifest.json")))
+        {
+            var manifest = ReadManifest(path, format, version);
+            return (path, manifest.Architecture!, manifest.Position!);
+        }
+
+        if (!Directory.Exists(path))
+        {
+            throw new InvalidDataException($"'{path}' is neither a checkpoint folder (with manifest.json) nor a folder of checkpoints.");
+        }
+
+        var skipped = new List<string>();
+        foreach (var candidate in ListCheckpoints(path))
+        {
+            try
+            {
+                var manifest = ReadManifest(candidate, format, version);
+                return (candidate, manifest.Architecture!, manifest.Position!);
+            }
+            catch (Exception ex) when (ex is InvalidDataException or IOException or JsonException)
+            {
+                skipped.Add($"{Path.GetFileName(candidate)}: {ex.Message}");
+            }
+        }
+
+        throw new InvalidDataException($"'{path}' holds no usable {format} checkpoint (step-* folder with a valid manifest.json)" +
+            (skipped.Count > 0 ? $"; skipped {string.Join("; ", skipped)}." : "."));
+    }
+
     // Whether a checkpoint folder is one of this run's, complete and undamaged: only those may be pruned or take keep slots.
     private static bool IsThisRun(string path, string format, int version, BootMaeArchitecture architecture, string settingsFingerprint)
     {

@@ -220,6 +220,61 @@ internal sealed class OwnedAdamW : IDisposable
         }
     }
 
+    /// <summary>
+    /// The groups' weight decays recorded in state written by <see cref="Save"/>, read without building an optimizer (an
+    /// exporter needs them to build the optimizer that <see cref="Load"/> then accepts).
+    /// </summary>
+    public static IReadOnlyList<double> ReadWeightDecays(BinaryReader reader)
+    {
+        string name = reader.ReadString();
+        if (name != FormatName)
+        {
+            throw new InvalidDataException($"The optimizer state is of '{name}', not {FormatName}.");
+        }
+
+        long groups = reader.Read7BitEncodedInt64();
+        reader.Read7BitEncodedInt64();
+        if (groups is < 0 or > 1024)
+        {
+            throw new InvalidDataException($"The optimizer state claims {groups} parameter groups (damaged).");
+        }
+
+        var decays = new List<double>((int)groups);
+        for (long i = 0; i < groups; i++)
+        {
+            reader.ReadDouble(); // initial lr
+            reader.ReadDouble(); // lr
+            reader.ReadDouble(); // beta1
+            reader.ReadDouble(); // beta2
+            reader.ReadDouble(); // eps
+            decays.Add(reader.ReadDouble());
+            reader.ReadBoolean();
+            reader.ReadBoolean();
+        }
+
+        return decays;
+    }
+
+    /// <summary>
+    /// Replaces one parameter's step count and moments by copies of the given values (converted to the state's dtype and
+    /// device); shapes must match. Used by checkpoint imports.
+    /// </summary>
+    internal void SetState(int index, long step, Tensor expAvg, Tensor expAvgSq)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var state = _states[index];
+        if (!expAvg.shape.SequenceEqual(state.ExpAvg.shape) || !expAvgSq.shape.SequenceEqual(state.ExpAvgSq.shape))
+        {
+            throw new InvalidDataException($"Optimizer moments of shape [{string.Join(", ", expAvg.shape)}] do not fit a parameter of shape [{string.Join(", ", state.ExpAvg.shape)}].");
+        }
+
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope(); // frees the wrappers copy_ returns
+        state.ExpAvg.copy_(expAvg);
+        state.ExpAvgSq.copy_(expAvgSq);
+        state.Step = step;
+    }
+
     /// <summary>The step count and moments of one parameter, for tests (live tensors, not copies).</summary>
     internal (long Step, Tensor ExpAvg, Tensor ExpAvgSq) StateOf(int index) => (_states[index].Step, _states[index].ExpAvg, _states[index].ExpAvgSq);
 
