@@ -133,6 +133,13 @@ def as_fused(sd):
     return out
 
 
+class ExecutesOnLoad:
+    """pickle.load would call os.system(...) to rebuild this object; a data-only reader must not."""
+
+    def __reduce__(self):
+        return (os.system, ("echo executed > /tmp/bootmae-interop-pickle-executed",))
+
+
 def official_checkpoint(sd, images01, g):
     """torch.save of the dict run_pretraining.py's utils.save_model writes: student, EMA teacher, optimizer, scaler, epoch, args."""
     student, teacher = bootmae_style(sd, 0.0), bootmae_style(sd, 0.05)
@@ -153,6 +160,8 @@ def official_checkpoint(sd, images01, g):
         "args": args,
     }
     torch.save(checkpoint, os.path.join(OUT, "official_checkpoint.pth"))
+    # A pickle that would run a shell command if unpickled by Python's pickle: the import must only read it as data.
+    torch.save({"model": student, "payload": ExecutesOnLoad()}, os.path.join(OUT, "code_execution_checkpoint.pth"))
     # A checkpoint without weights (e.g. an optimizer-only save): the import must say what the file holds.
     torch.save({"optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0, 1]}]}, "epoch": 7, "args": args},
                os.path.join(OUT, "no_weights_checkpoint.pth"))

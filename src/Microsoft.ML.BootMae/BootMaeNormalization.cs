@@ -12,6 +12,7 @@ namespace Microsoft.ML.BootMae;
 /// </remarks>
 public sealed record BootMaeNormalization
 {
+    // Copied in and wrapped on the way out, so a shared preset cannot be changed through a cast.
     private readonly double[] _mean = [0.5];
     private readonly double[] _std = [0.5];
 
@@ -24,14 +25,14 @@ public sealed record BootMaeNormalization
     /// <summary>Per-channel means subtracted from [0, 1] pixels: one value, or one per channel. Default [0.5].</summary>
     public IReadOnlyList<double> Mean
     {
-        get => _mean;
+        get => Array.AsReadOnly(_mean);
         init => _mean = (value ?? throw new ArgumentNullException(nameof(Mean))).ToArray();
     }
 
     /// <summary>Per-channel standard deviations the centred pixels are divided by: one value, or one per channel. Default [0.5].</summary>
     public IReadOnlyList<double> Std
     {
-        get => _std;
+        get => Array.AsReadOnly(_std);
         init => _std = (value ?? throw new ArgumentNullException(nameof(Std))).ToArray();
     }
 

@@ -78,6 +78,18 @@ public sealed class PyTorchImportTests
     }
 
     [TestMethod]
+    public void APickleThatWouldRunCodeIsOnlyReadAsData()
+    {
+        // Python's pickle.load of this file runs os.system("echo executed > /tmp/bootmae-interop-pickle-executed").
+        const string Marker = "/tmp/bootmae-interop-pickle-executed";
+        File.Delete(Marker);
+        var error = Assert.ThrowsExactly<InvalidDataException>(() => BootMaeEncoder.FromPyTorch(Fixture("code_execution_checkpoint.pth"), Tiny));
+
+        StringAssert.Contains(error.Message, "could not be read as a PyTorch checkpoint");
+        Assert.IsFalse(File.Exists(Marker), "the unpickler ran code from the file");
+    }
+
+    [TestMethod]
     public void HuggingFaceViTMaeNamesMatchTheHuggingFaceForward()
     {
         // ViTMAEForPreTraining's names (vit.embeddings…, vit.encoder.layer.N.attention.attention.query/key/value with a

@@ -31,7 +31,19 @@ internal static partial class PyTorchWeights
         if (extension == ".safetensors")
         {
             var flat = Safetensors.Load(path);
-            return (SelectFlat(flat, model, path, log), flat.Values.ToList());
+            try
+            {
+                return (SelectFlat(flat, model, path, log), flat.Values.ToList());
+            }
+            catch
+            {
+                foreach (var t in flat.Values)
+                {
+                    t.Dispose();
+                }
+
+                throw;
+            }
         }
 
         if (extension is not (".pth" or ".pt" or ".bin" or ".ckpt"))

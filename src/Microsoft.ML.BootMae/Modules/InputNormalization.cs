@@ -9,7 +9,8 @@ namespace Microsoft.ML.BootMae.Modules;
 internal static class InputNormalization
 {
     // Scalars of the normalisations in use, made once (a handful of distinct values per process), never disposed,
-    // like TorchScalars: no per-batch number → Scalar conversion.
+    // like TorchScalars: no per-batch number → Scalar conversion. A racing GetOrAdd may make a duplicate that is never
+    // handed to libtorch, so its finalizer is harmless.
     private static readonly ConcurrentDictionary<double, Scalar> Scalars = new();
 
     // B×C×H×W pixels in [0, 1] → (x − mean[c]) / std[c], as a new tensor.
