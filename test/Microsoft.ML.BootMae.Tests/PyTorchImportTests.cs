@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Microsoft.ML.BootMae.Interop;
 using Microsoft.ML.BootMae.Modules;
+using Microsoft.ML.BootMae.Training;
 using Microsoft.VisualStudio.TestTools.UnitTesting;
 using static TorchSharp.torch;
 
@@ -250,6 +251,31 @@ public sealed class PyTorchImportTests
             Assert.AreEqual(Tiny, loaded.Architecture);
             Assert.AreEqual(BootMaeNormalization.BootMae, loaded.Architecture.Normalization);
         }
+    }
+
+    [TestMethod]
+    public void PretrainingFromAnImportedEncoderKeepsItsNormalization()
+    {
+        // Continued pretraining of an ImageNet-normalised (MAE) import: the run uses the encoder's architecture, its
+        // steps and the reconstruction picture (which inverts the normalisation per channel) run, and the result keeps it.
+        using var imported = BootMaeEncoder.FromPyTorch(Fixture("mae_style_encoder.pth"), new BootMaePyTorchImportOptions { Architecture = Tiny });
+        Assert.AreEqual(BootMaeNormalization.ImageNet, imported.Architecture.Normalization);
+        var preview = Path.Combine(Path.GetTempPath(), $"bootmae-{Guid.NewGuid():N}-preview.png");
+        var random = new Random(3);
+        var pixels = Enumerable.Range(0, 8 * 3 * 16 * 16).Select(_ => (float)random.NextDouble()).ToArray();
+        var settings = new BootMaePretrainerSettings
+        {
+            MaxEpochs = 1, MaxSteps = 2, BatchSize = 4, Seed = 3, Device = BootMaeDevice.Cpu, Precision = BootMaePrecision.Float32,
+            InitialEncoder = imported, ReconstructionPreviewPath = preview, ReconstructionPreviewCount = 2,
+        };
+
+        using var trained = new BootMaePretrainer(imported.Architecture, settings).Train(new InMemoryImageSource(pixels, null, 8, 3, 16, seed: 1, shuffle: true));
+
+        Assert.AreEqual(imported.Architecture, trained.Architecture);
+        Assert.IsTrue(File.Exists(preview), "no reconstruction picture was written");
+        File.Delete(preview);
+        var error = Assert.ThrowsExactly<ArgumentException>(() => new BootMaePretrainer(Tiny, settings));
+        StringAssert.Contains(error.Message, "Normalization = mean [0.485, 0.456, 0.406]");
     }
 
     [TestMethod]
