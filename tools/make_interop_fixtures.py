@@ -150,7 +150,7 @@ def official_checkpoint(sd, images01, g):
     optimizer.step()
     args = argparse.Namespace(model="pretrain_bootmae_tiny_patch4_16", batch_size=3, epochs=800, input_size=IMAGE, mask_ratio=0.75,
                               lr=1.5e-4, opt_betas=[0.9, 0.95], model_ema=True, model_ema_decay=0.999, output_dir="", resume="",
-                              device="cuda", seed=0, dist_url="env://", clip_grad=None)
+                              device="cuda", seed=0, dist_url="env://", clip_grad=None, imagenet_default_mean_and_std=False)
     checkpoint = {
         "model": collections.OrderedDict(("module." + k, v) for k, v in student.items()),  # saved from DDP without unwrapping
         "model_ema": teacher,
@@ -162,6 +162,9 @@ def official_checkpoint(sd, images01, g):
     torch.save(checkpoint, os.path.join(OUT, "official_checkpoint.pth"))
     # A pickle that would run a shell command if unpickled by Python's pickle: the import must only read it as data.
     torch.save({"model": student, "payload": ExecutesOnLoad()}, os.path.join(OUT, "code_execution_checkpoint.pth"))
+    # A run with --imagenet_default_mean_and_std: its args tell the import to use the ImageNet mean/std.
+    torch.save({"model": student, "epoch": 1, "args": argparse.Namespace(**{**vars(args), "imagenet_default_mean_and_std": True})},
+               os.path.join(OUT, "official_imagenet_args_checkpoint.pth"))
     # A checkpoint without weights (e.g. an optimizer-only save): the import must say what the file holds.
     torch.save({"optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0, 1]}]}, "epoch": 7, "args": args},
                os.path.join(OUT, "no_weights_checkpoint.pth"))

@@ -178,7 +178,7 @@ public sealed class BootMaeEncoder : IDisposable
         }
 
         var log = options.Log;
-        var (raw, owned) = PyTorchWeights.Read(path, options.Model, log);
+        var (raw, owned, args) = PyTorchWeights.Read(path, options.Model, log);
         try
         {
             // First the shape (no tensor leaves this scope), then the module outside any scope, since its parameters
@@ -188,7 +188,7 @@ public sealed class BootMaeEncoder : IDisposable
             {
                 var (weights, naming) = PyTorchWeights.ToEncoderKeys(raw);
                 log?.Invoke($"FromPyTorch: '{path}' has {naming.Describe()}{(naming.HasNoQkvBias ? "; its attention has no qkv bias, so q_bias and v_bias are zero" : string.Empty)}.");
-                var normalization = EncoderImport.ResolveNormalization(options, naming, path, log);
+                var normalization = EncoderImport.ResolveNormalization(options, naming, args, path, log);
                 architecture = options.Architecture is { } a
                     ? a with { Normalization = normalization }
                     : EncoderImport.Infer(weights, options, normalization, path, log);

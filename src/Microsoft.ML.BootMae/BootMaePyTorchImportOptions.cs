@@ -41,10 +41,11 @@ public sealed record BootMaePyTorchImportOptions
 
     /// <summary>
     /// The input normalisation the weights expect. <c>null</c> (the default): a non-default
-    /// <see cref="BootMaeArchitecture.Normalization"/> of <see cref="Architecture"/> if given, else decided from the key
-    /// names: BootMAE/BEiT names (q_bias, v_bias) → <see cref="BootMaeNormalization.BootMae"/>, MAE checkpoints (their
-    /// decoder keys are present) → <see cref="BootMaeNormalization.ImageNet"/>; for any other file (timm, Hugging Face,
-    /// MAE's encoder-only release) the import fails and asks for this member, since both conventions exist there.
+    /// <see cref="BootMaeArchitecture.Normalization"/> of <see cref="Architecture"/> if given; else what an official
+    /// checkpoint's <c>args</c> record (<c>imagenet_default_mean_and_std</c>, or an MAE model name); else the key names:
+    /// BootMAE/BEiT names (q_bias, v_bias) → <see cref="BootMaeNormalization.BootMae"/>, MAE checkpoints (their decoder
+    /// keys are present) → <see cref="BootMaeNormalization.ImageNet"/>. For any other file (timm, Hugging Face without the
+    /// MAE decoder, MAE's encoder-only release) the import fails and asks for this member, since both conventions exist there.
     /// </summary>
     public BootMaeNormalization? Normalization { get; init; }
 

@@ -51,12 +51,36 @@ public sealed class PyTorchImportTests
         StringAssert.Contains(taken, "'args', 'epoch', 'model_ema', 'optimizer', 'scaler'");
         StringAssert.Contains(taken, "Model = Teacher takes 'model_ema'");
         StringAssert.Contains(string.Join("\n", log), "BootMAE / BEiT names");
+        StringAssert.Contains(log.Single(l => l.Contains("input normalisation", StringComparison.Ordinal)), "args.imagenet_default_mean_and_std is False");
 
         using (var teacher = BootMaeEncoder.FromPyTorch(Fixture("official_checkpoint.pth"), new BootMaePyTorchImportOptions { Architecture = Tiny, Model = BootMaeCheckpointModel.Teacher }))
         {
             Assert.AreEqual(Tiny, teacher.Architecture);
             BootMaeEncoderTests.AssertTokens(teacher, images, expected["teacher_tokens"], "official checkpoint, teacher");
         }
+    }
+
+    [TestMethod]
+    public void TheCheckpointsArgsDecideTheNormalization()
+    {
+        // A BootMAE run with --imagenet_default_mean_and_std: its args say ImageNet although the names are BootMAE's.
+        var log = new List<string>();
+        using (var encoder = BootMaeEncoder.FromPyTorch(Fixture("official_imagenet_args_checkpoint.pth"), new BootMaePyTorchImportOptions { Architecture = Tiny, Log = log.Add }))
+        {
+            Assert.AreEqual(BootMaeNormalization.ImageNet, encoder.Architecture.Normalization);
+        }
+
+        StringAssert.Contains(log.Single(l => l.Contains("input normalisation", StringComparison.Ordinal)), "args.imagenet_default_mean_and_std is True");
+
+        // An explicit choice wins, with a note that the file suggests otherwise.
+        log.Clear();
+        var options = new BootMaePyTorchImportOptions { Architecture = Tiny, Normalization = BootMaeNormalization.BootMae, Log = log.Add };
+        using (var encoder = BootMaeEncoder.FromPyTorch(Fixture("official_imagenet_args_checkpoint.pth"), options))
+        {
+            Assert.AreEqual(BootMaeNormalization.BootMae, encoder.Architecture.Normalization);
+        }
+
+        StringAssert.Contains(log.Single(l => l.Contains("input normalisation", StringComparison.Ordinal)), "(given). Note: the file suggests mean [0.485, 0.456, 0.406]");
     }
 
     [TestMethod]

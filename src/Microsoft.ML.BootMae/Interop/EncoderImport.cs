@@ -19,21 +19,25 @@ internal static class EncoderImport
         [1280] = (16, "ViT-H"),
     };
 
-    public static BootMaeNormalization ResolveNormalization(BootMaePyTorchImportOptions options, PyTorchWeights.KeyNaming naming, string path, Action<string>? log)
+    public static BootMaeNormalization ResolveNormalization(BootMaePyTorchImportOptions options, PyTorchWeights.KeyNaming naming, PyTorchWeights.TrainingArgs args, string path, Action<string>? log)
     {
-        if (options.Normalization is { } chosen)
+        var recorded = FromArgs(args, out var why);
+        var fromNames = naming.Kind == PyTorchWeights.KeyNamingKind.BootMae ? BootMaeNormalization.BootMae : naming.HasMaeDecoder ? BootMaeNormalization.ImageNet : null;
+        var expected = recorded ?? fromNames;
+        var explicitChoice = options.Normalization ?? (options.Architecture is { } given && !given.Normalization.IsBootMae ? given.Normalization : null);
+        if (explicitChoice is not null)
         {
-            string note = chosen.IsBootMae && naming.HasMaeDecoder ? " Note: MAE was pretrained with the ImageNet mean/std (BootMaeNormalization.ImageNet)."
-                : !chosen.IsBootMae && naming.Kind == PyTorchWeights.KeyNamingKind.BootMae ? " Note: BootMAE and BEiT were pretrained with mean = std = 0.5 (BootMaeNormalization.BootMae)."
+            string note = expected is not null && expected != explicitChoice
+                ? $" Note: the file suggests {expected} instead ({(recorded is not null ? why : $"it has {naming.Describe()}")})."
                 : string.Empty;
-            log?.Invoke($"FromPyTorch: input normalisation {chosen} (given).{note}");
-            return chosen;
+            log?.Invoke($"FromPyTorch: input normalisation {explicitChoice} ({(options.Normalization is not null ? "given" : "the given architecture's")}).{note}");
+            return explicitChoice;
         }
 
-        if (options.Architecture is { } given && !given.Normalization.IsBootMae)
+        if (recorded is not null)
         {
-            log?.Invoke($"FromPyTorch: input normalisation {given.Normalization} (the given architecture's).");
-            return given.Normalization;
+            log?.Invoke($"FromPyTorch: input normalisation {recorded}: {why}.");
+            return recorded;
         }
 
         if (naming.Kind == PyTorchWeights.KeyNamingKind.BootMae)
@@ -53,6 +57,26 @@ internal static class EncoderImport
             "timm ImageNet-1k models use the ImageNet mean/std, Google's ViT and timm's augreg models use mean = std = 0.5, and a wrong choice silently " +
             "degrades every feature. Say which: FromPyTorch(path, new BootMaePyTorchImportOptions { Normalization = BootMaeNormalization.ImageNet }) " +
             "(or BootMaeNormalization.BootMae for 0.5 / 0.5; the model card or the preprocessor config of the weights gives it), with Architecture set as well if you give one.");
+    }
+
+    // The normalisation the training run recorded in its 'args', with the reason, or null.
+    private static BootMaeNormalization? FromArgs(PyTorchWeights.TrainingArgs args, out string why)
+    {
+        if (args.ImageNetDefaultMeanAndStd is { } imageNet)
+        {
+            why = $"the checkpoint's args.imagenet_default_mean_and_std is {imageNet}, so the official data pipeline normalised with " +
+                  (imageNet ? "the ImageNet mean/std" : "mean = std = 0.5 (timm's IMAGENET_INCEPTION_MEAN/STD)");
+            return imageNet ? BootMaeNormalization.ImageNet : BootMaeNormalization.BootMae;
+        }
+
+        if (args.ModelName is { } name && name.StartsWith("mae_", StringComparison.Ordinal))
+        {
+            why = $"the checkpoint's args.model is '{name}', an MAE model, and MAE normalises with the ImageNet mean/std";
+            return BootMaeNormalization.ImageNet;
+        }
+
+        why = string.Empty;
+        return null;
     }
 
     // The architecture from the encoder tensors (official names): patch size, channels and width from the patch

@@ -24,8 +24,9 @@ internal static partial class PyTorchWeights
     // .safetensors: parsed directly. .pth/.pt: torch.save's zip format through TorchSharp.PyBridge, whose unpickler
     // rebuilds tensors, dictionaries, lists and numbers and turns any other class (an argparse.Namespace) into a plain
     // dictionary of its fields: nothing from the file is executed. Returns the chosen state_dict (raw keys) and every
-    // tensor the file held (optimizer moments included), which the caller disposes.
-    public static (Dictionary<string, Tensor> StateDict, List<Tensor> Owned) Read(string path, BootMaeCheckpointModel model, Action<string>? log)
+    // tensor the file held (optimizer moments included), which the caller disposes, and what the checkpoint's 'args'
+    // say about the input normalisation.
+    public static (Dictionary<string, Tensor> StateDict, List<Tensor> Owned, TrainingArgs Args) Read(string path, BootMaeCheckpointModel model, Action<string>? log)
     {
         var extension = Path.GetExtension(path).ToLowerInvariant();
         if (extension == ".safetensors")
@@ -33,7 +34,7 @@ internal static partial class PyTorchWeights
             var flat = Safetensors.Load(path);
             try
             {
-                return (SelectFlat(flat, model, path, log), flat.Values.ToList());
+                return (SelectFlat(flat, model, path, log), flat.Values.ToList(), default);
             }
             catch
             {
@@ -69,7 +70,7 @@ internal static partial class PyTorchWeights
         CollectTensors(table, owned, 0);
         try
         {
-            return (SelectNested(table, model, path, log), owned);
+            return (SelectNested(table, model, path, log), owned, TrainingArgs.From(table));
         }
         catch
         {
@@ -143,6 +144,17 @@ internal static partial class PyTorchWeights
             : split ? KeyNamingKind.BootMae
             : KeyNamingKind.Unknown;
         return (result, new KeyNaming(kind, maeDecoder, biasless));
+    }
+
+    // The training script's settings that decide the input normalisation, from an official checkpoint's 'args'
+    // (an argparse.Namespace): BootMAE's and BEiT's --imagenet_default_mean_and_std (absent: not recorded), and the
+    // model name (MAE's main_pretrain.py names its models mae_vit_…).
+    internal readonly record struct TrainingArgs(bool? ImageNetDefaultMeanAndStd, string? ModelName)
+    {
+        public static TrainingArgs From(Hashtable checkpoint) =>
+            checkpoint["args"] is IDictionary args && IsObject(args)
+                ? new TrainingArgs(args["imagenet_default_mean_and_std"] as bool?, args["model"] as string)
+                : default;
     }
 
     // The file's key convention, which decides the input normalisation when the caller gives none.
