@@ -16,8 +16,9 @@ namespace Microsoft.ML.BootMae;
 /// </summary>
 /// <remarks>
 /// Input images are scaled to [0, 1] and then normalised per channel as <see cref="BootMaeArchitecture.Normalization"/>
-/// says: mean = std = 0.5 (pixels in [-1, 1]) for BootMAE's own encoders, the ImageNet mean/std for imported MAE weights. The encoder is the student of pretraining (the official fine-tuning
-/// also starts from the student, not the EMA teacher). Dispose it to free its native memory.
+/// says: mean = std = 0.5 (pixels in [-1, 1]) for BootMAE's own encoders, the ImageNet mean/std for imported MAE
+/// weights. The encoder is the student of pretraining (the official fine-tuning also starts from the student, not the
+/// EMA teacher). Dispose it to free its native memory.
 /// <para>File format of <see cref="Save(Stream)"/>: the 8 bytes <c>BOOTMAE1</c>, a little-endian int32 header
 /// length, a UTF-8 JSON header (format, architecture, payload length and SHA-256), then the weights as a
 /// safetensors payload under the official key names (<c>patch_embed.proj.weight</c>, <c>blocks.0.attn.qkv.weight</c>, …).</para>
