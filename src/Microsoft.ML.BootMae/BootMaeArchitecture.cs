@@ -1,8 +1,9 @@
 namespace Microsoft.ML.BootMae;
 
 /// <summary>
-/// The shape of a BootMAE network (encoder and both decoders) and nothing else. Training settings (epochs,
-/// learning rates, masking, feature-loss weight, EMA, precision) live in the options of the trainers.
+/// The shape of a BootMAE network (encoder and both decoders) and the input normalisation its weights expect, and
+/// nothing else. Training settings (epochs, learning rates, masking, feature-loss weight, EMA, precision) live in the
+/// options of the trainers.
 /// </summary>
 /// <remarks>
 /// Customise a preset with a <c>with</c> expression, e.g. <c>BootMaeArchitecture.VitTiny16 with { ImageSize = 32, PatchSize = 4 }</c>.
@@ -27,6 +28,13 @@ public sealed record BootMaeArchitecture
 
     /// <summary>Number of encoder attention heads. Default 12.</summary>
     public int Heads { get; init; } = 12;
+
+    /// <summary>
+    /// How [0, 1] pixels are normalised before the patch embedding, in every path (featurize, fine-tune, pretraining,
+    /// ONNX). Default <see cref="BootMaeNormalization.BootMae"/> (mean = std = 0.5, BootMAE's pretraining); imported MAE
+    /// weights need <see cref="BootMaeNormalization.ImageNet"/>. Files written before this member existed read as the default.
+    /// </summary>
+    public BootMaeNormalization Normalization { get; init; } = BootMaeNormalization.BootMae;
 
     /// <summary>Hidden width of every MLP as a multiple of its block width. Default 4.</summary>
     public double MlpRatio { get; init; } = 4.0;
@@ -110,6 +118,8 @@ public sealed record BootMaeArchitecture
         Require(EmbedDim > 0 && EmbedDim % 4 == 0, nameof(EmbedDim), $"EmbedDim {EmbedDim} must be a positive multiple of 4 (2-D sin-cos table).");
         Require(Heads > 0 && EmbedDim % Heads == 0, nameof(Heads), $"Heads {Heads} must divide EmbedDim {EmbedDim}.");
         Require(Depth > 0, nameof(Depth), "Depth must be positive.");
+        Require(Normalization is not null, nameof(Normalization), "Normalization must not be null.");
+        Normalization!.Validate(Channels);
         Require(MlpRatio > 0, nameof(MlpRatio), "MlpRatio must be positive.");
         Require(RegressorDim > 0 && RegressorDim % 4 == 0, nameof(RegressorDim), $"RegressorDim {RegressorDim} must be a positive multiple of 4.");
         Require(RegressorHeads > 0 && RegressorDim / RegressorHeads > 0, nameof(RegressorHeads), "RegressorHeads must be positive and at most RegressorDim.");

@@ -15,9 +15,10 @@ namespace Microsoft.ML.BootMae;
 /// PyTorch weights, export ours, and hand it to <c>BootMaeFeaturize</c> or <c>BootMaeImageClassification</c>.
 /// </summary>
 /// <remarks>
-/// Input images are scaled to [0, 1] and then normalised with mean = std = 0.5 per channel (so pixels lie in
-/// [-1, 1]), as BootMAE's pretraining does. The encoder is the student of pretraining (the official fine-tuning
-/// also starts from the student, not the EMA teacher). Dispose it to free its native memory.
+/// Input images are scaled to [0, 1] and then normalised per channel as <see cref="BootMaeArchitecture.Normalization"/>
+/// says: mean = std = 0.5 (pixels in [-1, 1]) for BootMAE's own encoders, the ImageNet mean/std for imported MAE
+/// weights. The encoder is the student of pretraining (the official fine-tuning also starts from the student, not the
+/// EMA teacher). Dispose it to free its native memory.
 /// <para>File format of <see cref="Save(Stream)"/>: the 8 bytes <c>BOOTMAE1</c>, a little-endian int32 header
 /// length, a UTF-8 JSON header (format, architecture, payload length and SHA-256), then the weights as a
 /// safetensors payload under the official key names (<c>patch_embed.proj.weight</c>, <c>blocks.0.attn.qkv.weight</c>, …).</para>
@@ -115,49 +116,107 @@ public sealed class BootMaeEncoder : IDisposable
     }
 
     /// <summary>
-    /// Imports encoder weights saved by PyTorch: an official BootMAE or MAE checkpoint, a timm ViT, or weights
-    /// exported by <see cref="ExportSafetensors"/>, as <c>.safetensors</c> or <c>.pth</c>/<c>.pt</c>.
+    /// Imports encoder weights saved by PyTorch with a known shape: see <see cref="FromPyTorch(string, BootMaePyTorchImportOptions?)"/>,
+    /// which this calls with <see cref="BootMaePyTorchImportOptions.Architecture"/> = <paramref name="architecture"/>.
     /// </summary>
     /// <param name="path">The weights file. Nothing in it is executed: <c>.pth</c> files are read as data only.</param>
-    /// <param name="architecture">The shape the weights were trained with (e.g. <see cref="BootMaeArchitecture.VitBase16"/>).</param>
-    /// <remarks>
-    /// Keys may carry <c>model.</c>, <c>module.</c>, <c>encoder.</c> or <c>backbone.</c> prefixes. A checkpoint that nests the
-    /// weights under a key (the official BootMAE files keep them under <c>model</c>) must be re-saved as a plain state_dict first.
-    /// Decoder and head keys are ignored. For MAE/timm checkpoints, <c>attn.qkv.bias</c> becomes q_bias and v_bias and
-    /// its key part is dropped: a key bias adds the same amount to every logit of a query, which softmax ignores.
-    /// <c>pos_embed</c> is taken from the file, since MAE orders the sin-cos halves differently.
-    /// </remarks>
+    /// <param name="architecture">The shape the weights were trained with (e.g. <see cref="BootMaeArchitecture.VitBase16"/>).
+    /// Its <see cref="BootMaeArchitecture.Normalization"/> counts as a choice only when it is not the default.</param>
     /// <exception cref="InvalidDataException">Encoder weights are missing or have the wrong shape for <paramref name="architecture"/>.</exception>
+    /// <exception cref="InvalidOperationException">The key names do not tell the input normalisation; pass it in the options.</exception>
     public static BootMaeEncoder FromPyTorch(string path, BootMaeArchitecture architecture)
     {
-        ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(architecture);
-        architecture.Validate();
+        return FromPyTorch(path, new BootMaePyTorchImportOptions { Architecture = architecture });
+    }
+
+    /// <summary>
+    /// Imports encoder weights saved by PyTorch: an official BootMAE or MAE training checkpoint, a timm ViT, a Hugging Face
+    /// <c>ViTMAEModel</c> / <c>ViTMAEForPreTraining</c> (or <c>ViTModel</c>), or weights exported by
+    /// <see cref="ExportSafetensors"/>, as <c>.safetensors</c> or <c>.pth</c>/<c>.pt</c>/<c>.bin</c>.
+    /// </summary>
+    /// <param name="path">The weights file. Nothing in it is executed: <c>.pth</c> files are read as data only.</param>
+    /// <param name="options">Architecture, which network of a checkpoint, normalisation, image size, log; <c>null</c> infers all from the file.</param>
+    /// <remarks>
+    /// <para><b>Checkpoints.</b> The weights may sit at the top level or under <c>model</c> / <c>state_dict</c> / <c>module</c>
+    /// (the student), or <c>model_ema</c> (the teacher, with <see cref="BootMaeCheckpointModel.Teacher"/>); the other entries of
+    /// an official checkpoint (<c>optimizer</c>, <c>scaler</c>, <c>epoch</c>, the <c>args</c> Namespace) are read as data and
+    /// ignored. Keys may carry <c>module.</c>, <c>model.</c>, <c>encoder.</c>, <c>backbone.</c> or <c>vit.</c> prefixes.</para>
+    /// <para><b>Names.</b> Decoder and head keys are ignored. A fused <c>attn.qkv.bias</c> (MAE, timm) becomes q_bias and v_bias,
+    /// and Hugging Face's separate query / key / value weights one qkv weight; a key bias is dropped, which is exact: it adds
+    /// the same amount to every logit of a query, which softmax ignores. <c>pos_embed</c> is taken from the file (MAE orders the
+    /// sin-cos halves differently, timm's is learned) and resampled bicubically when the image size differs from its grid.</para>
+    /// <para><b>Architecture.</b> When not given it is inferred from the shapes; heads, which shapes do not record, come from
+    /// <see cref="BootMaePyTorchImportOptions.Heads"/> or the presets' rule. <b>Normalisation:</b> see
+    /// <see cref="BootMaePyTorchImportOptions.Normalization"/>; it is stored in <see cref="Architecture"/> and applied everywhere.
+    /// Every decision is reported through <see cref="BootMaePyTorchImportOptions.Log"/>.</para>
+    /// </remarks>
+    /// <exception cref="InvalidDataException">The file holds no usable encoder weights (the message says what it holds), or they do not fit the given architecture.</exception>
+    /// <exception cref="InvalidOperationException">The key names do not tell the input normalisation; set <see cref="BootMaePyTorchImportOptions.Normalization"/>.</exception>
+    public static BootMaeEncoder FromPyTorch(string path, BootMaePyTorchImportOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        options ??= new BootMaePyTorchImportOptions();
+        if (!Enum.IsDefined(options.Model))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.Model, "BootMaePyTorchImportOptions.Model must be Student or Teacher.");
+        }
+
+        if (options.Architecture is { } given)
+        {
+            given.Validate();
+            if (options.ImageSize is { } size && size != given.ImageSize)
+            {
+                throw new ArgumentException($"BootMaePyTorchImportOptions.ImageSize {size} differs from Architecture.ImageSize {given.ImageSize}; set one of them.", nameof(options));
+            }
+        }
+
+        options.Normalization?.Validate(options.Architecture?.Channels ?? 3);
         BootMaeRuntime.EnsureTorchLoaded();
         if (!File.Exists(path))
         {
             throw new FileNotFoundException($"PyTorch weights file '{path}' does not exist.", path);
         }
 
-        var raw = PyTorchWeights.Read(path);
-        var module = new VisionTransformerEncoder(architecture);
+        var log = options.Log;
+        var (raw, owned, args) = PyTorchWeights.Read(path, options.Model, log);
         try
         {
+            // First the shape (no tensor leaves this scope), then the module outside any scope, since its parameters
+            // must outlive it, then the weights mapped again (views, and one concatenation per block for HF names).
+            BootMaeArchitecture architecture;
             using (var scope = NewDisposeScope())
             {
-                LoadWeights(module, PyTorchWeights.ToEncoderKeys(raw), strict: true, source: $"'{path}'");
+                var (weights, naming) = PyTorchWeights.ToEncoderKeys(raw);
+                log?.Invoke($"FromPyTorch: '{path}' has {naming.Describe()}{(naming.HasNoQkvBias ? "; its attention has no qkv bias, so q_bias and v_bias are zero" : string.Empty)}.");
+                var normalization = EncoderImport.ResolveNormalization(options, naming, args, path, log);
+                architecture = options.Architecture is { } a
+                    ? a with { Normalization = normalization }
+                    : EncoderImport.Infer(weights, options, normalization, path, log);
+                architecture.Validate();
             }
 
-            return new BootMaeEncoder(module, architecture);
-        }
-        catch
-        {
-            module.Dispose();
-            throw;
+            var module = new VisionTransformerEncoder(architecture);
+            try
+            {
+                using (var scope = NewDisposeScope())
+                {
+                    var (weights, _) = PyTorchWeights.ToEncoderKeys(raw);
+                    EncoderImport.FitPositionTable(weights, architecture, path, log);
+                    LoadWeights(module, weights, strict: true, source: $"'{path}'");
+                }
+
+                return new BootMaeEncoder(module, architecture);
+            }
+            catch
+            {
+                module.Dispose();
+                throw;
+            }
         }
         finally
         {
-            DisposeAll(raw);
+            owned.ForEach(t => t.Dispose());
         }
     }
 
@@ -181,7 +240,7 @@ public sealed class BootMaeEncoder : IDisposable
     /// <remarks>
     /// Input <c>pixels</c>: float32 <c>[batch, 3, ImageSize, ImageSize]</c>, planar RGB with values 0..255, which is what
     /// <c>mlContext.Transforms.ExtractPixels</c> gives with its defaults; scaling, clamping, the grey conversion of a
-    /// 1-channel encoder (BT.601 luma) and the [-1, 1] normalisation happen inside the graph. Output <c>features</c>:
+    /// 1-channel encoder (BT.601 luma) and the architecture's input normalisation happen inside the graph. Output <c>features</c>:
     /// float32 <c>[batch, D]</c>, or <c>[batch, N, D]</c> for <see cref="BootMaePooling.Tokens"/>. The batch dimension
     /// is dynamic. The architecture, pooling and block are in the model's metadata (keys <c>bootmae.*</c>).
     /// </remarks>
@@ -257,8 +316,8 @@ public sealed class BootMaeEncoder : IDisposable
         _bf16Module?.Dispose();
     }
 
-    /// <summary>Scales [0, 1] pixels to the network's input range ([-1, 1]).</summary>
-    internal static Tensor Normalize(Tensor pixels01) => pixels01.mul(TorchScalars.TwoDouble).sub_(TorchScalars.OneDouble);
+    /// <summary>Normalises [0, 1] pixels as <paramref name="architecture"/>'s weights expect (<see cref="BootMaeArchitecture.Normalization"/>).</summary>
+    internal static Tensor Normalize(Tensor pixels01, BootMaeArchitecture architecture) => InputNormalization.Apply(pixels01, architecture.Normalization);
 
     /// <summary>
     /// Embeds <paramref name="count"/> images given as [count, C, H, W] floats in [0, 1]; returns count×D values
@@ -279,7 +338,7 @@ public sealed class BootMaeEncoder : IDisposable
         // Without fast bf16 (an AVX2-only CPU) libtorch's bf16 kernels are a slow generic fallback: use fp32, as documented.
         bool bf16 = precision == BootMaePrecision.BFloat16 && Training.TorchDevices.HasFastBFloat16(Device);
         var module = bf16 ? GetBFloat16Module() : Module;
-        var input = Normalize(tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(Device));
+        var input = Normalize(tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(Device), a);
         if (bf16)
         {
             input = input.to(ScalarType.BFloat16);

@@ -1,55 +1,100 @@
+using System.Collections;
+using System.Globalization;
+using System.Text.RegularExpressions;
 using TorchSharp;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Interop;
 
-// Reads PyTorch weight files as plain data and maps their keys onto VisionTransformerEncoder's (the official names).
-internal static class PyTorchWeights
+// Reads PyTorch weight files as plain data, picks the state_dict inside a training checkpoint, and maps its keys
+// (official BootMAE / MAE / timm, or Hugging Face ViT / ViTMAE) onto VisionTransformerEncoder's (the official names).
+internal static partial class PyTorchWeights
 {
-    private static readonly string[] Prefixes = { "module.", "model.", "encoder.", "backbone." };
+    // Wrappers stripped from the front of a key, repeatedly and in any order (model.module.encoder.blocks…).
+    private static readonly string[] Prefixes = { "module.", "model.", "encoder.", "backbone.", "vit." };
+
+    // Hugging Face roots (ViTModel, ViTMAEModel; under 'vit.' in ViTMAEForPreTraining): key stripping stops there,
+    // because their 'encoder.' is part of the name.
+    private static readonly string[] HuggingFaceRoots = { "embeddings.", "encoder.layer.", "layernorm." };
+
+    private static readonly string[] StudentEntries = { "model", "state_dict", "module" };
+    private static readonly string[] TeacherEntries = { "model_ema", "state_dict", "module" };
 
     // .safetensors: parsed directly. .pth/.pt: torch.save's zip format through TorchSharp.PyBridge, whose unpickler
-    // only rebuilds tensors and dictionaries and never runs code from the file.
-    public static Dictionary<string, Tensor> Read(string path)
+    // rebuilds tensors, dictionaries, lists and numbers and turns any other class (an argparse.Namespace) into a plain
+    // dictionary of its fields: nothing from the file is executed. Returns the chosen state_dict (raw keys) and every
+    // tensor the file held (optimizer moments included), which the caller disposes, and what the checkpoint's 'args'
+    // say about the input normalisation.
+    public static (Dictionary<string, Tensor> StateDict, List<Tensor> Owned, TrainingArgs Args) Read(string path, BootMaeCheckpointModel model, Action<string>? log)
     {
         var extension = Path.GetExtension(path).ToLowerInvariant();
         if (extension == ".safetensors")
         {
-            return Safetensors.Load(path);
-        }
-
-        if (extension is ".pth" or ".pt" or ".bin" or ".ckpt")
-        {
+            var flat = Safetensors.Load(path);
             try
             {
-                using var stream = File.OpenRead(path);
-                return UnpickleStateDict(stream);
+                return (SelectFlat(flat, model, path, log), flat.Values.ToList(), default);
             }
-            catch (Exception ex) when (ex is InvalidCastException or NotImplementedException or InvalidOperationException or KeyNotFoundException or InvalidDataException)
+            catch
             {
-                throw new InvalidDataException(
-                    $"'{path}' could not be read as a PyTorch state_dict ({ex.Message}). It must be a torch.save(model.state_dict()) file in the zip format; " +
-                    "a checkpoint that nests the weights (e.g. the official BootMAE files, where they sit under 'model') must be re-saved with " +
-                    "torch.save(ckpt['model'], path) or converted to .safetensors.", ex);
+                foreach (var t in flat.Values)
+                {
+                    t.Dispose();
+                }
+
+                throw;
             }
         }
 
-        throw new InvalidDataException($"'{path}': unknown weights format '{extension}'. Use .safetensors, or a .pth/.pt file written by torch.save.");
+        if (extension is not (".pth" or ".pt" or ".bin" or ".ckpt"))
+        {
+            throw new InvalidDataException($"'{path}': unknown weights format '{extension}'. Use .safetensors, or a .pth/.pt file written by torch.save.");
+        }
+
+        Hashtable table;
+        try
+        {
+            using var stream = File.OpenRead(path);
+            table = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Not a zip, an unknown pickle opcode, a whole pickled nn.Module, a truncated storage…
+            throw new InvalidDataException(
+                $"'{path}' could not be read as a PyTorch checkpoint ({ex.Message}). It must be a torch.save file in the zip format " +
+                "holding a state_dict, or a training checkpoint with one under 'model' / 'model_ema' / 'state_dict'; or convert it to .safetensors.", ex);
+        }
+
+        var owned = new List<Tensor>();
+        CollectTensors(table, owned, 0);
+        try
+        {
+            return (SelectNested(table, model, path, log), owned, TrainingArgs.From(table));
+        }
+        catch
+        {
+            owned.ForEach(t => t.Dispose());
+            throw;
+        }
     }
 
-    // Strips wrapper prefixes, keeps encoder keys only, and turns a fused qkv bias (MAE/timm) into q_bias/v_bias.
-    // The key part of a fused bias is dropped: it adds the same constant to all logits of a query, which softmax ignores.
-    public static Dictionary<string, Tensor> ToEncoderKeys(IReadOnlyDictionary<string, Tensor> raw)
+    // Strips wrapper prefixes and keeps encoder keys under the official names. MAE/timm's fused qkv bias becomes
+    // q_bias/v_bias; Hugging Face's separate query/key/value become one qkv weight and q_bias/v_bias. A key bias is
+    // dropped: it adds the same amount to every logit of a query (q·b_k), which softmax ignores. New tensors are made
+    // in the caller's dispose scope.
+    public static (Dictionary<string, Tensor> Weights, KeyNaming Naming) ToEncoderKeys(IReadOnlyDictionary<string, Tensor> raw)
     {
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        var hf = new SortedDictionary<int, Dictionary<string, Tensor>>();
+        bool fused = false, split = false, maeDecoder = false;
         foreach (var (rawKey, value) in raw)
         {
-            var key = rawKey;
-            // Wrappers nest in any order (model.module.encoder.blocks…): strip until none is left.
-            while (Prefixes.FirstOrDefault(p => key.StartsWith(p, StringComparison.Ordinal)) is { } prefix)
+            var key = StripPrefixes(rawKey);
+            maeDecoder |= key is "decoder_embed.weight" or "decoder.decoder_embed.weight";
+            if (MapHuggingFace(key, value, result, hf))
             {
-                key = key[prefix.Length..];
+                continue;
             }
 
             if (!IsEncoderKey(key))
@@ -59,6 +104,7 @@ internal static class PyTorchWeights
 
             if (key.EndsWith(".attn.qkv.bias", StringComparison.Ordinal))
             {
+                fused = true;
                 var stem = key[..^"qkv.bias".Length];
                 long inner = value.shape[0] / 3;
                 result[stem + "q_bias"] = value[..(int)inner];
@@ -66,10 +112,165 @@ internal static class PyTorchWeights
                 continue;
             }
 
+            split |= key.EndsWith(".attn.q_bias", StringComparison.Ordinal);
             result[key] = value;
         }
 
-        return result;
+        foreach (var (block, parts) in hf)
+        {
+            var p = $"blocks.{block}.attn.";
+            var missing = new[] { "query.weight", "key.weight", "value.weight" }.Where(k => !parts.ContainsKey(k)).ToList();
+            if (missing.Count > 0)
+            {
+                throw new InvalidDataException(
+                    $"Hugging Face block {block} lacks encoder.layer.{block}.attention.attention.{string.Join(" / ", missing)}; query, key and value weights are all needed to build its qkv weight.");
+            }
+
+            result[p + "qkv.weight"] = cat(new[] { parts["query.weight"], parts["key.weight"], parts["value.weight"] }, 0);
+            if (parts.TryGetValue("query.bias", out var qb))
+            {
+                result[p + "q_bias"] = qb;
+            }
+
+            if (parts.TryGetValue("value.bias", out var vb))
+            {
+                result[p + "v_bias"] = vb;
+            }
+        }
+
+        bool biasless = AddMissingQkvBiases(result);
+        var kind = hf.Count > 0 ? KeyNamingKind.HuggingFace
+            : fused ? KeyNamingKind.FusedQkv
+            : split ? KeyNamingKind.BootMae
+            : KeyNamingKind.Unknown;
+        return (result, new KeyNaming(kind, maeDecoder, biasless));
+    }
+
+    // The training script's settings that decide the input normalisation, from an official checkpoint's 'args'
+    // (an argparse.Namespace): BootMAE's and BEiT's --imagenet_default_mean_and_std (absent: not recorded), and the
+    // model name (MAE's main_pretrain.py names its models mae_vit_…).
+    internal readonly record struct TrainingArgs(bool? ImageNetDefaultMeanAndStd, string? ModelName)
+    {
+        public static TrainingArgs From(Hashtable checkpoint) =>
+            checkpoint["args"] is IDictionary args && IsObject(args)
+                ? new TrainingArgs(args["imagenet_default_mean_and_std"] as bool?, args["model"] as string)
+                : default;
+    }
+
+    // The file's key convention, which decides the input normalisation when the caller gives none.
+    internal readonly record struct KeyNaming(KeyNamingKind Kind, bool HasMaeDecoder, bool HasNoQkvBias)
+    {
+        public string Describe() => Kind switch
+        {
+            KeyNamingKind.HuggingFace => HasMaeDecoder ? "Hugging Face ViTMAEForPreTraining names (vit.encoder.layer.N…, with the MAE decoder)" : "Hugging Face ViT / ViTMAE names (encoder.layer.N.attention.attention.query…)",
+            KeyNamingKind.FusedQkv => HasMaeDecoder ? "MAE names (fused attn.qkv.bias, with MAE's decoder_embed)" : "MAE / timm names (fused attn.qkv.bias)",
+            KeyNamingKind.BootMae => "BootMAE / BEiT names (attn.q_bias, attn.v_bias)",
+            _ => "official ViT names without any qkv bias",
+        };
+    }
+
+    internal enum KeyNamingKind
+    {
+        Unknown,
+        BootMae,
+        FusedQkv,
+        HuggingFace,
+    }
+
+    private static string StripPrefixes(string key)
+    {
+        while (!HuggingFaceRoots.Any(r => key.StartsWith(r, StringComparison.Ordinal))
+               && Prefixes.FirstOrDefault(p => key.StartsWith(p, StringComparison.Ordinal)) is { } prefix)
+        {
+            key = key[prefix.Length..];
+        }
+
+        return key;
+    }
+
+    [GeneratedRegex(@"^encoder\.layer\.(\d+)\.(.+)$", RegexOptions.CultureInvariant)]
+    private static partial Regex HuggingFaceLayer();
+
+    // Hugging Face ViT / ViTMAE (modeling_vit_mae.py) → official names; q/k/v parts are collected per block.
+    private static bool MapHuggingFace(string key, Tensor value, Dictionary<string, Tensor> result, SortedDictionary<int, Dictionary<string, Tensor>> qkv)
+    {
+        string? target = key switch
+        {
+            "embeddings.cls_token" => "cls_token",
+            "embeddings.position_embeddings" => "pos_embed",
+            "embeddings.patch_embeddings.projection.weight" => "patch_embed.proj.weight",
+            "embeddings.patch_embeddings.projection.bias" => "patch_embed.proj.bias",
+            "layernorm.weight" => "norm.weight",
+            "layernorm.bias" => "norm.bias",
+            _ => null,
+        };
+        if (target is not null)
+        {
+            result[target] = value;
+            return true;
+        }
+
+        var match = HuggingFaceLayer().Match(key);
+        if (!match.Success)
+        {
+            return key.StartsWith("embeddings.", StringComparison.Ordinal) || key.StartsWith("layernorm.", StringComparison.Ordinal);
+        }
+
+        int block = int.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
+        var rest = match.Groups[2].Value;
+        const string SelfAttention = "attention.attention.";
+        if (rest.StartsWith(SelfAttention, StringComparison.Ordinal))
+        {
+            if (!qkv.TryGetValue(block, out var parts))
+            {
+                qkv[block] = parts = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+            }
+
+            parts[rest[SelfAttention.Length..]] = value;
+            return true;
+        }
+
+        var official = rest switch
+        {
+            "layernorm_before.weight" => "norm1.weight",
+            "layernorm_before.bias" => "norm1.bias",
+            "attention.output.dense.weight" => "attn.proj.weight",
+            "attention.output.dense.bias" => "attn.proj.bias",
+            "layernorm_after.weight" => "norm2.weight",
+            "layernorm_after.bias" => "norm2.bias",
+            "intermediate.dense.weight" => "mlp.fc1.weight",
+            "intermediate.dense.bias" => "mlp.fc1.bias",
+            "output.dense.weight" => "mlp.fc2.weight",
+            "output.dense.bias" => "mlp.fc2.bias",
+            _ => null,
+        };
+        if (official is not null)
+        {
+            result[$"blocks.{block}.{official}"] = value;
+        }
+
+        return true;
+    }
+
+    // A ViT trained with qkv_bias=False has no q/v biases: zeros give the same network.
+    private static bool AddMissingQkvBiases(Dictionary<string, Tensor> weights)
+    {
+        bool added = false;
+        foreach (var key in weights.Keys.Where(k => k.EndsWith(".attn.qkv.weight", StringComparison.Ordinal)).ToList())
+        {
+            var stem = key[..^"qkv.weight".Length];
+            if (weights.ContainsKey(stem + "q_bias") || weights.ContainsKey(stem + "v_bias"))
+            {
+                continue;
+            }
+
+            long inner = weights[key].shape[0] / 3;
+            weights[stem + "q_bias"] = zeros(inner, dtype: weights[key].dtype);
+            weights[stem + "v_bias"] = zeros(inner, dtype: weights[key].dtype);
+            added = true;
+        }
+
+        return added;
     }
 
     private static bool IsEncoderKey(string key)
@@ -77,45 +278,138 @@ internal static class PyTorchWeights
            || key.StartsWith("patch_embed.", StringComparison.Ordinal)
            || key.StartsWith("blocks.", StringComparison.Ordinal);
 
-    // TorchSharp.PyBridge's public PyTorchUnpickler.UnpickleStateDict reads torch.save's zip + pickle format into a
-    // table of key → tensor with an unpickler that only rebuilds tensors and dictionaries (nothing in the file runs).
-    // The key remapping above then works on that table; BootMaeEncoderTests.MaeStyleWeightsMatchPyTorch pins the result
-    // against PyTorch for PyBridge 1.4.4.
-    private static Dictionary<string, Tensor> UnpickleStateDict(Stream stream)
+    // A safetensors file is flat: an export of a whole checkpoint keeps the teacher under 'model_ema.' keys.
+    private static Dictionary<string, Tensor> SelectFlat(Dictionary<string, Tensor> flat, BootMaeCheckpointModel model, string path, Action<string>? log)
     {
-        System.Collections.Hashtable table;
-        try
+        const string Ema = "model_ema.";
+        bool hasEma = flat.Keys.Any(k => k.StartsWith(Ema, StringComparison.Ordinal));
+        if (model == BootMaeCheckpointModel.Teacher)
         {
-            table = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
-        }
-        catch (Exception ex) when (ex is not (OutOfMemoryException or InvalidDataException))
-        {
-            // Not a zip, an unknown pickle opcode or class, a truncated storage…: all mean "not a state_dict file".
-            throw new InvalidDataException(ex.Message, ex);
-        }
-
-        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        var others = new List<string>();
-        foreach (System.Collections.DictionaryEntry entry in table)
-        {
-            if (entry.Key is string key && entry.Value is Tensor value)
+            if (!hasEma)
             {
-                result[key] = value;
+                throw new InvalidDataException($"'{path}' holds no teacher: none of its {flat.Count} keys starts with 'model_ema.'. Import the student (Model = Student), or a file that holds the teacher.");
             }
-            else
-            {
-                others.Add(entry.Value is System.Collections.IDictionary ? $"'{entry.Key}' (a dictionary)" : $"'{entry.Key}'");
-            }
+
+            log?.Invoke($"FromPyTorch: took the teacher (keys under 'model_ema.') of '{path}'.");
+            return flat.Where(kv => kv.Key.StartsWith(Ema, StringComparison.Ordinal)).ToDictionary(kv => kv.Key[Ema.Length..], kv => kv.Value, StringComparer.Ordinal);
         }
 
-        if (result.Count > 0)
+        if (hasEma)
         {
-            return result;
+            log?.Invoke($"FromPyTorch: took the student of '{path}'; it also holds a teacher under 'model_ema.' (Model = Teacher takes it).");
         }
 
-        others.Sort(StringComparer.Ordinal);
-        throw new InvalidDataException(others.Count == 0
-            ? "the file holds an empty dictionary"
-            : $"the file holds no tensors at its top level, only {string.Join(", ", others.Take(8))}{(others.Count > 8 ? ", …" : string.Empty)}; is the state_dict nested under a key such as 'model'?");
+        return flat.Where(kv => !kv.Key.StartsWith(Ema, StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+    }
+
+    // Descends from the checkpoint's top level to the first dictionary that holds tensors: official BootMAE / MAE
+    // files keep the student under 'model' and the teacher under 'model_ema', next to 'optimizer', 'epoch', 'scaler'
+    // and 'args' (an argparse.Namespace), which are left alone.
+    private static Dictionary<string, Tensor> SelectNested(Hashtable table, BootMaeCheckpointModel model, string path, Action<string>? log)
+    {
+        IDictionary current = table;
+        var where = new List<string>();
+        bool tookTeacher = false;
+        for (int depth = 0; depth < 8; depth++)
+        {
+            var tensors = current.Cast<DictionaryEntry>().Where(e => e.Key is string && e.Value is Tensor).ToList();
+            if (tensors.Count > 0)
+            {
+                if (model == BootMaeCheckpointModel.Teacher && !tookTeacher)
+                {
+                    throw new InvalidDataException(
+                        $"'{path}' holds one state_dict{At(where)} and no teacher ('model_ema'). Import the student (Model = Student), or the checkpoint that holds 'model_ema'.");
+                }
+
+                if (where.Count > 0)
+                {
+                    log?.Invoke($"FromPyTorch: took the {(tookTeacher ? "teacher" : "student")} state_dict{At(where)} of '{path}'{Siblings(table, where[0])}.");
+                }
+
+                return tensors.ToDictionary(e => (string)e.Key, e => (Tensor)e.Value!, StringComparer.Ordinal);
+            }
+
+            var names = model == BootMaeCheckpointModel.Teacher && !tookTeacher ? TeacherEntries : StudentEntries;
+            var next = names.FirstOrDefault(n => current.Contains(n) && current[n] is IDictionary d && !IsObject(d));
+            if (next is null)
+            {
+                throw new InvalidDataException(
+                    $"'{path}' holds no {(model == BootMaeCheckpointModel.Teacher ? "teacher" : "encoder")} weights{At(where)}: it has {DescribeEntries(current)}. " +
+                    (model == BootMaeCheckpointModel.Teacher && !tookTeacher
+                        ? "The teacher is looked for under 'model_ema' (official BootMAE checkpoints); take the student with Model = Student."
+                        : "Expected a state_dict of tensors, or one under 'model', 'state_dict' or 'module' (or 'model_ema' for Model = Teacher)."));
+            }
+
+            tookTeacher |= next == "model_ema";
+            where.Add(next);
+            current = (IDictionary)current[next]!;
+        }
+
+        throw new InvalidDataException($"'{path}': the state_dict is nested more than 8 levels deep{At(where)}.");
+    }
+
+    private static string At(List<string> where) => where.Count == 0 ? " at its top level" : $" under {string.Join(" → ", where.Select(w => $"'{w}'"))}";
+
+    private static string Siblings(Hashtable table, string taken)
+    {
+        var rest = table.Keys.Cast<object>().Select(k => k.ToString()!).Where(k => k != taken).OrderBy(k => k, StringComparer.Ordinal).ToList();
+        var hint = taken != "model_ema" && table.ContainsKey("model_ema") ? "; Model = Teacher takes 'model_ema'" : string.Empty;
+        return rest.Count == 0 ? string.Empty : $" (also there, not used: {string.Join(", ", rest.Select(k => $"'{k}'"))}{hint})";
+    }
+
+    // "'args' (an object of class argparse.Namespace), 'epoch' (an int), 'optimizer' (a dictionary of 2 entries)…"
+    private static string DescribeEntries(IDictionary dictionary)
+    {
+        var entries = dictionary.Cast<DictionaryEntry>()
+            .Select(e => $"'{e.Key}' ({Describe(e.Value)})")
+            .OrderBy(s => s, StringComparer.Ordinal)
+            .ToList();
+        return entries.Count == 0 ? "an empty dictionary" : string.Join(", ", entries.Take(12)) + (entries.Count > 12 ? $", … ({entries.Count} entries)" : string.Empty);
+    }
+
+    private static string Describe(object? value) => value switch
+    {
+        null => "None",
+        Tensor t => $"a tensor [{string.Join(", ", t.shape)}]",
+        IDictionary d when IsObject(d) => $"an object of class {d["__class__"]}",
+        IDictionary d => $"a dictionary of {d.Count} entries",
+        string => "a string",
+        bool => "a bool",
+        int or long => "an int",
+        double or float => "a float",
+        ICollection c => $"a list of {c.Count}",
+        _ => $"a {value.GetType().Name}",
+    };
+
+    // An instance of a Python class other than dict (argparse.Namespace): the unpickler's ClassDict, which records it.
+    private static bool IsObject(IDictionary d) => d.Contains("__class__") && d["__class__"] is string;
+
+    private static void CollectTensors(object? value, List<Tensor> into, int depth)
+    {
+        if (depth > 64)
+        {
+            return;
+        }
+
+        switch (value)
+        {
+            case Tensor t:
+                into.Add(t);
+                break;
+            case IDictionary d:
+                foreach (DictionaryEntry e in d)
+                {
+                    CollectTensors(e.Value, into, depth + 1);
+                }
+
+                break;
+            case IEnumerable list when value is not string:
+                foreach (var item in list)
+                {
+                    CollectTensors(item, into, depth + 1);
+                }
+
+                break;
+        }
     }
 }

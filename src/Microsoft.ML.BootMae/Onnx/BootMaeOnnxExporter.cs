@@ -13,8 +13,8 @@ namespace Microsoft.ML.BootMae.OnnxExport;
 /// <summary>
 /// Writes BootMAE networks as ONNX graphs of standard operators (opset 17: <c>LayerNormalization</c>, exact GELU via
 /// <c>Erf</c>), float32 only, one dynamic batch dimension. The graph repeats the TorchSharp forward pass step for step:
-/// the pixel scaling of <c>ImageDecoder</c> (0..255 → [0, 1], BT.601 luma for a grey encoder), the [-1, 1]
-/// normalisation, patch embedding, cls token and fixed sin-cos table, the pre-norm blocks with q/v biases, then the
+/// the pixel scaling of <c>ImageDecoder</c> (0..255 → [0, 1], BT.601 luma for a grey encoder), the architecture's
+/// input normalisation, patch embedding, cls token and fixed sin-cos table, the pre-norm blocks with q/v biases, then the
 /// final LN and the pooling of <c>BootMaeFeaturize</c>, or the classifier's raw-block mean, head and softmax.
 /// </summary>
 internal static class BootMaeOnnxExporter
@@ -187,7 +187,7 @@ internal static class BootMaeOnnxExporter
     private static string Trunk(OnnxGraphBuilder g, IReadOnlyDictionary<string, (float[] Data, long[] Shape)> w, BootMaeArchitecture a, int lastBlock, string prefix)
     {
         int d = a.EmbedDim;
-        // ImageDecoder: clamp(p / 255, 0, 1) per plane, or clamp(luma(r, g, b) / 255, 0, 1) for one channel; then ×2 − 1.
+        // ImageDecoder: clamp(p / 255, 0, 1) per plane, or clamp(luma(r, g, b) / 255, 0, 1) for one channel; then the normalisation.
         var x = PixelsName;
         if (a.Channels == 1)
         {
@@ -196,8 +196,20 @@ internal static class BootMaeOnnxExporter
 
         x = g.Node("Mul", "pixels01", [x, g.Scalar("inv255", 1f / 255f)]);
         x = g.Node("Clip", "pixels01_clipped", [x, g.Scalar("zero", 0f), g.Scalar("one_f", 1f)]);
-        x = g.Node("Mul", "pixels_x2", [x, g.Scalar("two", 2f)]);
-        x = g.Node("Sub", "pixels_normalized", [x, g.Scalar("one_f", 1f)]);
+        var n = a.Normalization;
+        if (n.IsBootMae)
+        {
+            x = g.Node("Mul", "pixels_x2", [x, g.Scalar("two", 2f)]);
+            x = g.Node("Sub", "pixels_normalized", [x, g.Scalar("one_f", 1f)]);
+        }
+        else
+        {
+            // (x − mean[c]) / std[c] with 1×C×1×1 constants, as InputNormalization does in float32.
+            var mean = Enumerable.Range(0, a.Channels).Select(c => (float)n.MeanOf(c)).ToArray();
+            var std = Enumerable.Range(0, a.Channels).Select(c => (float)n.StdOf(c)).ToArray();
+            x = g.Node("Sub", "pixels_centred", [x, g.Floats("normalization.mean", mean, 1, a.Channels, 1, 1)]);
+            x = g.Node("Div", "pixels_normalized", [x, g.Floats("normalization.std", std, 1, a.Channels, 1, 1)]);
+        }
 
         // Patch embedding: Conv with kernel = stride = P, then B×D×G×G → B×N×D.
         x = g.Node("Conv", "patch_embed", [x, Weight(g, w, prefix + "patch_embed.proj.weight"), Weight(g, w, prefix + "patch_embed.proj.bias")],

@@ -384,7 +384,7 @@ public sealed class BootMaePretrainer
                     DataViews.ImageAugmentation.For(a).MinScale);
             }
 
-            var images = BootMaeEncoder.Normalize(pixels01);
+            var images = BootMaeEncoder.Normalize(pixels01, a);
             var hooks = _owner.Hooks;
             using var masks = hooks?.Masks is { } injected
                 ? injected(step, batch.Count, _device)

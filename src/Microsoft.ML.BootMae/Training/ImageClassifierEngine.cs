@@ -333,7 +333,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         }
 
         var input = tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize });
-        return BootMaeEncoder.Normalize(input.to(device));
+        return BootMaeEncoder.Normalize(input.to(device), a);
     }
 
     private static Dictionary<string, Tensor> Snapshot(nn.Module model)

@@ -95,9 +95,23 @@ internal static class EngineSnippets
     public static void ImportOfficialWeights()
     {
         #region snippet:interop-import
-        // A BootMAE, MAE or timm ViT-B/16 state_dict saved with torch.save (.pth) or as .safetensors.
-        using var encoder = BootMaeEncoder.FromPyTorch("vit_base_encoder.pth", BootMaeArchitecture.VitBase16);
-        Console.WriteLine($"{encoder.Architecture.Depth} blocks, D = {encoder.EmbeddingDim}");
+        // An official BootMAE training checkpoint as run_pretraining.py saves it ('model', 'model_ema', 'optimizer', 'args', …):
+        // the student is taken, the architecture inferred from the shapes, and each decision logged.
+        using var encoder = BootMaeEncoder.FromPyTorch("checkpoint-799.pth", new BootMaePyTorchImportOptions { Log = Console.WriteLine });
+        Console.WriteLine($"{encoder.Architecture.Depth} blocks, D = {encoder.EmbeddingDim}, {encoder.Architecture.Normalization}");
+
+        // Its EMA teacher instead.
+        using var teacher = BootMaeEncoder.FromPyTorch("checkpoint-799.pth", new BootMaePyTorchImportOptions { Model = BootMaeCheckpointModel.Teacher });
+
+        // A timm ViT-B/16 (its names do not tell the normalisation, so say it), used at 384² (position table resampled).
+        using var timm = BootMaeEncoder.FromPyTorch("vit_base_patch16_224.pth", new BootMaePyTorchImportOptions
+        {
+            Architecture = BootMaeArchitecture.VitBase16 with { ImageSize = 384 },
+            Normalization = BootMaeNormalization.ImageNet,
+        });
+
+        // Hugging Face facebook/vit-mae-base (ViTMAEForPreTraining's pytorch_model.bin): names mapped, ImageNet mean/std.
+        using var hf = BootMaeEncoder.FromPyTorch("pytorch_model.bin");
         #endregion
     }
 
