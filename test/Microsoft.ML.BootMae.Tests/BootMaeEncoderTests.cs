@@ -206,7 +206,7 @@ public sealed class BootMaeEncoderTests
         var broken = TempFile("broken.pth");
         File.WriteAllText(broken, "not a zip file");
         var error = Assert.ThrowsExactly<InvalidDataException>(() => BootMaeEncoder.FromPyTorch(broken, Tiny));
-        StringAssert.Contains(error.Message, "could not be read as a PyTorch checkpoint");
+        StringAssert.Contains(error.Message, "could not be read as a torch.save file");
         foreach (var path in new[] { flat, nested, broken })
         {
             File.Delete(path);

@@ -110,7 +110,7 @@ public sealed class PyTorchImportTests
         File.Delete(Marker);
         var error = Assert.ThrowsExactly<InvalidDataException>(() => BootMaeEncoder.FromPyTorch(Fixture("code_execution_checkpoint.pth"), Tiny));
 
-        StringAssert.Contains(error.Message, "could not be read as a PyTorch checkpoint");
+        StringAssert.Contains(error.Message, "could not be read as a torch.save file");
         Assert.IsFalse(File.Exists(Marker), "the unpickler ran code from the file");
     }
 

@@ -106,7 +106,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>AdamW weight decay. Default 0.05.</summary>
         public double WeightDecay = FineTuneDefaults.WeightDecay;
 
-        /// <summary>Stochastic depth rate of the encoder. Default 0.1.</summary>
+        /// <summary>Stochastic depth rate of the encoder's last block (rising linearly from 0 at the first). Default 0; the paper's
+        /// ViT-B recipe uses 0.1, which cost short fine-tuning of small encoders accuracy (docs/results.md).</summary>
         public double DropPathRate = FineTuneDefaults.DropPathRate;
 
         /// <summary>Label smoothing of the cross-entropy. Default 0.1.</summary>

@@ -320,17 +320,7 @@ internal static class OfficialCheckpoint
             throw new InvalidDataException($"'{path}': unknown checkpoint format '{extension}'. Use the .pth (torch.save) or .safetensors file.");
         }
 
-        Hashtable root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            root = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            // The unpickler only rebuilds tensors, containers and plain values (unknown classes become dictionaries): nothing runs.
-            throw new InvalidDataException($"'{path}' could not be read as a torch.save checkpoint ({ex.Message}).", ex);
-        }
+        var root = PyTorchWeights.Unpickle(path, "Use the .pth written by ExportOfficialCheckpoint or the official run_pretraining.py.");
 
         if (root["model"] is not IDictionary modelTable)
         {

@@ -52,19 +52,8 @@ internal static partial class PyTorchWeights
             throw new InvalidDataException($"'{path}': unknown weights format '{extension}'. Use .safetensors, or a .pth/.pt file written by torch.save.");
         }
 
-        Hashtable table;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            table = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            // Not a zip, an unknown pickle opcode, a whole pickled nn.Module, a truncated storage…
-            throw new InvalidDataException(
-                $"'{path}' could not be read as a PyTorch checkpoint ({ex.Message}). It must be a torch.save file in the zip format " +
-                "holding a state_dict, or a training checkpoint with one under 'model' / 'model_ema' / 'state_dict'; or convert it to .safetensors.", ex);
-        }
+        var table = Unpickle(path, "It must be a torch.save file in the zip format holding a state_dict, or a training checkpoint with one " +
+            "under 'model' / 'model_ema' / 'state_dict'; or convert it to .safetensors.");
 
         var owned = new List<Tensor>();
         CollectTensors(table, owned, 0);
@@ -76,6 +65,22 @@ internal static partial class PyTorchWeights
         {
             owned.ForEach(t => t.Dispose());
             throw;
+        }
+    }
+
+    // Reads a torch.save zip as data: PyBridge's unpickler only rebuilds tensors, containers and plain values (unknown classes
+    // become dictionaries), so nothing in the file runs. Any failure (not a zip, an unknown opcode, a whole pickled nn.Module,
+    // a truncated storage) becomes an InvalidDataException naming the file; hint says what the file must be.
+    public static Hashtable Unpickle(string path, string hint)
+    {
+        try
+        {
+            using var stream = File.OpenRead(path);
+            return PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            throw new InvalidDataException($"'{path}' could not be read as a torch.save file ({ex.Message}). {hint}", ex);
         }
     }
 

@@ -34,7 +34,7 @@ internal sealed class FineTuneSettings
     /// </summary>
     public static double AutoLayerDecay(int depth) => depth >= 12 ? 0.65 : depth <= 4 ? 1.0 : 1.0 - (0.35 * (depth - 4) / 8.0);
 
-    /// <summary>Stochastic depth of the last block (rising linearly from 0 at block 0). Fine-tuning only. Default 0.1.</summary>
+    /// <summary>Stochastic depth of the last block (rising linearly from 0 at block 0). Fine-tuning only. Default 0 (the paper: 0.1 for ViT-B).</summary>
     public double DropPathRate { get; set; } = FineTuneDefaults.DropPathRate;
 
     /// <summary>Label smoothing ε of the soft-target cross-entropy. Default 0.1.</summary>
