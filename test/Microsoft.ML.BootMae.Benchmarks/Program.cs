@@ -19,6 +19,7 @@ using static TorchSharp.torch;
 //   probe     pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
 //   evaluate  probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (Evaluation.cs)
 //   onnx      featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp (docs/deployment.md)
+//   multipass SDCA fitted on uncached and on cached featurized data: encoder forward passes and wall time (MultiPassBenchmark.cs)
 //   pretrain  pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA, checkpoints and curves
 //   reliability-probe (hidden) the reliability tests' child process (ReliabilityProbe.cs)
 return Microsoft.ML.BootMae.Benchmarks.CommandLine.Invoke(BenchmarkCommands.Create(), args);
@@ -38,6 +39,8 @@ internal static class BenchmarkCommands
         root.Add(Command("probe", "Pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features; prints one JSON line", o,
             [o.Preset, o.Mode, o.Epochs, o.Batch, o.LearningRate, o.TrainPerClass, o.NormPix, o.FeatureWeight, o.Precision, o.Threads]));
         root.Add(Command("onnx", "Featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp on the same encoder", o, [o.Preset, o.Threads]));
+        root.Add(Command("multipass", "Fits SdcaMaximumEntropy on BootMaeFeaturize output, uncached then cached; prints encoder forward passes and fit time", o,
+            [o.MultiPassPreset, o.Images, o.SdcaIterations, o.Threads]));
         root.Add(Command("pretrain", "Pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA and checkpoints", o,
             [o.Preset, o.Mode, o.Epochs, o.Batch, o.Precision, o.TrainPerClass, o.CheckpointDirectory, o.Curve, o.Preview, o.Threads]));
         root.Add(EvaluationArguments.CreateCommand(arguments =>
@@ -106,6 +109,9 @@ internal static class BenchmarkCommands
             case "onnx":
                 OnnxBenchmark.Run(arguments);
                 break;
+            case "multipass":
+                MultiPassBenchmark.Run(arguments);
+                break;
             default:
                 throw new InvalidOperationException($"No command '{arguments.Command}'.");
         }
@@ -169,6 +175,8 @@ internal sealed class Arguments
     public string? CheckpointDirectory { get; init; }
     public string? CurvePath { get; init; }
     public string? PreviewPath { get; init; }
+    public int Images { get; init; } = 500;
+    public int SdcaIterations { get; init; } = 10;
 
     public BootMaeArchitecture Architecture => Preset switch
     {
@@ -201,6 +209,9 @@ internal sealed class ArgumentOptions
     public Option<int> TrainPerClass { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--train-per-class", "Fashion-MNIST training images per class", 1000);
     public Option<string?> CheckpointDirectory { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--checkpoint-dir", "DIR", "Keep checkpoints and the final encoder.bootmae here");
     public Option<string?> Curve { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--curve", "FILE.png", "Draw the training curves here");
+    public Option<string> MultiPassPreset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape (28x28 greyscale)", "small28", "small28", ("small28", "small28"), ("tiny28", "tiny28"));
+    public Option<int> Images { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--images", "Fashion-MNIST training images featurized", 500);
+    public Option<int> SdcaIterations { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--sdca-iterations", "SDCA iterations (each reads the data twice)", 10);
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
@@ -214,7 +225,7 @@ internal sealed class ArgumentOptions
         return new Arguments
         {
             Command = command,
-            Preset = Get(Preset, d.Preset),
+            Preset = command == "multipass" ? Get(MultiPassPreset, "small28") : Get(Preset, d.Preset),
             Mode = Get(Mode, d.Mode),
             Batch = Get(Batch, d.Batch),
             Steps = Get(Steps, d.Steps),
@@ -232,6 +243,8 @@ internal sealed class ArgumentOptions
             CheckpointDirectory = Get(CheckpointDirectory, d.CheckpointDirectory),
             CurvePath = Get(Curve, d.CurvePath),
             PreviewPath = Get(Preview, d.PreviewPath),
+            Images = Get(Images, d.Images),
+            SdcaIterations = Get(SdcaIterations, d.SdcaIterations),
         };
     }
 }
