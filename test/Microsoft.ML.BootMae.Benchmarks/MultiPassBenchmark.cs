@@ -44,7 +44,7 @@ internal static class MultiPassBenchmark
                 var scored = model.Transform(rows);
                 var data = new CountingView(cached ? ml.Data.Cache(scored) : scored);
                 var pipeline = ml.Transforms.Conversion.MapValueToKey("Label")
-                    .Append(ml.MulticlassClassification.Trainers.SdcaMaximumEntropy("Label", "Features", maximumNumberOfIterations: args.SdcaIterations));
+                    .Append(ml.MulticlassClassification.Trainers.SdcaMaximumEntropy("Label", "Features", maximumNumberOfIterations: args.SdcaIterations > 0 ? args.SdcaIterations : null));
                 watch.Restart();
                 pipeline.Fit(data);
                 double fitSeconds = watch.Elapsed.TotalSeconds;

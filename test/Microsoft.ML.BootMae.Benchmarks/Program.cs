@@ -212,7 +212,7 @@ internal sealed class ArgumentOptions
     public Option<string?> Curve { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--curve", "FILE.png", "Draw the training curves here");
     public Option<string> MultiPassPreset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape (28x28 greyscale)", "small28", "small28", ("small28", "small28"), ("tiny28", "tiny28"));
     public Option<int> Images { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--images", "Fashion-MNIST training images featurized", 500);
-    public Option<int> SdcaIterations { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--sdca-iterations", "SDCA iterations (each reads the data twice)", 10);
+    public Option<int> SdcaIterations { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--sdca-iterations", "SDCA iterations, each reading the data twice (0: SDCA's own default, 3 x 500,000 / rows)", 10, min: 0);
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
