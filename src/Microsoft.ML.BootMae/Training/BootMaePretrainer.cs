@@ -258,7 +258,7 @@ public sealed class BootMaePretrainer
 
                         cancellationToken.ThrowIfCancellationRequested();
                         KeepPreviewImages(batch);
-                        TrainStep(batch, step, epoch);
+                        TrainStep(batch, step);
                         step++;
                         position = new TrainingPosition(step, epoch, inEpoch, _schedules.TotalSteps, s.Seed);
                         if (step % s.LogEveryNSteps == 0 && step < _schedules.TotalSteps)
@@ -327,7 +327,7 @@ public sealed class BootMaePretrainer
                 : s.CheckpointDirectory is not null ? $" No checkpoint of this run was written before it; earlier ones in '{s.CheckpointDirectory}' are untouched." : " Set CheckpointDirectory to keep checkpoints."), ex.InnerException);
         }
 
-        private void TrainStep(ImageBatch batch, long step, int epoch)
+        private void TrainStep(ImageBatch batch, long step)
         {
             var a = _network.Architecture;
             using var scope = NewDisposeScope();
