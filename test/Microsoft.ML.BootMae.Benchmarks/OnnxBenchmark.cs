@@ -60,7 +60,8 @@ internal static class OnnxBenchmark
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     benchmark = "featurize", preset = arguments.Preset, batch, threads, torchsharp_images_per_s = Math.Round(torch, 1),
-                    onnxruntime_images_per_s = Math.Round(onnx, 1), max_abs_diff = maxDiff,
+                    onnxruntime_images_per_s = Math.Round(onnx, 1), max_abs_diff = maxDiff, precision = "fp32",
+                    bf16_fast = Training.TorchDevices.HasFastBFloat16(CPU),
                 }));
             }
 

@@ -19,6 +19,7 @@ using static TorchSharp.torch;
 //   probe     pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features: a quick quality check
 //   evaluate  probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (Evaluation.cs)
 //   onnx      featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp (docs/deployment.md)
+//   multipass SDCA fitted on uncached and on cached featurized data: encoder forward passes and wall time (MultiPassBenchmark.cs)
 //   pretrain  pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA, checkpoints and curves
 //   reliability-probe (hidden) the reliability tests' child process (ReliabilityProbe.cs)
 return Microsoft.ML.BootMae.Benchmarks.CommandLine.Invoke(BenchmarkCommands.Create(), args);
@@ -38,6 +39,8 @@ internal static class BenchmarkCommands
         root.Add(Command("probe", "Pretrains, then fits a linear classifier (L-BFGS) on mean-pooled features; prints one JSON line", o,
             [o.Preset, o.Mode, o.Epochs, o.Batch, o.LearningRate, o.TrainPerClass, o.NormPix, o.FeatureWeight, o.Precision, o.Threads]));
         root.Add(Command("onnx", "Featurization images/s at batch 1 and 64, ONNX Runtime against TorchSharp on the same encoder", o, [o.Preset, o.Threads]));
+        root.Add(Command("multipass", "Fits SdcaMaximumEntropy on BootMaeFeaturize output, uncached then cached; prints encoder forward passes and fit time", o,
+            [o.MultiPassPreset, o.Images, o.SdcaIterations, o.Threads]));
         root.Add(Command("pretrain", "Pretraining on the embedded Fashion-MNIST with per-epoch loss, ETA and checkpoints", o,
             [o.Preset, o.Mode, o.Epochs, o.Batch, o.Precision, o.TrainPerClass, o.CheckpointDirectory, o.Curve, o.Preview, o.Threads]));
         root.Add(EvaluationArguments.CreateCommand(arguments =>
@@ -106,6 +109,9 @@ internal static class BenchmarkCommands
             case "onnx":
                 OnnxBenchmark.Run(arguments);
                 break;
+            case "multipass":
+                MultiPassBenchmark.Run(arguments);
+                break;
             default:
                 throw new InvalidOperationException($"No command '{arguments.Command}'.");
         }
@@ -134,7 +140,8 @@ internal static class BenchmarkCommands
         double teacherFloorMs = best.teacher_flops / ((best.precision.Contains("bf16", StringComparison.Ordinal) ? best.gemm_bf16_gflops_calib : best.gemm_gflops_calib) * 1e9) * 1000;
         Console.WriteLine(JsonSerializer.Serialize(new
         {
-            comparison = "bootmae_over_mae_step_time", preset = arguments.Preset, device = best.device, bootmae_ms = boot, mae_ms = mae, ratio = Math.Round(boot / mae, 3),
+            comparison = "bootmae_over_mae_step_time", preset = arguments.Preset, device = best.device, precision = best.precision, bf16_fast = best.bf16_fast,
+            bootmae_ms = boot, mae_ms = mae, ratio = Math.Round(boot / mae, 3),
             // Each round's own ratio (MAE then BootMAE, back to back), to show how much the machine's noise moves it.
             round_ratios = results[BootMaeMode.BootMae].Zip(results[BootMaeMode.Mae]).Select(p => Math.Round(p.First.ms_per_step_median / p.Second.ms_per_step_median, 3)).ToArray(),
             teacher_floor_ms = Math.Round(teacherFloorMs, 1), ratio_floor = Math.Round((mae + teacherFloorMs) / mae, 3),
@@ -144,7 +151,7 @@ internal static class BenchmarkCommands
 
 internal sealed record StepResult(string impl, string mode, string config, string precision, int batch, int steps, double ms_per_step_median,
     double ms_per_step_min, double images_per_s, double peak_rss_mb, double flops_per_step, double gemm_gflops_calib, double mfu,
-    double loss_first, double loss_last, int threads, string device, double teacher_flops, double gemm_bf16_gflops_calib);
+    double loss_first, double loss_last, int threads, string device, double teacher_flops, double gemm_bf16_gflops_calib, bool bf16_fast);
 
 internal sealed class Arguments
 {
@@ -169,6 +176,8 @@ internal sealed class Arguments
     public string? CheckpointDirectory { get; init; }
     public string? CurvePath { get; init; }
     public string? PreviewPath { get; init; }
+    public int Images { get; init; } = 500;
+    public int SdcaIterations { get; init; } = 10;
 
     public BootMaeArchitecture Architecture => Preset switch
     {
@@ -201,6 +210,9 @@ internal sealed class ArgumentOptions
     public Option<int> TrainPerClass { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--train-per-class", "Fashion-MNIST training images per class", 1000);
     public Option<string?> CheckpointDirectory { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--checkpoint-dir", "DIR", "Keep checkpoints and the final encoder.bootmae here");
     public Option<string?> Curve { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--curve", "FILE.png", "Draw the training curves here");
+    public Option<string> MultiPassPreset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape (28x28 greyscale)", "small28", "small28", ("small28", "small28"), ("tiny28", "tiny28"));
+    public Option<int> Images { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--images", "Fashion-MNIST training images featurized", 500);
+    public Option<int> SdcaIterations { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--sdca-iterations", "SDCA iterations, each reading the data twice (0: SDCA's own default, 3 x 500,000 / rows)", 10, min: 0);
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
@@ -214,7 +226,7 @@ internal sealed class ArgumentOptions
         return new Arguments
         {
             Command = command,
-            Preset = Get(Preset, d.Preset),
+            Preset = command == "multipass" ? Get(MultiPassPreset, "small28") : Get(Preset, d.Preset),
             Mode = Get(Mode, d.Mode),
             Batch = Get(Batch, d.Batch),
             Steps = Get(Steps, d.Steps),
@@ -232,6 +244,8 @@ internal sealed class ArgumentOptions
             CheckpointDirectory = Get(CheckpointDirectory, d.CheckpointDirectory),
             CurvePath = Get(Curve, d.CurvePath),
             PreviewPath = Get(Preview, d.PreviewPath),
+            Images = Get(Images, d.Images),
+            SdcaIterations = Get(SdcaIterations, d.SdcaIterations),
         };
     }
 }
@@ -268,20 +282,20 @@ internal static class StepBenchmark
         double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
         double flops = FlopCounter.PerStep(architecture, settings, args.Batch);
         // On a CPU without fast bf16 the bf16 GEMM is libtorch's single-threaded fallback (minutes at 2048³): not timed, reported as 0.
-        var (gemm, gemmBf16) = _gemm ??= (GemmCalibration(device, ScalarType.Float32),
-            Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(device) ? GemmCalibration(device, ScalarType.BFloat16) : 0);
-        if (gemmBf16 == 0)
+        bool fastBf16 = Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(device);
+        var (gemm, gemmBf16) = _gemm ??= (GemmCalibration(device, ScalarType.Float32), fastBf16 ? GemmCalibration(device, ScalarType.BFloat16) : 0);
+        if (!fastBf16)
         {
-            Console.Error.WriteLine("bf16: not fast here (no AVX-512 BF16, AMX or CUDA); the teacher runs in fp32 and the bf16 calibration is skipped.");
+            BFloat16Note.NotFastHere("the teacher runs in fp32 and the bf16 calibration is skipped");
         }
 
         return new StepResult("torchsharp", mode == BootMaeMode.Mae ? "mae" : "bootmae",
             $"{args.Preset} {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels} p{architecture.PatchSize} d{architecture.EmbedDim} L{architecture.Depth} reg{architecture.RegressorDim} dec{(mode == BootMaeMode.Mae ? settings.MaeDecoderDepth : architecture.DecoderDepth)} tf{args.TeacherFraction}",
-            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae && Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(device) ? "fp32 student, bf16 teacher" : "fp32",
+            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae && fastBf16 ? "fp32 student, bf16 teacher" : "fp32",
             args.Batch, times.Count, Math.Round(median, 1), Math.Round(times[0], 1), Math.Round(args.Batch / (median / 1000), 1), PeakRssMb(),
             flops, Math.Round(gemm, 1), Math.Round(flops / (median / 1000) / (gemm * 1e9), 3),
             stamps[0].Loss, stamps[^1].Loss, get_num_threads(), device.type == TorchSharp.DeviceType.CUDA ? "cuda" : "cpu",
-            FlopCounter.Teacher(architecture, settings, args.Batch), Math.Round(gemmBf16, 1));
+            FlopCounter.Teacher(architecture, settings, args.Batch), Math.Round(gemmBf16, 1), fastBf16);
     }
 
     // GEMM throughput of this process in one dtype: the best of several 2048³ products (8192³ on a GPU).
@@ -360,7 +374,14 @@ internal static class PhaseProfile
     {
         var a = args.Architecture;
         var settings = new BootMaePretrainerSettings { Precision = args.Precision, TeacherFraction = args.TeacherFraction };
-        var model = BootMaePretrainer.ToModelSettings(settings, bf16Teacher: args.Precision == BootMaePrecision.BFloat16);
+        // As the pretrainer decides: a bf16 teacher only where bf16 is fast (elsewhere it is libtorch's slow fallback).
+        bool fastBf16 = Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(CPU);
+        if (args.Precision == BootMaePrecision.BFloat16 && !fastBf16)
+        {
+            BFloat16Note.NotFastHere("the teacher is profiled in fp32");
+        }
+
+        var model = BootMaePretrainer.ToModelSettings(settings, bf16Teacher: args.Precision == BootMaePrecision.BFloat16 && fastBf16);
         using var network = Microsoft.ML.BootMae.Modules.BootMaeNetwork.Create(a, model, 1);
         using var teacher = new Microsoft.ML.BootMae.Modules.MomentumTeacher(network.Encoder, model.TeacherBFloat16);
         using var optimizer = ParameterGroups.CreateAdamW(network, 1e-4, 0.05);
@@ -418,7 +439,13 @@ internal static class OpProfile
     public static void Run()
     {
         using var guard = no_grad();
-        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        bool fastBf16 = Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(CPU);
+        if (!fastBf16)
+        {
+            BFloat16Note.NotFastHere("only fp32 ops are timed");
+        }
+
+        foreach (var dtype in fastBf16 ? new[] { ScalarType.Float32, ScalarType.BFloat16 } : new[] { ScalarType.Float32 })
         {
             using var scope = NewDisposeScope();
             var x = randn(128, 50, 192).to(dtype);
@@ -447,6 +474,21 @@ internal static class OpProfile
                 $"fc2 {Time(() => nn.functional.linear(nn.functional.linear(x, w2), w3)):F2} ms (fc1+fc2), layernorm {Time(() => ln.forward(x)):F2} ms, " +
                 $"gelu {Time(() => nn.functional.gelu(nn.functional.linear(x, w2))):F2} ms (fc1+gelu), sdpa {Time(() => nn.functional.scaled_dot_product_attention(q, q, q)):F2} ms, " +
                 $"manual attention {Time(() => q.matmul(q.transpose(-2, -1)).mul(0.125).softmax(-1).matmul(q)):F2} ms");
+        }
+    }
+}
+
+/// <summary>The one line every command prints where bf16 would be libtorch's slow generic fallback.</summary>
+internal static class BFloat16Note
+{
+    private static bool _written;
+
+    public static void NotFastHere(string consequence)
+    {
+        if (!_written)
+        {
+            _written = true;
+            Console.Error.WriteLine($"bf16: not fast here (no AVX-512 BF16, AMX or CUDA); {consequence}.");
         }
     }
 }

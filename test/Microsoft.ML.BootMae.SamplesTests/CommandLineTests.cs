@@ -102,7 +102,7 @@ public sealed class CommandLineTests
     {
         var (code, output, _) = RunBenchmark("--help");
         Assert.AreEqual(0, code);
-        foreach (var command in new[] { "step", "compare", "profile", "ops", "gpucheck", "probe", "evaluate", "onnx", "pretrain" })
+        foreach (var command in new[] { "step", "compare", "profile", "ops", "gpucheck", "probe", "evaluate", "onnx", "multipass", "pretrain" })
         {
             StringAssert.Contains(output, "  " + command + " ");
         }

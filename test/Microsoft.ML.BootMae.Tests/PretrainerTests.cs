@@ -155,6 +155,29 @@ public sealed class PretrainerTests
     }
 
     [TestMethod]
+    public void NonFiniteLossBetweenReportsNamesItsFirstStepAndIsNeverCheckpointed()
+    {
+        // Losses are read on the host at reports and checkpoints only; here at epoch ends.
+        var directory = TempDirectory();
+        var settings = Settings(epochs: 4);
+        settings.CheckpointDirectory = directory;
+        settings.LogEveryNSteps = 1000;
+        settings.WarmupFraction = 0.5;
+        settings.LearningRate = 1e9;
+        var totals = new List<(long Step, float Total)>();
+        var hooks = new PretrainingHooks { AfterStep = t => totals.Add((t.Step, t.Total)) };
+
+        // 10 steps per epoch: the first non-finite step comes before the epoch's last one, where it is read.
+        var error = Assert.ThrowsExactly<BootMaeTrainingException>(() => new BootMaePretrainer(Tiny, settings) { Hooks = hooks }.Train(FashionSource(16)));
+
+        var first = totals.First(t => !float.IsFinite(t.Total));
+        Assert.IsGreaterThan(first.Step + 1, (long)totals.Count, "read at the epoch's end, after later steps");
+        StringAssert.Contains(error.Message, $"The pretraining loss became {first.Total.ToString(System.Globalization.CultureInfo.InvariantCulture)} at step {first.Step} ");
+        var found = PretrainingCheckpoint.FindLatestValid(directory, Tiny, FingerprintOf(settings, 40), null);
+        Assert.IsTrue(found is null || found.Value.Position.Step <= first.Step, $"a checkpoint after the non-finite step {first.Step}: {found?.Position.Step}");
+    }
+
+    [TestMethod]
     public void DamagedCheckpointIsSkippedForTheOlderOne()
     {
         var directory = TempDirectory();

@@ -76,7 +76,7 @@ public static class BootMaeCatalog
     public static BootMaeFeaturizingEstimator BootMaeFeaturize(this TransformsCatalog catalog, BootMaeFeaturizingEstimator.Options options)
     {
         ArgumentNullException.ThrowIfNull(catalog);
-        return new BootMaeFeaturizingEstimator(options);
+        return new BootMaeFeaturizingEstimator(options, BootMaeHost.TryGetEnvironment(catalog));
     }
 
     /// <summary>Fine-tunes a BootMAE encoder for multiclass image classification.</summary>

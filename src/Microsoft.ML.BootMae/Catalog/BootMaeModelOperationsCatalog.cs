@@ -77,6 +77,22 @@ public static class BootMaeModelOperationsCatalog
     {
         ArgumentNullException.ThrowIfNull(catalog);
         BootMaeRuntime.EnsureTorchLoaded();
-        return BootMaeModelArchive.Load(catalog, stream, description, out inputSchema);
+        var model = BootMaeModelArchive.Load(catalog, stream, description, out inputSchema);
+        // The loaded stages log through this MLContext, like freshly trained ones.
+        var env = BootMaeHost.TryGetEnvironment(catalog);
+        foreach (var stage in model is IEnumerable<ITransformer> chain ? chain : new[] { model })
+        {
+            switch (stage)
+            {
+                case BootMaeEncoderTransformer encoder:
+                    encoder.LogEnvironment = env;
+                    break;
+                case BootMaeImageClassificationTransformer classifier:
+                    classifier.LogEnvironment = env;
+                    break;
+            }
+        }
+
+        return model;
     }
 }

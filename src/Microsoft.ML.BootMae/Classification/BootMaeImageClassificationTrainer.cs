@@ -266,7 +266,10 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         }
 
         return new BootMaeImageClassificationTransformer(engine, architecture, classes, keyValues, options.ImageColumnName,
-            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize, options.MaxImagePixels);
+            options.LabelColumnName, options.ScoreColumnName, options.PredictedLabelColumnName, options.InferenceBatchSize, options.MaxImagePixels)
+        {
+            LogEnvironment = _env,
+        };
     }
 
     // The engine settings of a run: every Options field that the engine declares is carried over here (SettingsDefaultsTests

@@ -114,6 +114,13 @@ public sealed class BootMaeImageClassificationTransformer : ITransformer, IDispo
 
     string IBootMaeStage.StageKind => Kind;
 
+    string IImageScorer.ComponentName => "BootMaeImageClassification";
+
+    Microsoft.ML.Runtime.IHostEnvironment? IImageScorer.LogEnvironment => LogEnvironment;
+
+    /// <summary>The MLContext environment that <see cref="Transform(IDataView)"/>'s views log to (set by the catalog that made or loaded this transformer).</summary>
+    internal Microsoft.ML.Runtime.IHostEnvironment? LogEnvironment { get; set; }
+
     /// <inheritdoc />
     public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
     {

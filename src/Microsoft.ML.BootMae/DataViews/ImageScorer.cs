@@ -33,6 +33,12 @@ internal interface IImageScorer
     /// <summary>Floats produced per image.</summary>
     int OutputSize { get; }
 
+    /// <summary>Name used in log lines (the catalog method that makes the transformer).</summary>
+    string ComponentName { get; }
+
+    /// <summary>Where log lines go (the MLContext's environment); null logs nothing.</summary>
+    Microsoft.ML.Runtime.IHostEnvironment? LogEnvironment { get; }
+
     /// <summary>Runs the network on <paramref name="count"/> images; thread-safe.</summary>
     float[] Score(float[] pixels, int count);
 

@@ -27,6 +27,8 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
 {
     internal const string Kind = "encoder";
     private readonly bool _ownsEncoder;
+    private long _forwardPasses;
+    private long _imagesScored;
     private bool _disposed;
 
     internal BootMaeEncoderTransformer(BootMaeEncoder encoder, bool ownsEncoder, string imageColumnName, string outputColumnName,
@@ -93,6 +95,13 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
 
     string IBootMaeStage.StageKind => Kind;
 
+    string IImageScorer.ComponentName => "BootMaeFeaturize";
+
+    Microsoft.ML.Runtime.IHostEnvironment? IImageScorer.LogEnvironment => LogEnvironment;
+
+    /// <summary>The MLContext environment that <see cref="Transform(IDataView)"/>'s views log to (set by the catalog that made or loaded this transformer).</summary>
+    internal Microsoft.ML.Runtime.IHostEnvironment? LogEnvironment { get; set; }
+
     /// <inheritdoc />
     public DataViewSchema GetOutputSchema(DataViewSchema inputSchema)
     {
@@ -122,9 +131,17 @@ public sealed class BootMaeEncoderTransformer : ITransformer, IDisposable, IImag
     /// <summary>Throws: BootMAE weights cannot travel through <c>mlContext.Model.Save</c>; use <c>SaveBootMae</c>.</summary>
     void ICanSaveModel.Save(ModelSaveContext ctx) => BootMaeModelArchive.SaveStage(ctx, this);
 
+    /// <summary>Encoder forward passes run by <see cref="Transform(IDataView)"/> cursors and prediction engines so far (tests and benchmarks).</summary>
+    internal long ForwardPasses => Interlocked.Read(ref _forwardPasses);
+
+    /// <summary>Images those forward passes encoded.</summary>
+    internal long ImagesScored => Interlocked.Read(ref _imagesScored);
+
     float[] IImageScorer.Score(float[] pixels, int count)
     {
         ThrowIfDisposed();
+        Interlocked.Increment(ref _forwardPasses);
+        Interlocked.Add(ref _imagesScored, count);
         return Encoder.Embed(pixels, count, Pooling, SourceBlock, Precision);
     }
 

@@ -19,9 +19,11 @@ namespace Microsoft.ML.BootMae;
 public sealed class BootMaeFeaturizingEstimator : IEstimator<BootMaeEncoderTransformer>
 {
     private readonly Options _options;
+    private readonly Microsoft.ML.Runtime.IHostEnvironment? _env;
 
-    internal BootMaeFeaturizingEstimator(Options options)
+    internal BootMaeFeaturizingEstimator(Options options, Microsoft.ML.Runtime.IHostEnvironment? env = null)
     {
+        _env = env;
         ArgumentNullException.ThrowIfNull(options);
         if (options.Encoder is null)
         {
@@ -92,7 +94,10 @@ public sealed class BootMaeFeaturizingEstimator : IEstimator<BootMaeEncoderTrans
         BootMaeRuntime.EnsureTorchLoaded();
         ImageColumn.Resolve(input.Schema, _options.ImageColumnName, nameof(input));
         return new BootMaeEncoderTransformer(_options.Encoder!, ownsEncoder: false, _options.ImageColumnName, _options.OutputColumnName,
-            _options.Pooling, _options.SourceBlock, _options.Precision, _options.BatchSize, _options.MaxImagePixels);
+            _options.Pooling, _options.SourceBlock, _options.Precision, _options.BatchSize, _options.MaxImagePixels)
+        {
+            LogEnvironment = _env,
+        };
     }
 
     /// <summary>The input shape plus the embedding column.</summary>

@@ -271,7 +271,10 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         }
 
         return new BootMaeEncoderTransformer(encoder, ownsEncoder: true, options.ImageColumnName, options.OutputColumnName,
-            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize, options.MaxImagePixels);
+            options.Pooling, options.SourceBlock, BootMaePrecision.Float32, options.InferenceBatchSize, options.MaxImagePixels)
+        {
+            LogEnvironment = _env,
+        };
     }
 
     // Test seam (switches observed in the engine): passed to the pretrainer; null in every product path.

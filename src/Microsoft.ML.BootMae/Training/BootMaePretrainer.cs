@@ -18,8 +18,9 @@ namespace Microsoft.ML.BootMae;
 /// One step: normalise the batch to [-1, 1], draw per-sample masks, run the teacher on the full image (or on a subset,
 /// see <see cref="BootMaePretrainerSettings.TeacherFraction"/>), run the student (encoder on visible tokens, pixel
 /// regressor with shallow injection, feature predictor with deep injection), take L = L_R + λ·L_P, an AdamW step,
-/// then the EMA update of the teacher. Each step runs in its own dispose scope; a loss that is not finite stops the
-/// run with <see cref="BootMaeTrainingException"/> and leaves the last checkpoint as it was.
+/// then the EMA update of the teacher. Each step runs in its own dispose scope. The losses are summed on the device and
+/// read at report and checkpoint steps only (each read is a device sync on a GPU); a loss that is not finite stops the
+/// run there with <see cref="BootMaeTrainingException"/>, naming its step, and leaves the last checkpoint as it was.
 /// </remarks>
 public sealed class BootMaePretrainer
 {
@@ -257,10 +258,17 @@ public sealed class BootMaePretrainer
         private long _stepsThisRun;
         private long _imagesSinceReport;
         private TimeSpan _lastReport;
-        private double _epochLoss, _epochPixel, _epochFeature;
-        private double _epochPixelUnweighted, _epochPixelBaseline, _epochFeatureUnweighted, _epochShared;
+
+        // This epoch's per-step loss sums stay on the device and are read only when a report, a checkpoint or the end
+        // needs them (each host read is a device sync on a GPU). Slots, float64 as the host sums were: 0 total, 1 pixel,
+        // 2 feature, 3-6 the diagnostics (pixel unweighted, pixel zero baseline, feature unweighted, shared energy), 7
+        // the steps summed, 8 one plus the epoch index of the first step whose total was not finite (0: none), 9 that total.
+        private const int LossSlots = 7, CountSlot = 7, FirstBadSlot = 8, StateSlots = 10;
+        private Tensor? _state, _sums, _count, _firstBad, _firstBadMarker, _zero;
         private bool _collapseWarned;
         private long _epochSteps;
+        private long _epochFirstStep;
+        private int _epoch;
         private float[]? _previewPixels;
         private int _previewCount;
 
@@ -287,13 +295,20 @@ public sealed class BootMaePretrainer
             long step = start.Step;
             var position = start;
             string? lastCheckpoint = null;
+            using var state = zeros(StateSlots, dtype: ScalarType.Float64, device: _device);
+            using var sums = state.narrow(0, 0, LossSlots);
+            using var count = state.narrow(0, CountSlot, 1);
+            using var firstBad = state.narrow(0, FirstBadSlot, 2);
+            using var firstBadMarker = state.narrow(0, FirstBadSlot, 1);
+            using var zero = zeros(Array.Empty<long>(), device: _device);
+            (_state, _sums, _count, _firstBad, _firstBadMarker, _zero) = (state, sums, count, firstBad, firstBadMarker, zero);
             try
             {
                 for (int epoch = start.Epoch; step < _schedules.TotalSteps; epoch++)
                 {
                     long skip = epoch == start.Epoch ? start.StepInEpoch : 0;
                     long inEpoch = 0;
-                    ResetEpochAverages();
+                    ResetEpochAverages(epoch, step);
                     foreach (var batch in source.ReadEpoch(epoch, s.BatchSize, cancellationToken))
                     {
                         if (inEpoch++ < skip)
@@ -303,7 +318,7 @@ public sealed class BootMaePretrainer
 
                         cancellationToken.ThrowIfCancellationRequested();
                         KeepPreviewImages(batch);
-                        TrainStep(batch, step, epoch);
+                        TrainStep(batch, step);
                         step++;
                         // After an epoch's last batch the run stands at the start of the next epoch, as the epoch-end
                         // checkpoint records it (an official export then counts that epoch as finished).
@@ -344,9 +359,19 @@ public sealed class BootMaePretrainer
             catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
             {
                 _log?.Invoke($"Pretraining cancelled after step {step}.");
-                if (s.CheckpointDirectory is not null && step > start.Step)
+                try
                 {
-                    SaveCheckpoint(position);
+                    if (s.CheckpointDirectory is not null && step > start.Step)
+                    {
+                        SaveCheckpoint(position);
+                    }
+
+                    // The model returned on cancellation must come from finite steps too.
+                    ThrowIfNotFinite();
+                }
+                catch (BootMaeTrainingException bad)
+                {
+                    throw WithCheckpointHint(bad);
                 }
 
                 if (!s.ReturnModelOnCancellation)
@@ -356,15 +381,17 @@ public sealed class BootMaePretrainer
             }
             catch (BootMaeTrainingException ex)
             {
-                throw new BootMaeTrainingException(ex.Message + (lastCheckpoint is not null
-                    ? $" The last good checkpoint is '{lastCheckpoint}'."
-                    : s.CheckpointDirectory is not null ? $" No checkpoint of this run was written before it; earlier ones in '{s.CheckpointDirectory}' are untouched." : " Set CheckpointDirectory to keep checkpoints."), ex.InnerException);
+                throw WithCheckpointHint(ex);
             }
 
             return ExtractEncoder();
+
+            BootMaeTrainingException WithCheckpointHint(BootMaeTrainingException ex) => new(ex.Message + (lastCheckpoint is not null
+                ? $" The last good checkpoint is '{lastCheckpoint}'."
+                : s.CheckpointDirectory is not null ? $" No checkpoint of this run was written before it; earlier ones in '{s.CheckpointDirectory}' are untouched." : " Set CheckpointDirectory to keep checkpoints."), ex.InnerException);
         }
 
-        private void TrainStep(ImageBatch batch, long step, int epoch)
+        private void TrainStep(ImageBatch batch, long step)
         {
             var a = _network.Architecture;
             using var scope = NewDisposeScope();
@@ -398,13 +425,7 @@ public sealed class BootMaePretrainer
 
             var forward = _network.Forward(images, masks);
             var loss = BootMaeLosses.Compute(_network, forward, images, masks, target, ids, lambda, diagnostics: true);
-            float total = loss.Total.item<float>();
-            if (!float.IsFinite(total))
-            {
-                throw new BootMaeTrainingException(string.Format(CultureInfo.InvariantCulture,
-                    "The pretraining loss became {0} at step {1} (epoch {2}, learning rate {3:E2}). Lower LearningRate or check the input images.", total, step, epoch, lr));
-            }
-
+            Accumulate(loss);
             _optimizer.ZeroGrad();
             loss.Total.backward();
             _optimizer.Step();
@@ -415,25 +436,55 @@ public sealed class BootMaePretrainer
                 _teacher.Update(_network.Encoder, momentum.Value);
             }
 
-            float? pixel = loss.Pixel?.item<float>();
-            float? feature = loss.Feature?.item<float>();
             _stepsThisRun++;
             _imagesSinceReport += batch.Count;
             _epochSteps++;
-            _epochLoss += total;
-            _epochPixel += pixel ?? 0;
-            _epochFeature += feature ?? 0;
-            if (loss.Diagnostics is { } d)
+            if (hooks?.AfterStep is { } afterStep)
             {
-                _epochPixelUnweighted += d.PixelUnweighted is null ? 0 : d.PixelUnweighted.item<float>();
-                _epochPixelBaseline += d.PixelZeroBaseline is null ? 0 : d.PixelZeroBaseline.item<float>();
-                _epochFeatureUnweighted += d.FeatureUnweighted is null ? 0 : d.FeatureUnweighted.item<float>();
-                _epochShared += d.FeatureTargetSharedEnergy is null ? 0 : d.FeatureTargetSharedEnergy.item<float>();
+                // Test seam only: the host reads here are what the product path avoids.
+                afterStep(new PretrainingStepTrace(step, _optimizer.ParamGroups.First().LearningRate, lambda, momentum,
+                    loss.Total.item<float>(), loss.Pixel?.item<float>(), loss.Feature?.item<float>(), _network, _teacher, masks.NumMasked));
+            }
+        }
+
+        // Adds this step's losses to the device sums and marks the first non-finite total, without a host read.
+        private void Accumulate(LossResult loss)
+        {
+            using var guard = no_grad();
+            var d = loss.Diagnostics;
+            var parts = stack(new[]
+            {
+                loss.Total, loss.Pixel ?? _zero!, loss.Feature ?? _zero!, d?.PixelUnweighted ?? _zero!, d?.PixelZeroBaseline ?? _zero!,
+                d?.FeatureUnweighted ?? _zero!, d?.FeatureTargetSharedEnergy ?? _zero!,
+            }.Select(t => t.detach())).to(ScalarType.Float64);
+            _sums!.add_(parts, TorchScalars.OneDouble);
+            var total = parts.narrow(0, 0, 1);
+            var isFirstBad = _firstBadMarker!.eq(TorchScalars.ZeroDouble).logical_and(total.isfinite().logical_not());
+            _firstBad!.copy_(where(isFirstBad, cat(new[] { _count!.add(TorchScalars.OneDouble), total }, 0), _firstBad));
+            _count.add_(TorchScalars.OneDouble);
+        }
+
+        // One host read of the epoch's device sums (a sync on a GPU); throws when a step's loss was not finite.
+        private double[] ReadSums()
+        {
+            double[] host;
+            using (NewDisposeScope())
+            {
+                host = _state!.cpu().data<double>().ToArray();
             }
 
-            hooks?.AfterStep?.Invoke(new PretrainingStepTrace(step, _optimizer.ParamGroups.First().LearningRate, lambda, momentum,
-                total, pixel, feature, _network, _teacher, masks.NumMasked));
+            if (host[FirstBadSlot] > 0)
+            {
+                long bad = _epochFirstStep + (long)host[FirstBadSlot] - 1;
+                throw new BootMaeTrainingException(string.Format(CultureInfo.InvariantCulture,
+                    "The pretraining loss became {0} at step {1} (epoch {2}, learning rate {3:E2}). Lower LearningRate or check the input images.",
+                    (float)host[FirstBadSlot + 1], bad, _epoch, _schedules.LearningRate(bad)));
+            }
+
+            return host;
         }
+
+        private void ThrowIfNotFinite() => _ = ReadSums();
 
         private void KeepPreviewImages(ImageBatch batch)
         {
@@ -460,11 +511,12 @@ public sealed class BootMaePretrainer
             _log?.Invoke($"Reconstruction preview: '{written}'.");
         }
 
-        private void ResetEpochAverages()
+        private void ResetEpochAverages(int epoch, long firstStep)
         {
             _epochSteps = 0;
-            _epochLoss = _epochPixel = _epochFeature = 0;
-            _epochPixelUnweighted = _epochPixelBaseline = _epochFeatureUnweighted = _epochShared = 0;
+            _epochFirstStep = firstStep;
+            _epoch = epoch;
+            OwnedTensors.Zero(_state!);
         }
 
         private void Report(int epoch, long step, bool isEpochEnd)
@@ -474,6 +526,7 @@ public sealed class BootMaePretrainer
                 return;
             }
 
+            var sums = ReadSums();
             var elapsed = _clock.Elapsed;
             double seconds = (elapsed - _lastReport).TotalSeconds;
             long remaining = _schedules.TotalSteps - step;
@@ -484,13 +537,13 @@ public sealed class BootMaePretrainer
                 Step = step,
                 TotalSteps = _schedules.TotalSteps,
                 IsEpochEnd = isEpochEnd,
-                Loss = (float)(_epochLoss / _epochSteps),
-                PixelLoss = _model.UsesPixelLoss ? (float)(_epochPixel / _epochSteps) : null,
-                FeatureLoss = _model.UsesFeatureLoss ? (float)(_epochFeature / _epochSteps) : null,
-                PixelLossUnweighted = _model.UsesPixelLoss ? (float)(_epochPixelUnweighted / _epochSteps) : null,
-                PixelLossZeroBaseline = _model.UsesPixelLoss ? (float)(_epochPixelBaseline / _epochSteps) : null,
-                FeatureLossUnweighted = _model.UsesFeatureLoss ? (float)(_epochFeatureUnweighted / _epochSteps) : null,
-                FeatureTargetSharedEnergy = _model.UsesFeatureLoss ? (float)(_epochShared / _epochSteps) : null,
+                Loss = (float)(sums[0] / _epochSteps),
+                PixelLoss = _model.UsesPixelLoss ? (float)(sums[1] / _epochSteps) : null,
+                FeatureLoss = _model.UsesFeatureLoss ? (float)(sums[2] / _epochSteps) : null,
+                PixelLossUnweighted = _model.UsesPixelLoss ? (float)(sums[3] / _epochSteps) : null,
+                PixelLossZeroBaseline = _model.UsesPixelLoss ? (float)(sums[4] / _epochSteps) : null,
+                FeatureLossUnweighted = _model.UsesFeatureLoss ? (float)(sums[5] / _epochSteps) : null,
+                FeatureTargetSharedEnergy = _model.UsesFeatureLoss ? (float)(sums[6] / _epochSteps) : null,
                 LearningRate = _schedules.LearningRate(step - 1),
                 EmaMomentum = _teacher is null ? null : _schedules.EmaMomentum(step - 1),
                 FeatureWeight = _model.UsesFeatureLoss ? _schedules.FeatureLossWeight(step - 1) : null,
@@ -531,6 +584,8 @@ public sealed class BootMaePretrainer
 
         private string SaveCheckpoint(TrainingPosition position)
         {
+            // Never save the weights a non-finite step produced; the last good checkpoint stays.
+            ThrowIfNotFinite();
             var path = PretrainingCheckpoint.Save(Settings.CheckpointDirectory!, position, _network.Architecture, _fingerprint,
                 _network, _teacher, _optimizer, Settings.CheckpointsToKeep);
             _log?.Invoke($"Checkpoint written: '{path}' (step {position.Step}).");
