@@ -459,9 +459,9 @@ public sealed class BootMaePretrainer
             }.Select(t => t.detach())).to(ScalarType.Float64);
             _sums!.add_(parts, TorchScalars.OneDouble);
             var total = parts.narrow(0, 0, 1);
-            var isFirstBad = _firstBadMarker!.eq(TorchScalars.ZeroDouble).logical_and(total.isfinite().logical_not());
-            _firstBad!.copy_(where(isFirstBad, cat(new[] { _count!.add(TorchScalars.OneDouble), total }, 0), _firstBad));
-            _count.add_(TorchScalars.OneDouble);
+            var isFirstBad = _firstBadMarker!.eq(_zero!).logical_and(total.isfinite().logical_not());
+            _firstBad!.copy_(where(isFirstBad, cat(new[] { _count!.add(TorchScalars.OneDouble, TorchScalars.OneDouble), total }, 0), _firstBad));
+            _count.add_(TorchScalars.OneDouble, TorchScalars.OneDouble);
         }
 
         // One host read of the epoch's device sums (a sync on a GPU); throws when a step's loss was not finite.
