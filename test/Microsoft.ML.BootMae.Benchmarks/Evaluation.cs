@@ -609,7 +609,7 @@ internal sealed class EvaluationArguments
         var target = CommandLine.NullableChoice("--target", "Pretraining targets [default: the recipe's]", CommandLine.EnumChoices<BootMaeTarget>());
         var inject = CommandLine.NullableBool("--inject", "Context injection into the decoders [default: the recipe's]");
         var masking = CommandLine.NullableChoice("--masking", "Masking strategy [default: the recipe's]", CommandLine.EnumChoices<BootMaeMasking>());
-        var teacherFraction = CommandLine.NullableDouble("--teacher-fraction", "Share of the batch the teacher encodes [default: the recipe's]", 0, 1);
+        var teacherFraction = CommandLine.NullableDouble("--teacher-fraction", "Share of the patches the teacher sees [default: the recipe's]", 0, 1);
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);

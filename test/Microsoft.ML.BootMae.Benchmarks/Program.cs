@@ -201,7 +201,7 @@ internal sealed class ArgumentOptions
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
     public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision", "Teacher precision (bf16 where the CPU or GPU has it fast)", BootMaePrecision.BFloat16, "bf16",
         ("bf16", BootMaePrecision.BFloat16), ("bfloat16", BootMaePrecision.BFloat16), ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32));
-    public Option<double> TeacherFraction { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--teacher-fraction", "Share of the batch the teacher encodes", 1.0, 0, 1);
+    public Option<double> TeacherFraction { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--teacher-fraction", "Share of the patches the teacher sees", 1.0, 0, 1);
     public Option<int> Rounds { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--rounds", "MAE-then-BootMAE rounds", 2);
     public Option<double> LearningRate { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--lr", "Base learning rate", new BootMaePretrainerSettings().LearningRate, 0);
     public Option<bool> NormPix { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Bool("--norm-pix", "Per-patch normalised pixel targets", true);
