@@ -220,13 +220,14 @@ public sealed class BootMaeEncoder : IDisposable
         }
     }
 
-    /// <summary>Writes the weights as <c>.safetensors</c> under the official key names, for PyTorch (<c>safetensors.torch.load_file</c>).</summary>
+    /// <summary>Writes the weights as <c>.safetensors</c> under the official key names, for PyTorch (<c>safetensors.torch.load_file</c>);
+    /// the header's metadata records the input normalisation, which <see cref="FromPyTorch(string, BootMaePyTorchImportOptions?)"/> reads back.</summary>
     /// <param name="path">The file to write (replaced atomically).</param>
     public void ExportSafetensors(string path)
     {
         using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
-        WriteAtomically(path, stream => Safetensors.Save(stream, Module.state_dict()));
+        WriteAtomically(path, stream => Safetensors.Save(stream, Module.state_dict(), PyTorchWeights.TrainingArgs.ToMetadata(Architecture.Normalization)));
     }
 
     /// <summary>

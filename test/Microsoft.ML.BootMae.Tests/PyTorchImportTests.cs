@@ -278,6 +278,35 @@ public sealed class PyTorchImportTests
     }
 
     [TestMethod]
+    public void SafetensorsExportRecordsTheNormalization()
+    {
+        var folder = Directory.CreateTempSubdirectory("bootmae-norm-").FullName;
+        var imageNet = Tiny with { Normalization = BootMaeNormalization.ImageNet };
+        using var encoder = BootMaeEncoder.CreateRandom(imageNet, seed: 4);
+        var path = Path.Combine(folder, "encoder.safetensors");
+        encoder.ExportSafetensors(path);
+
+        // The shape given without a normalisation: the file's metadata decides, over its BootMAE key names (0.5 / 0.5).
+        var log = new List<string>();
+        using (var imported = BootMaeEncoder.FromPyTorch(path, new BootMaePyTorchImportOptions { Architecture = Tiny, Log = log.Add }))
+        {
+            Assert.AreEqual(BootMaeNormalization.ImageNet, imported.Architecture.Normalization);
+            Assert.IsTrue(log.Any(l => l.Contains("metadata records it", StringComparison.Ordinal)), string.Join("\n", log));
+        }
+
+        // An explicit choice still wins.
+        using (var overridden = BootMaeEncoder.FromPyTorch(path, new BootMaePyTorchImportOptions { Architecture = Tiny, Normalization = BootMaeNormalization.BootMae }))
+        {
+            Assert.AreEqual(BootMaeNormalization.BootMae, overridden.Architecture.Normalization);
+        }
+
+        using var plain = BootMaeEncoder.CreateRandom(Tiny, seed: 4);
+        plain.ExportSafetensors(path);
+        using var reimported = BootMaeEncoder.FromPyTorch(path, new BootMaePyTorchImportOptions { Architecture = Tiny });
+        Assert.AreEqual(BootMaeNormalization.BootMae, reimported.Architecture.Normalization);
+    }
+
+    [TestMethod]
     public void PretrainingFromAnImportedEncoderKeepsItsNormalization()
     {
         // Continued pretraining of an ImageNet-normalised (MAE) import: the run uses the encoder's architecture, its

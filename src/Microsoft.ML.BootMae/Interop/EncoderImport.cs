@@ -62,6 +62,12 @@ internal static class EncoderImport
     // The normalisation the training run recorded in its 'args', with the reason, or null.
     private static BootMaeNormalization? FromArgs(PyTorchWeights.TrainingArgs args, out string why)
     {
+        if (args.Recorded is { } recorded)
+        {
+            why = "the file's metadata records it (written by BootMaeEncoder.ExportSafetensors)";
+            return recorded;
+        }
+
         if (args.ImageNetDefaultMeanAndStd is { } imageNet)
         {
             why = $"the checkpoint's args.imagenet_default_mean_and_std is {imageNet}, so the official data pipeline normalised with " +

@@ -34,7 +34,7 @@ internal static partial class PyTorchWeights
             var flat = Safetensors.Load(path);
             try
             {
-                return (SelectFlat(flat, model, path, log), flat.Values.ToList(), default);
+                return (SelectFlat(flat, model, path, log), flat.Values.ToList(), TrainingArgs.FromMetadata(Safetensors.ReadMetadata(path)));
             }
             catch
             {
@@ -154,12 +154,47 @@ internal static partial class PyTorchWeights
     // The training script's settings that decide the input normalisation, from an official checkpoint's 'args'
     // (an argparse.Namespace): BootMAE's and BEiT's --imagenet_default_mean_and_std (absent: not recorded), and the
     // model name (MAE's main_pretrain.py names its models mae_vit_…).
-    internal readonly record struct TrainingArgs(bool? ImageNetDefaultMeanAndStd, string? ModelName)
+    internal readonly record struct TrainingArgs(bool? ImageNetDefaultMeanAndStd, string? ModelName, BootMaeNormalization? Recorded = null)
     {
+        // Metadata keys BootMaeEncoder.ExportSafetensors writes: the per-channel mean and std, comma-separated.
+        public const string MeanKey = "bootmae.normalization.mean";
+        public const string StdKey = "bootmae.normalization.std";
+
         public static TrainingArgs From(Hashtable checkpoint) =>
             checkpoint["args"] is IDictionary args && IsObject(args)
                 ? new TrainingArgs(args["imagenet_default_mean_and_std"] as bool?, args["model"] as string)
                 : default;
+
+        public static TrainingArgs FromMetadata(IReadOnlyDictionary<string, string> metadata)
+        {
+            if (!metadata.TryGetValue(MeanKey, out var mean) || !metadata.TryGetValue(StdKey, out var std))
+            {
+                return default;
+            }
+
+            static double[]? Parse(string text)
+            {
+                var parts = text.Split(',');
+                var values = new double[parts.Length];
+                for (int i = 0; i < parts.Length; i++)
+                {
+                    if (!double.TryParse(parts[i], NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]))
+                    {
+                        return null;
+                    }
+                }
+
+                return values;
+            }
+
+            return Parse(mean) is { } m && Parse(std) is { } s ? new TrainingArgs(null, null, new BootMaeNormalization { Mean = m, Std = s }) : default;
+        }
+
+        public static Dictionary<string, string> ToMetadata(BootMaeNormalization normalization) => new(StringComparer.Ordinal)
+        {
+            [MeanKey] = string.Join(',', normalization.Mean.Select(v => v.ToString("R", CultureInfo.InvariantCulture))),
+            [StdKey] = string.Join(',', normalization.Std.Select(v => v.ToString("R", CultureInfo.InvariantCulture))),
+        };
     }
 
     // The file's key convention, which decides the input normalisation when the caller gives none.

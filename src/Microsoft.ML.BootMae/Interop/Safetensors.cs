@@ -20,6 +20,34 @@ internal static class Safetensors
         return Load(stream, $"'{path}'");
     }
 
+    // The header's "__metadata__" string map (empty when absent). Call after Load has accepted the file: only the
+    // header is read, and an entry that is not a string is skipped.
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        using var stream = File.OpenRead(path);
+        Span<byte> length = stackalloc byte[8];
+        stream.ReadExactly(length);
+        long headerLength = BinaryPrimitives.ReadInt64LittleEndian(length);
+        if (headerLength <= 0 || headerLength > MaxHeaderBytes)
+        {
+            return result;
+        }
+
+        var header = new byte[headerLength];
+        stream.ReadExactly(header);
+        using var doc = JsonDocument.Parse(header);
+        if (doc.RootElement.TryGetProperty("__metadata__", out var metadata) && metadata.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var entry in metadata.EnumerateObject().Where(e => e.Value.ValueKind == JsonValueKind.String))
+            {
+                result[entry.Name] = entry.Value.GetString()!;
+            }
+        }
+
+        return result;
+    }
+
     /// <summary>
     /// Reads safetensors data. The header is checked whole (JSON, field types, dtype, shape, element count, offsets
     /// inside the data section and not overlapping) before any tensor is built, so a crafted header cannot make
