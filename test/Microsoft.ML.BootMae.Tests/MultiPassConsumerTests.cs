@@ -55,15 +55,7 @@ public sealed class MultiPassConsumerTests
     {
         using var files = new MlNetTestData();
         using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 4);
-        var ml = new MLContext(1);
-        var messages = new List<string>();
-        ml.Log += (_, e) =>
-        {
-            lock (messages)
-            {
-                messages.Add(e.Message);
-            }
-        };
+        var (ml, messages) = LoggingContext();
         var (model, featurizer, _) = Featurize(ml, files, encoder);
         var rows = files.ColourRows(ml, Rows);
         var scored = model.Transform(rows);
@@ -138,15 +130,7 @@ public sealed class MultiPassConsumerTests
     {
         using var files = new MlNetTestData();
         using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 4);
-        var ml = new MLContext(1);
-        var messages = new List<string>();
-        ml.Log += (_, e) =>
-        {
-            lock (messages)
-            {
-                messages.Add(e.Message);
-            }
-        };
+        var (ml, messages) = LoggingContext();
         var (model, featurizer, images) = Featurize(ml, files, encoder);
         var expected = Features(model.Transform(files.ColourRows(ml, Rows)));
         long before = featurizer.ForwardPasses;
@@ -183,5 +167,20 @@ public sealed class MultiPassConsumerTests
 
         // The good first batch is encoded once and kept; the failing one is decoded again on each pass, never kept.
         Assert.AreEqual(1, featurizer.ForwardPasses);
+    }
+
+    // An MLContext whose log messages (from any thread) are collected.
+    private static (MLContext Ml, List<string> Messages) LoggingContext()
+    {
+        var ml = new MLContext(1);
+        var messages = new List<string>();
+        ml.Log += (_, e) =>
+        {
+            lock (messages)
+            {
+                messages.Add(e.Message);
+            }
+        };
+        return (ml, messages);
     }
 }
