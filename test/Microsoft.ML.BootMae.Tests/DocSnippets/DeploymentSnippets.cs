@@ -29,16 +29,17 @@ internal static class DeploymentSnippets
         #endregion
     }
 
-    public static (List<VBuffer<float>> Scores, List<VBuffer<long>> Predicted) Serve()
+    public static (List<float[]> Scores, List<long[]> Predicted) Serve()
     {
         #region snippet:deployment-serve
         var ml = new MLContext();
         var model = ml.Model.Load("model.zip", out _);
         var scored = model.Transform(ml.Data.LoadFromTextFile<ImageRow>("images.tsv", hasHeader: true));
-        var scores = scored.GetColumn<VBuffer<float>>("scores");        // Vector<Single, 1, K>
-        var predicted = scored.GetColumn<VBuffer<long>>("predicted");   // Vector<Int64, 1>
+        // float[] / long[] copy each row; a VBuffer from GetColumn is reused for the next row, so keep no VBuffer.
+        var scores = scored.GetColumn<float[]>("scores").ToList();        // Vector<Single, 1, K>: K probabilities
+        var predicted = scored.GetColumn<long[]>("predicted").ToList();   // Vector<Int64, 1>: the 0-based class
         #endregion
-        return (scores.ToList(), predicted.ToList());
+        return (scores, predicted);
     }
 
     public static (float[] Features, string[]? Names) RunDirectly(float[] pixels, int batch, int size)
