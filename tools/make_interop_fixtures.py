@@ -11,31 +11,15 @@ Run with Debian's python3-torch: /usr/bin/python3 tools/make_interop_fixtures.py
 """
 import argparse
 import collections
-import json
 import os
-import struct
 
 import torch
 import torch.nn.functional as F
 
+from safetensors_writer import save_safetensors
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "test", "Microsoft.ML.BootMae.Tests", "TestData", "interop")
 IMAGE, PATCH, CHANNELS, DIM, DEPTH, HEADS = 16, 4, 3, 32, 2, 2
-
-
-def save_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        data = tensors[name].detach().contiguous().float().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
 
 
 def layer_norm(x, w, b):
