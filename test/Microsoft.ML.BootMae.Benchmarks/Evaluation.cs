@@ -393,17 +393,8 @@ internal sealed class EvaluationData
         var order = Enumerable.Range(0, TrainCount).ToArray();
         new Random(424242).Shuffle(order);
         var held = order.GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(count / 10)).OrderBy(i => i).ToArray();
-        var pixels = new float[held.Length * 784];
-        for (int k = 0; k < held.Length; k++)
-        {
-            for (int j = 0; j < 784; j++)
-            {
-                pixels[(k * 784) + j] = _train[(held[k] * 784) + j] / 255f;
-            }
-        }
-
         return new EvaluationData(Description + $"; scored on {held.Length} held-out training images, not the test set", _train, _trainLabels,
-            pixels, held.Select(i => (int)_trainLabels[i]).ToArray())
+            TrainPixels(held), held.Select(i => (int)_trainLabels[i]).ToArray())
         {
             ScoredSet = "validation",
             _heldOut = held.ToHashSet(),
@@ -452,16 +443,22 @@ internal sealed class EvaluationData
         var order = Enumerable.Range(0, TrainCount).ToArray();
         new Random(seed * 7919).Shuffle(order);
         var chosen = order.Where(i => !_heldOut.Contains(i)).GroupBy(i => _trainLabels[i]).OrderBy(g => g.Key).SelectMany(g => g.Take(perClass)).OrderBy(i => i).ToArray();
-        var pixels = new float[chosen.Length * 784];
-        for (int k = 0; k < chosen.Length; k++)
+        return (TrainPixels(chosen), chosen.Select(i => (int)_trainLabels[i]).ToArray());
+    }
+
+    // The training images at these indices, scaled to [0, 1].
+    private float[] TrainPixels(int[] indices)
+    {
+        var pixels = new float[indices.Length * 784];
+        for (int k = 0; k < indices.Length; k++)
         {
             for (int j = 0; j < 784; j++)
             {
-                pixels[(k * 784) + j] = _train[(chosen[k] * 784) + j] / 255f;
+                pixels[(k * 784) + j] = _train[(indices[k] * 784) + j] / 255f;
             }
         }
 
-        return (pixels, chosen.Select(i => (int)_trainLabels[i]).ToArray());
+        return pixels;
     }
 
     private static byte[] Idx(string path, int header)
