@@ -156,6 +156,8 @@ internal static class Evaluation
         s.InjectPredictor = args.Inject ?? s.InjectPredictor;
         s.Masking = args.Masking ?? s.Masking;
         s.TeacherFraction = args.TeacherFraction ?? s.TeacherFraction;
+        s.MaskRatio = args.MaskRatio ?? s.MaskRatio;
+        s.FeatureLossWeight = args.FeatureWeight ?? s.FeatureLossWeight;
         return s;
     }
 
@@ -520,6 +522,10 @@ internal sealed class EvaluationArguments
 
     public double? TeacherFraction { get; set; }
 
+    public double? MaskRatio { get; set; }
+
+    public double? FeatureWeight { get; set; }
+
     public double? LayerDecay { get; set; }
 
     public double? FineTuneLearningRate { get; set; }
@@ -607,6 +613,8 @@ internal sealed class EvaluationArguments
         var inject = CommandLine.NullableBool("--inject", "Context injection into the decoders [default: the recipe's]");
         var masking = CommandLine.NullableChoice("--masking", "Masking strategy [default: the recipe's]", CommandLine.EnumChoices<BootMaeMasking>());
         var teacherFraction = CommandLine.NullableDouble("--teacher-fraction", "Share of the patches the teacher sees [default: the recipe's]", 0, 1);
+        var maskRatio = CommandLine.NullableDouble("--mask-ratio", "Share of the patches masked [default: the recipe's]", 0, 1);
+        var featureWeight = CommandLine.NullableDouble("--feature-weight", "Final weight of the feature loss [default: the recipe's]", 0);
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
@@ -624,7 +632,7 @@ internal sealed class EvaluationArguments
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
             seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, unlabelled, test, official, lr, featureNorm,
-            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, validation, loadEncoder,
+            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
         command.SetAction(parse => run(new EvaluationArguments
@@ -650,6 +658,8 @@ internal sealed class EvaluationArguments
             Inject = parse.GetValue(inject),
             Masking = parse.GetValue(masking),
             TeacherFraction = parse.GetValue(teacherFraction),
+            MaskRatio = parse.GetValue(maskRatio),
+            FeatureWeight = parse.GetValue(featureWeight),
             LayerDecay = parse.GetValue(layerDecay),
             FineTuneLearningRate = parse.GetValue(ftLr),
             FineTuneAugment = CommandLine.ValueOr(parse, ftAugment, d.FineTuneAugment),
