@@ -401,7 +401,7 @@ internal static class PhaseProfile
             Tensor target = null!;
             Microsoft.ML.BootMae.Modules.BootMaeForward forward = default;
             LossResult loss = default;
-            Time("masks", () => masks = MaskingGenerator.ForSettings(a, model, i).Next(args.Batch));
+            Time("masks", () => masks = MaskingGenerator.ForSettings(a, settings, i).Next(args.Batch));
             Time("teacher", () => target = teacher.Targets(images, masks, settings.TeacherFraction, new Random(i)).Target);
             Time("student forward", () => forward = network.Forward(images, masks));
             using (no_grad())
