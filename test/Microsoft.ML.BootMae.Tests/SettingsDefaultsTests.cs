@@ -14,63 +14,45 @@ namespace Microsoft.ML.BootMae.Tests;
 [TestClass]
 public sealed class SettingsDefaultsTests
 {
-    // Public Options members that are not training settings, and where they go instead.
-    private static readonly Dictionary<string, string> MlNetOnlyPretraining = new()
+    // Public members of BootMaeTrainingOptionsBase that are not training settings, and where they go instead.
+    private static readonly Dictionary<string, string> MlNetOnlyShared = new()
     {
         ["Training"] = "the carried settings themselves",
         ["ImageColumnName"] = "the input column (ImageColumn.Resolve)",
-        ["OutputColumnName"] = "the fitted transformer's column",
-        ["Architecture"] = "the BootMaePretrainer constructor",
         ["Seed"] = "null: the MLContext's seed, else BootMaeHost.DefaultSeed; written into the run's copy of Training",
         ["Device"] = "resolved with the MLContext's GpuDeviceId; written into the run's copy of Training",
-        ["GpuDeviceId"] = "null: MLContext.GpuDeviceId when set, else 0; written into the run's copy of Training",
         ["FallbackToCpu"] = "null: MLContext.FallbackToCpu when MLContext.GpuDeviceId is set, else true; written into the run's copy",
-        ["CancellationToken"] = "BootMaePretrainer.Train (through TrainingCancellation)",
-        ["MetricsCallback"] = "BootMaePretrainer.Train",
-        ["LogCallback"] = "BootMaeLogger, whose Info is passed to BootMaePretrainer.Train",
+        ["CancellationToken"] = "the engine's Train (through TrainingCancellation)",
+        ["MetricsCallback"] = "the engine's Train",
+        ["LogCallback"] = "BootMaeLogger, whose Info is passed to the engine's Train",
         ["SkipBadImages"] = "DataViewImageBatchSource",
         ["MaxImagePixels"] = "DataViewImageBatchSource and the fitted transformer",
         ["ShufflePoolSize"] = "DataViewImageBatchSource",
         ["Augment"] = "decode-time augmentation in DataViewImageBatchSource; the engine's on-device Augment is always false",
-        ["Pooling"] = "the fitted transformer",
-        ["SourceBlock"] = "the fitted transformer",
         ["InferenceBatchSize"] = "the fitted transformer",
     };
 
-    private static readonly Dictionary<string, string> MlNetOnlyFineTune = new()
+    private static readonly Dictionary<string, string> MlNetOnlyPretraining = With(MlNetOnlyShared, new()
     {
-        ["Training"] = "the carried settings themselves",
-        ["ImageColumnName"] = "the input column (ImageColumn.Resolve)",
+        ["OutputColumnName"] = "the fitted transformer's column",
+        ["Architecture"] = "the BootMaePretrainer constructor",
+        ["GpuDeviceId"] = "null: MLContext.GpuDeviceId when set, else 0; written into the run's copy of Training",
+        ["Pooling"] = "the fitted transformer",
+        ["SourceBlock"] = "the fitted transformer",
+    });
+
+    private static readonly Dictionary<string, string> MlNetOnlyFineTune = With(MlNetOnlyShared, new()
+    {
         ["LabelColumnName"] = "the label column",
         ["ScoreColumnName"] = "the fitted transformer's column",
         ["PredictedLabelColumnName"] = "the fitted transformer's column",
         ["Architecture"] = "the random encoder when Encoder is null",
         ["Encoder"] = "ImageClassifierEngine.Train",
         ["ValidationSet"] = "ImageClassifierEngine.Train (as a DataViewImageBatchSource)",
-        ["Seed"] = "null: the MLContext's seed, else BootMaeHost.DefaultSeed; written into the run's copy of Training",
-        ["Device"] = "resolved with the MLContext's GpuDeviceId; written into the run's copy of Training",
         ["GpuDeviceId"] = "checked by the trainer: classification trains on CUDA device 0 only",
-        ["FallbackToCpu"] = "null: MLContext.FallbackToCpu when MLContext.GpuDeviceId is set, else true; written into the run's copy",
-        ["CancellationToken"] = "ImageClassifierEngine.Train (through TrainingCancellation)",
-        ["MetricsCallback"] = "ImageClassifierEngine.Train",
-        ["LogCallback"] = "BootMaeLogger, whose Info is passed to ImageClassifierEngine.Train",
-        ["SkipBadImages"] = "DataViewImageBatchSource",
-        ["MaxImagePixels"] = "DataViewImageBatchSource and the fitted transformer",
-        ["ShufflePoolSize"] = "DataViewImageBatchSource",
-        ["Augment"] = "decode-time augmentation in DataViewImageBatchSource; the engine's on-device Augment is always false",
-        ["InferenceBatchSize"] = "the fitted transformer",
-    };
+    });
 
     // Settings fields the ML.NET layer replaces in the run's copy, with what it puts there.
-    private static readonly Dictionary<string, string> ResolvedPretraining = new()
-    {
-        ["Seed"] = "Options.Seed or the MLContext's",
-        ["Device"] = "Options.Device with the MLContext's GpuDeviceId",
-        ["GpuDeviceId"] = "Options.GpuDeviceId or the MLContext's",
-        ["FallbackToCpu"] = "Options.FallbackToCpu or the MLContext's",
-        ["Augment"] = "false: the ML.NET layer augments while decoding",
-    };
-
     private static readonly Dictionary<string, string> ResolvedFineTune = new()
     {
         ["Seed"] = "Options.Seed or the MLContext's",
@@ -78,6 +60,11 @@ public sealed class SettingsDefaultsTests
         ["FallbackToCpu"] = "Options.FallbackToCpu or the MLContext's",
         ["Augment"] = "false: the ML.NET layer augments while decoding",
     };
+
+    private static readonly Dictionary<string, string> ResolvedPretraining = With(ResolvedFineTune, new()
+    {
+        ["GpuDeviceId"] = "Options.GpuDeviceId or the MLContext's",
+    });
 
     private static readonly BootMaeArchitecture Tiny = PretrainerTests.Tiny;
 
@@ -162,6 +149,9 @@ public sealed class SettingsDefaultsTests
         Assert.AreEqual(1.0, BootMaeImageClassificationTrainer.RunSettings(new(), 1, BootMaeHost.ResolveDevice(options, env: null)).LayerDecay,
             "a random encoder gets no layer decay");
     }
+
+    private static Dictionary<string, string> With(Dictionary<string, string> shared, Dictionary<string, string> own) =>
+        shared.Concat(own).ToDictionary(kv => kv.Key, kv => kv.Value);
 
     private static T Options<T>(object estimator) =>
         (T)estimator.GetType().GetField("_options", BindingFlags.Instance | BindingFlags.NonPublic)!.GetValue(estimator)!;
