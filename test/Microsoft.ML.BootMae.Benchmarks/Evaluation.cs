@@ -217,7 +217,7 @@ internal static class Evaluation
         {
             MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = args.FineTuneAugment,
             LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : args.ScratchLearningRate ?? 1e-3,
-            DropPathRate = args.FineTuneDropPath ?? FineTuneDefaults.DropPathRate,
+            DropPathRate = args.FineTuneDropPath ?? new FineTuneSettings().DropPathRate,
             LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
         };
         long steps = 0;

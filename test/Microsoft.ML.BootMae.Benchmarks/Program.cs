@@ -381,9 +381,9 @@ internal static class PhaseProfile
             BFloat16Note.NotFastHere("the teacher is profiled in fp32");
         }
 
-        var model = BootMaePretrainer.ToModelSettings(settings, bf16Teacher: args.Precision == BootMaePrecision.BFloat16 && fastBf16);
-        using var network = Microsoft.ML.BootMae.Modules.BootMaeNetwork.Create(a, model, 1);
-        using var teacher = new Microsoft.ML.BootMae.Modules.MomentumTeacher(network.Encoder, model.TeacherBFloat16);
+        bool bf16Teacher = args.Precision == BootMaePrecision.BFloat16 && fastBf16;
+        using var network = Microsoft.ML.BootMae.Modules.BootMaeNetwork.Create(a, settings, 1);
+        using var teacher = new Microsoft.ML.BootMae.Modules.MomentumTeacher(network.Encoder, bf16Teacher);
         using var optimizer = ParameterGroups.CreateAdamW(network, 1e-4, 0.05);
         var times = new Dictionary<string, List<double>>();
         void Time(string name, Action action)
@@ -401,8 +401,8 @@ internal static class PhaseProfile
             Tensor target = null!;
             Microsoft.ML.BootMae.Modules.BootMaeForward forward = default;
             LossResult loss = default;
-            Time("masks", () => masks = MaskingGenerator.ForSettings(a, model, i).Next(args.Batch));
-            Time("teacher", () => target = teacher.Targets(images, masks, model.TeacherFraction, new Random(i)).Target);
+            Time("masks", () => masks = MaskingGenerator.ForSettings(a, settings, i).Next(args.Batch));
+            Time("teacher", () => target = teacher.Targets(images, masks, settings.TeacherFraction, new Random(i)).Target);
             Time("student forward", () => forward = network.Forward(images, masks));
             using (no_grad())
             {

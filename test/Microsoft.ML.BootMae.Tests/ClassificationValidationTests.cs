@@ -70,13 +70,22 @@ public sealed class ClassificationValidationTests
     public void InvalidOptionsFailWhenTheTrainerIsCreated()
     {
         var ml = new MLContext(1);
-        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(maxEpochs: 0));
+        // Training settings fail in their one Validate, with ArgumentException naming the setting; ML.NET settings as before.
+        var epochs = Assert.ThrowsExactly<ArgumentException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(maxEpochs: 0));
+        Assert.AreEqual("MaxEpochs", epochs.ParamName);
+        var patience = Assert.ThrowsExactly<ArgumentException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(
+            new BootMaeImageClassificationTrainer.Options { Training = { EarlyStoppingPatience = 0 } }));
+        Assert.AreEqual("EarlyStoppingPatience", patience.ParamName);
         Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(
             new BootMaeImageClassificationTrainer.Options { InferenceBatchSize = 0 }));
         Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(
             new BootMaePretrainingEstimator.Options { ResumeFromCheckpoint = true }));
-        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ml.Transforms.BootMaePretrain(
+        var preview = Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(
             new BootMaePretrainingEstimator.Options { ReconstructionPreviewCount = 0 }));
+        Assert.AreEqual("ReconstructionPreviewCount", preview.ParamName);
+        var jitter = Assert.ThrowsExactly<ArgumentException>(() => ml.Transforms.BootMaePretrain(
+            new BootMaePretrainingEstimator.Options { Training = { MaskJitter = -1 } }));
+        StringAssert.Contains(jitter.Message, "MaskJitter is -1");
         using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 1);
         Assert.ThrowsExactly<ArgumentException>(() => ml.MulticlassClassification.Trainers.BootMaeImageClassification(
             new BootMaeImageClassificationTrainer.Options { Encoder = encoder, Architecture = MlNetTestData.Tiny8Grey }));

@@ -24,7 +24,7 @@ public sealed class InvariantTests
         return rand(new long[] { Batch, 1, 28, 28 }, generator: g) * 2 - 1;
     }
 
-    private static MaskBatch Masks(int seed = 1, MaskingStrategy strategy = MaskingStrategy.BlockFill)
+    private static MaskBatch Masks(int seed = 1, BootMaeMasking strategy = BootMaeMasking.BlockFill)
         => new MaskingGenerator(Tiny.GridSize, strategy, seed).Next(Batch);
 
     // §10.1
@@ -32,7 +32,7 @@ public sealed class InvariantTests
     public void EncoderSeesOnlyVisibleTokensAndIgnoresMaskedPixels()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var masks = Masks();
         var images = Images(2);
         var pixelMask = BootMaeLosses.ToPixels(masks.Mask, Tiny.GridSize, Tiny.PatchSize);
@@ -68,7 +68,7 @@ public sealed class InvariantTests
     public void LossesIgnoreVisiblePositions()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var masks = Masks();
         var images = Images(2);
         var fwd = net.Forward(images, masks);
@@ -109,7 +109,7 @@ public sealed class InvariantTests
         Assert.AreEqual(2f, wAll[3, 3].item<float>(), 1e-6f, "fully masked 3×3 interior");
         Assert.AreEqual(1f + (4f / 9), wAll[0, 0].item<float>(), 1e-6f, "corner sees 4 masked patches");
 
-        var settings = new BootMaeModelSettings { WeightMask = false };
+        var settings = OfficialSettings.Create(s => { s.WeightMask = false; });
         using var net = new BootMaeNetwork(Tiny, settings);
         var images = Images(4);
         var target = BootMaeLosses.PixelTarget(images, Tiny.PatchSize, true);
@@ -130,7 +130,7 @@ public sealed class InvariantTests
         Assert.IsLessThan(1e-5f, t.mean(new long[] { 3, 5 }).abs().max().item<float>(), "patch/channel mean ≈ 0");
         Assert.IsLessThan(1e-3f, (t.var(new long[] { 3, 5 }, unbiased: false) - 1).abs().max().item<float>(), "patch/channel var ≈ 1");
 
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         var target = teacher.Forward(images);
         CollectionAssert.AreEqual(new long[] { Batch, Tiny.NumPatches, Tiny.EmbedDim }, target.shape, "teacher output B×N×D");
@@ -144,7 +144,7 @@ public sealed class InvariantTests
     public void TeacherGetsNoGradientsAndIsOutsideTheOptimizer()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         using var optimizer = ParameterGroups.CreateAdamW(net, 1e-2, 0.05);
         using var masks = Masks();
@@ -170,7 +170,7 @@ public sealed class InvariantTests
     public void EmaAlgebra()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         var student = net.Encoder.state_dict();
         foreach (var (key, value) in teacher.Encoder.state_dict())
@@ -211,7 +211,7 @@ public sealed class InvariantTests
     public void TeacherSeesTheFullImageInEvalModeWithoutFinalNorm()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         var images = Images(8);
         Assert.IsFalse(teacher.Encoder.training, "teacher in eval mode");
@@ -231,7 +231,7 @@ public sealed class InvariantTests
     public void BFloat16TeacherTracksItsFloat32Master()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var fp32 = new MomentumTeacher(net.Encoder);
         using var bf16 = new MomentumTeacher(net.Encoder, bfloat16Compute: true);
         var images = Images(8);
@@ -272,7 +272,7 @@ public sealed class InvariantTests
     public void FixedPositionTablesStayFixed()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         var named = net.named_parameters().ToDictionary(kv => BootMaeNetwork.ToReferenceKey(kv.name), kv => kv.parameter);
         var tables = new[] { "pos_embed", "de_pos_embed" };
         var before = tables.ToDictionary(t => t, t => named[t].clone());
@@ -285,7 +285,7 @@ public sealed class InvariantTests
 
         using var optimizer = ParameterGroups.CreateAdamW(net, 1e-2, 0.05);
         using var teacher = new MomentumTeacher(net.Encoder);
-        var gen = new MaskingGenerator(Tiny.GridSize, MaskingStrategy.BlockFill, 3);
+        var gen = new MaskingGenerator(Tiny.GridSize, BootMaeMasking.BlockFill, 3);
         for (int step = 0; step < 2; step++)
         {
             using var inner = NewDisposeScope();
@@ -309,7 +309,7 @@ public sealed class InvariantTests
     public void CrossAttentionReadsShallowAndDeepPreNormFeatures()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var masks = Masks();
         var images = Images(2);
         var fwd = net.Forward(images, masks);
@@ -340,7 +340,7 @@ public sealed class InvariantTests
     [TestMethod]
     public void InjectionOffRemovesCrossAttentionParameters()
     {
-        using var net = new BootMaeNetwork(Tiny, new BootMaeModelSettings { InjectRegressor = false });
+        using var net = new BootMaeNetwork(Tiny, OfficialSettings.Create(s => { s.InjectRegressor = false; }));
         var keys = net.ReferenceStateDict().Keys.ToList();
         Assert.IsFalse(keys.Any(k => k.StartsWith("decode_blocks.", StringComparison.Ordinal) && (k.Contains("c_attn") || k.Contains("norm3") || k.Contains("norm4"))),
             "regressor has no cross-attention");
@@ -356,7 +356,7 @@ public sealed class InvariantTests
     [TestMethod]
     public void WeightDecayGroups()
     {
-        using var net = new BootMaeNetwork(Tiny, new BootMaeModelSettings());
+        using var net = new BootMaeNetwork(Tiny, OfficialSettings.Create());
         var (decay, noDecay) = ParameterGroups.Split(net);
         var d = decay.Select(x => BootMaeNetwork.ToReferenceKey(x.Name)).ToHashSet();
         var nd = noDecay.Select(x => BootMaeNetwork.ToReferenceKey(x.Name)).ToHashSet();
@@ -382,14 +382,14 @@ public sealed class InvariantTests
     public void MaeModeHasOnePlainDecoderAndMaskedMeanLoss()
     {
         using var scope = NewDisposeScope();
-        var settings = new BootMaeModelSettings { Mode = PretrainMode.Mae };
+        var settings = OfficialSettings.Create(s => { s.Mode = BootMaeMode.Mae; });
         using var net = BootMaeNetwork.Create(Tiny, settings, 1);
         var keys = net.ReferenceStateDict().Keys.ToList();
         Assert.IsFalse(keys.Any(k => k.Contains("_1.") || k.StartsWith("decode_", StringComparison.Ordinal) || k.Contains("c_attn")), "no predictor, regressor or cross-attention");
         Assert.AreEqual(8, net.Decoder!.Depth);
         Assert.AreEqual(8, keys.Where(k => k.StartsWith("decoder_blocks.", StringComparison.Ordinal)).Select(k => k.Split('.')[1]).Distinct().Count());
         var gen = MaskingGenerator.ForSettings(Tiny, settings, 1);
-        Assert.AreEqual(MaskingStrategy.Random, gen.Strategy);
+        Assert.AreEqual(BootMaeMasking.Random, gen.Strategy);
 
         using var masks = gen.Next(Batch);
         var images = Images(3);
@@ -408,7 +408,7 @@ public sealed class InvariantTests
     public void TeacherFractionRestrictsFeatureLossToTheSubset()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings { TeacherFraction = 0.25 }, 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(s => { s.TeacherFraction = 0.25; }), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         using var masks = Masks();
         var images = Images(2);
@@ -431,9 +431,9 @@ public sealed class InvariantTests
     [TestMethod]
     public void CreateIsDeterministicPerSeed()
     {
-        using var a = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 7);
-        using var b = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 7);
-        using var c = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 8);
+        using var a = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 7);
+        using var b = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 7);
+        using var c = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 8);
         var sa = a.state_dict();
         var sb = b.state_dict();
         foreach (var (key, value) in sa)
@@ -452,10 +452,10 @@ public sealed class InvariantTests
     [TestMethod]
     public void TrainStepsDoNotLeakTensors()
     {
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
         using var teacher = new MomentumTeacher(net.Encoder);
         using var optimizer = ParameterGroups.CreateAdamW(net, 1e-3, 0.05);
-        var gen = new MaskingGenerator(Tiny.GridSize, MaskingStrategy.BlockFill, 3);
+        var gen = new MaskingGenerator(Tiny.GridSize, BootMaeMasking.BlockFill, 3);
         long live = 0;
         for (int step = 0; step < 4; step++)
         {

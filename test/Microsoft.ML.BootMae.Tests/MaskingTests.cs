@@ -14,7 +14,7 @@ public sealed class MaskingTests
     [DataRow(14, 147, 120, 16, 60, 3)]
     public void ScalingRuleMatchesSpec(int grid, int k, int kBlock, int min, int max, int jitter)
     {
-        var g = new MaskingGenerator(grid, MaskingStrategy.BlockFill, seed: 1);
+        var g = new MaskingGenerator(grid, BootMaeMasking.BlockFill, seed: 1);
         Assert.AreEqual(k, g.NumMasked, "K");
         Assert.AreEqual(kBlock, g.BlockTarget, "K_block");
         Assert.AreEqual(min, g.MinBlockPatches, "min block");
@@ -23,14 +23,14 @@ public sealed class MaskingTests
     }
 
     [TestMethod]
-    [DataRow(7, (int)MaskingStrategy.BlockFill)]
-    [DataRow(7, (int)MaskingStrategy.Block)]
-    [DataRow(7, (int)MaskingStrategy.Random)]
-    [DataRow(8, (int)MaskingStrategy.BlockFill)]
-    [DataRow(14, (int)MaskingStrategy.BlockFill)]
+    [DataRow(7, (int)BootMaeMasking.BlockFill)]
+    [DataRow(7, (int)BootMaeMasking.Block)]
+    [DataRow(7, (int)BootMaeMasking.Random)]
+    [DataRow(8, (int)BootMaeMasking.BlockFill)]
+    [DataRow(14, (int)BootMaeMasking.BlockFill)]
     public void EveryMaskHasExactlyKPatchesAndIdsArePermutations(int grid, int strategyValue)
     {
-        var strategy = (MaskingStrategy)strategyValue;
+        var strategy = (BootMaeMasking)strategyValue;
         using var scope = NewDisposeScope();
         var g = new MaskingGenerator(grid, strategy, seed: 7);
         int n = grid * grid;
@@ -58,7 +58,7 @@ public sealed class MaskingTests
     [DataRow(14)]
     public void BlockStageReachesKBlock(int grid)
     {
-        var g = new MaskingGenerator(grid, MaskingStrategy.BlockFill, seed: 3);
+        var g = new MaskingGenerator(grid, BootMaeMasking.BlockFill, seed: 3);
         int reached = 0;
         const int trials = 500;
         for (int i = 0; i < trials; i++)
@@ -74,7 +74,7 @@ public sealed class MaskingTests
     public void BlockStageNeverOvershootsAndNeverHangs()
     {
         // A 2×2 grid cannot hold any block with h < 2 and w < 2 larger than 1, and min > 1 areas mostly round away.
-        var g = new MaskingGenerator(2, MaskingStrategy.Block, seed: 5);
+        var g = new MaskingGenerator(2, BootMaeMasking.Block, seed: 5);
         for (int i = 0; i < 200; i++)
         {
             Assert.IsLessThanOrEqualTo(g.NumMasked, g.BlockMask(g.NumMasked).Count(b => b));
@@ -89,7 +89,7 @@ public sealed class MaskingTests
     public void BlockFillMasksContainTheBlocksWhenJitterIsOff()
     {
         // With jitter 0 all block-masked patches are masked; the fill adds exactly K − K_block random ones.
-        var g = new MaskingGenerator(7, MaskingStrategy.BlockFill, seed: 11, jitter: 0);
+        var g = new MaskingGenerator(7, BootMaeMasking.BlockFill, seed: 11, jitter: 0);
         using var m = g.Next(64);
         var mask = m.Mask.data<float>().ToArray();
         int n = 49;
@@ -106,7 +106,7 @@ public sealed class MaskingTests
             }
         }
 
-        var random = new MaskingGenerator(7, MaskingStrategy.Random, seed: 11);
+        var random = new MaskingGenerator(7, BootMaeMasking.Random, seed: 11);
         using var rm = random.Next(64);
         var rmask = rm.Mask.data<float>().ToArray();
         int randomContiguous = 0;
@@ -127,8 +127,8 @@ public sealed class MaskingTests
     [TestMethod]
     public void MasksDifferPerSampleAndAreDeterministicPerSeed()
     {
-        var a = new MaskingGenerator(7, MaskingStrategy.BlockFill, seed: 42);
-        var b = new MaskingGenerator(7, MaskingStrategy.BlockFill, seed: 42);
+        var a = new MaskingGenerator(7, BootMaeMasking.BlockFill, seed: 42);
+        var b = new MaskingGenerator(7, BootMaeMasking.BlockFill, seed: 42);
         using var ma = a.Next(8);
         using var mb = b.Next(8);
         TensorAssert.Equal(ma.IdsShuffle, mb.IdsShuffle, "same seed, same masks");
@@ -140,8 +140,8 @@ public sealed class MaskingTests
     public void MaeModeUsesRandomMasking()
     {
         var arch = new BootMaeArchitecture { ImageSize = 28, PatchSize = 4, Channels = 1, EmbedDim = 32, Depth = 2, Heads = 2 };
-        var g = MaskingGenerator.ForSettings(arch, new BootMaeModelSettings { Mode = PretrainMode.Mae, Masking = MaskingStrategy.BlockFill }, 1);
-        Assert.AreEqual(MaskingStrategy.Random, g.Strategy);
+        var g = MaskingGenerator.ForSettings(arch, OfficialSettings.Create(s => { s.Mode = BootMaeMode.Mae; s.Masking = BootMaeMasking.BlockFill; }), 1);
+        Assert.AreEqual(BootMaeMasking.Random, g.Strategy);
         Assert.AreEqual(37, g.NumMasked);
     }
 }

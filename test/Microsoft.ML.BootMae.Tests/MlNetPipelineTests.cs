@@ -256,7 +256,7 @@ public sealed class MlNetPipelineTests
             Assert.AreEqual(8, step.NumMasked, "MaskRatio 0.5 of 16 patches");
             Assert.IsFalse(step.RegressorCrossAttention, "InjectRegressor = false: no cross-attention in the pixel regressor");
             Assert.IsTrue(step.PredictorCrossAttention);
-            Assert.AreEqual(Training.MaskingStrategy.Random, step.Model.Masking);
+            Assert.AreEqual(BootMaeMasking.Random, step.Model.Masking);
             Assert.AreEqual(0, step.Model.MaskJitter);
             Assert.IsFalse(step.Model.WeightMask);
             Assert.IsFalse(step.Model.NormPixTarget);
@@ -308,7 +308,7 @@ public sealed class MlNetPipelineTests
         return steps;
     }
 
-    private sealed record StepSeen(float? Feature, bool HasTeacher, double FeatureWeight, double? Ema, int NumMasked, Training.BootMaeModelSettings Model,
+    private sealed record StepSeen(float? Feature, bool HasTeacher, double FeatureWeight, double? Ema, int NumMasked, BootMaePretrainerSettings Model,
         bool RegressorCrossAttention, bool PredictorCrossAttention, int? MaeDecoderDepth);
 
     [TestMethod]

@@ -93,7 +93,7 @@ public sealed class OfficialCheckpointTests
     // A fresh student (official layout), its teacher and optimizer, as the pretrainer builds them.
     private static (BootMaeNetwork Network, MomentumTeacher Teacher, OwnedAdamW Optimizer) NewRun(double weightDecay)
     {
-        var network = new BootMaeNetwork(Tiny, new BootMaeModelSettings());
+        var network = new BootMaeNetwork(Tiny, OfficialSettings.Create());
         var teacher = new MomentumTeacher(network.Encoder);
         var optimizer = ParameterGroups.CreateAdamW(network, 1e-3, weightDecay);
         return (network, teacher, optimizer);
@@ -301,11 +301,11 @@ public sealed class OfficialCheckpointTests
             BootMaePretrainer.ExportOfficialCheckpoint(mae.CheckpointDirectory, Path.Combine(dir, "mae.pth")));
         StringAssert.Contains(error.Message, "MAE mode");
 
-        using var network = new BootMaeNetwork(Tiny with { RegressorHeads = 1 }, new BootMaeModelSettings());
+        using var network = new BootMaeNetwork(Tiny with { RegressorHeads = 1 }, OfficialSettings.Create());
         var heads = Assert.ThrowsExactly<InvalidOperationException>(() => OfficialCheckpoint.CheckLayout(network));
         StringAssert.Contains(heads.Message, "RegressorHeads = 1");
 
-        using var noInjection = new BootMaeNetwork(Tiny, new BootMaeModelSettings { InjectPredictor = false });
+        using var noInjection = new BootMaeNetwork(Tiny, OfficialSettings.Create(s => { s.InjectPredictor = false; }));
         var injection = Assert.ThrowsExactly<InvalidOperationException>(() => OfficialCheckpoint.CheckLayout(noInjection));
         StringAssert.Contains(injection.Message, "InjectPredictor");
 

@@ -47,7 +47,7 @@ public sealed class ParityTests
     {
         using var scope = NewDisposeScope();
         var f = Safetensors.Load(Path.Combine(Dir, "bootmae.safetensors"));
-        using var net = new BootMaeNetwork(Architecture, new BootMaeModelSettings());
+        using var net = new BootMaeNetwork(Architecture, OfficialSettings.Create());
         var own = net.ReferenceStateDict();
         TensorAssert.Close(f["table.pos_embed"], own["pos_embed"], 1e-6, 0, "pos_embed");
         TensorAssert.Close(f["table.de_pos_embed"], own["de_pos_embed"], 1e-6, 0, "de_pos_embed");
@@ -60,7 +60,7 @@ public sealed class ParityTests
         var f = Safetensors.Load(Path.Combine(Dir, "bootmae.safetensors"));
         var scalars = Scalars();
         var cfg = scalars.GetProperty("config");
-        using var net = new BootMaeNetwork(Architecture, new BootMaeModelSettings());
+        using var net = new BootMaeNetwork(Architecture, OfficialSettings.Create());
         var weights = WithPrefix(f, "w.");
         weights["pos_embed"] = f["table.pos_embed"];
         weights["de_pos_embed"] = f["table.de_pos_embed"];
@@ -136,7 +136,7 @@ public sealed class ParityTests
         var boot = Safetensors.Load(Path.Combine(Dir, "bootmae.safetensors"));
         var scalars = Scalars();
         var cfg = scalars.GetProperty("config");
-        var settings = new BootMaeModelSettings { Mode = PretrainMode.Mae, MaeDecoderDepth = cfg.GetProperty("mae_dec_depth").GetInt32() };
+        var settings = OfficialSettings.Create(s => { s.Mode = BootMaeMode.Mae; s.MaeDecoderDepth = cfg.GetProperty("mae_dec_depth").GetInt32(); });
         using var net = new BootMaeNetwork(Architecture, settings);
         var weights = WithPrefix(f, "w.");
         weights["pos_embed"] = boot["table.pos_embed"];

@@ -301,5 +301,5 @@ public sealed class PretrainerTests
         }
     }
 
-    private static string FingerprintOf(BootMaePretrainerSettings s, long totalSteps) => BootMaePretrainer.Fingerprint(s, totalSteps);
+    private static string FingerprintOf(BootMaePretrainerSettings s, long totalSteps) => s.Fingerprint(totalSteps);
 }

@@ -53,12 +53,11 @@ public sealed class RecipeTests
     }
 
     [TestMethod]
-    public void LayerNormTargetIsTheOfficialOneAndTheModelDefault()
+    public void LayerNormTargetIsTheOfficialOne()
     {
         using var scope = NewDisposeScope();
         var teacher = SharedDominatedTeacher(4);
         TensorAssert.Equal(BootMaeLosses.FeatureNorm(teacher), BootMaeLosses.FeatureTarget(teacher, BootMaeFeatureTargetNormalization.LayerNorm), "LN target");
-        Assert.AreEqual(BootMaeFeatureTargetNormalization.LayerNorm, new BootMaeModelSettings().FeatureTargetNormalization, "parity fixtures use the official target");
         Assert.AreEqual(BootMaeFeatureTargetNormalization.BatchStandardized, new BootMaePretrainerSettings().FeatureTargetNormalization, "users get the measured recipe");
     }
 
@@ -66,8 +65,8 @@ public sealed class RecipeTests
     public void DiagnosticsReportTheZeroPredictionBaselineAndUnweightedLosses()
     {
         using var scope = NewDisposeScope();
-        using var net = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), 1);
-        using var masks = new MaskingGenerator(Tiny.GridSize, MaskingStrategy.BlockFill, 2).Next(Batch);
+        using var net = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), 1);
+        using var masks = new MaskingGenerator(Tiny.GridSize, BootMaeMasking.BlockFill, 2).Next(Batch);
         var images = Images(5);
         var forward = net.Forward(images, masks);
         var teacher = randn(Batch, Tiny.NumPatches, Tiny.EmbedDim);
@@ -83,7 +82,7 @@ public sealed class RecipeTests
         Assert.AreEqual(zeroLoss.Pixel!.item<float>(), d.PixelZeroBaseline!.item<float>(), 1e-5f);
 
         // Unweighted equals the loss with the weight mask switched off.
-        using var unweightedNet = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings { WeightMask = false }, 1);
+        using var unweightedNet = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(s => { s.WeightMask = false; }), 1);
         var unweighted = BootMaeLosses.Compute(unweightedNet, forward, images, masks, teacher, null, 1.0);
         Assert.AreEqual(unweighted.Pixel!.item<float>(), d.PixelUnweighted!.item<float>(), 1e-5f);
         Assert.AreEqual(unweighted.Feature!.item<float>(), d.FeatureUnweighted!.item<float>(), 1e-5f);
@@ -108,19 +107,19 @@ public sealed class RecipeTests
     public void ScaledEmaMomentaHaveAFloorButExplicitValuesWin()
     {
         var s = new BootMaePretrainerSettings();
-        var schedules = BootMaePretrainer.CreateSchedules(395, s);
+        var schedules = Schedules.ForPretraining(395, s);
         Assert.AreEqual(0.996, schedules.EmaMomentum(0), 1e-12, "a 395-step run scaled without a floor starts at 0.5");
         Assert.IsGreaterThanOrEqualTo(0.996, schedules.EmaMomentum(100));
 
         // Long runs keep the scaled values, which are above the floor.
-        var longRun = BootMaePretrainer.CreateSchedules(250_000, s);
+        var longRun = Schedules.ForPretraining(250_000, s);
         Assert.AreEqual(Schedules.ScaledEmaMomenta(250_000).End, longRun.EmaMomentum(249_999), 1e-12);
 
         var log = new List<string>();
-        var explicitMomenta = BootMaePretrainer.CreateSchedules(395, new BootMaePretrainerSettings { EmaMomentumStart = 0.9, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.99 }, log.Add);
+        var explicitMomenta = Schedules.ForPretraining(395, new BootMaePretrainerSettings { EmaMomentumStart = 0.9, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.99 }, log.Add);
         Assert.AreEqual(0.9, explicitMomenta.EmaMomentum(0), 1e-12);
         Assert.AreEqual(0.99, explicitMomenta.EmaMomentum(394), 1e-12);
-        BootMaePretrainer.CreateSchedules(395, s, log.Add);
+        Schedules.ForPretraining(395, s, log.Add);
         Assert.IsEmpty(log, "nothing given is raised: nothing is logged");
     }
 
@@ -131,7 +130,7 @@ public sealed class RecipeTests
         var log = new List<string>();
         var settings = new BootMaePretrainerSettings { EmaMomentumStart = 0.99, EmaMomentumMid = 0.95, EmaMomentumEnd = 0.9 };
 
-        var schedules = BootMaePretrainer.CreateSchedules(400, settings, log.Add);
+        var schedules = Schedules.ForPretraining(400, settings, log.Add);
 
         Assert.AreEqual(0.99, schedules.EmaMid, 1e-15);
         Assert.AreEqual(0.99, schedules.EmaEnd, 1e-15);
@@ -141,12 +140,12 @@ public sealed class RecipeTests
 
         // Only End below Mid: only End is named. A scaled (null) Mid raised to a high Start is not a user value and is not logged.
         log.Clear();
-        BootMaePretrainer.CreateSchedules(400, new BootMaePretrainerSettings { EmaMomentumMid = 0.999, EmaMomentumEnd = 0.998 }, log.Add);
+        Schedules.ForPretraining(400, new BootMaePretrainerSettings { EmaMomentumMid = 0.999, EmaMomentumEnd = 0.998 }, log.Add);
         Assert.HasCount(1, log);
         StringAssert.Contains(log[0], "EmaMomentumEnd from 0.998 to 0.999");
         Assert.DoesNotContain("EmaMomentumMid", log[0]);
         log.Clear();
-        BootMaePretrainer.CreateSchedules(400, new BootMaePretrainerSettings { EmaMomentumStart = 0.9999 }, log.Add);
+        Schedules.ForPretraining(400, new BootMaePretrainerSettings { EmaMomentumStart = 0.9999 }, log.Add);
         Assert.IsEmpty(log);
 
         // Through Train, to the run's log callback.

@@ -7,8 +7,12 @@ namespace Microsoft.ML.BootMae.Tests;
 [TestClass]
 public sealed class ScheduleTests
 {
-    private static Schedules Create(long steps = 1000) => new(steps, baseLearningRate: 1e-3, minLearningRate: 1e-5, warmupFraction: 0.05,
-        featureWeight: 1.0, featureRampFraction: 0.25, emaStart: 0.99, emaMid: 0.999, emaEnd: 0.9999, emaRamp1Fraction: 0.125, emaRamp2EndFraction: 0.5);
+    // Batch 256, so the scaled peak is the base learning rate itself.
+    private static Schedules Create(long steps = 1000) => Schedules.ForPretraining(steps, new BootMaePretrainerSettings
+    {
+        BatchSize = 256, LearningRate = 1e-3, MinLearningRateFraction = 0.01, WarmupFraction = 0.05, FeatureLossWeight = 1.0, FeatureLossRampFraction = 0.25,
+        EmaMomentumStart = 0.99, EmaMomentumMid = 0.999, EmaMomentumEnd = 0.9999, EmaRamp1Fraction = 0.125, EmaRamp2EndFraction = 0.5,
+    });
 
     [TestMethod]
     public void LearningRateWarmsUpThenReachesTheMinimumAtTheLastStep()

@@ -5,50 +5,44 @@ using Microsoft.VisualStudio.TestTools.UnitTesting;
 namespace Microsoft.ML.BootMae.Tests;
 
 /// <summary>
-/// The ML.NET Options and the engine settings by reflection: one default for every setting both declare, and every
-/// public Options field either carried into the engine settings or listed below as consumed by the ML.NET layer itself.
-/// A field added to one type and not the other, or not passed on, fails here.
+/// The ML.NET Options and the settings models they carry, by reflection: every public Options member is either a
+/// pass-through to <c>Options.Training</c> (same name, same type, both directions) or listed below as an ML.NET concern
+/// with where it goes; every training setting set on <c>Options.Training</c> reaches the settings the engine runs with,
+/// except the few the ML.NET layer resolves itself (listed with their reasons). A member added to the Options and not
+/// passed on, or a settings field the run copy loses, fails here.
 /// </summary>
 [TestClass]
 public sealed class SettingsDefaultsTests
 {
-    // Same name in both types, different default on purpose.
-    private static readonly Dictionary<string, string> PretrainingDifferences = new()
+    // Public members of BootMaeTrainingOptionsBase that are not training settings, and where they go instead.
+    private static readonly Dictionary<string, string> MlNetOnlyShared = new()
     {
-        ["Seed"] = "null: the MLContext's seed, else BootMaeHost.DefaultSeed (checked equal to the engine's default below)",
-        ["FallbackToCpu"] = "null: MLContext.FallbackToCpu when MLContext.GpuDeviceId is set, else true (the engine's default, checked below)",
-        ["GpuDeviceId"] = "null: MLContext.GpuDeviceId when set, else 0 (the engine's default, checked below)",
-    };
-
-    private static readonly Dictionary<string, string> FineTuneDifferences = new()
-    {
-        ["Seed"] = "null: the MLContext's seed, else BootMaeHost.DefaultSeed; the internal engine's 0 is never used by the trainer",
-        ["FallbackToCpu"] = "null: MLContext.FallbackToCpu when MLContext.GpuDeviceId is set, else true (the engine's default, checked below)",
-        ["LayerDecay"] = "null: chosen from the pretrained encoder's depth (FineTuneSettings.AutoLayerDecay), 1 without one",
-        ["Augment"] = "ML.NET augments while decoding (default on) and always passes the engine's on-device Augment as false; the engine's default off only matters to direct callers",
-    };
-
-    // Public Options fields that do not go into the engine settings, and where they go instead.
-    private static readonly Dictionary<string, string> MlNetOnlyPretraining = new()
-    {
+        ["Training"] = "the carried settings themselves",
         ["ImageColumnName"] = "the input column (ImageColumn.Resolve)",
-        ["OutputColumnName"] = "the fitted transformer's column",
-        ["Architecture"] = "the BootMaePretrainer constructor",
-        ["CancellationToken"] = "BootMaePretrainer.Train (through TrainingCancellation)",
-        ["MetricsCallback"] = "BootMaePretrainer.Train",
-        ["LogCallback"] = "BootMaeLogger, whose Info is passed to BootMaePretrainer.Train",
+        ["Seed"] = "null: the MLContext's seed, else BootMaeHost.DefaultSeed; written into the run's copy of Training",
+        ["Device"] = "resolved with the MLContext's GpuDeviceId; written into the run's copy of Training",
+        ["FallbackToCpu"] = "null: MLContext.FallbackToCpu when MLContext.GpuDeviceId is set, else true; written into the run's copy",
+        ["CancellationToken"] = "the engine's Train (through TrainingCancellation)",
+        ["MetricsCallback"] = "the engine's Train",
+        ["LogCallback"] = "BootMaeLogger, whose Info is passed to the engine's Train",
         ["SkipBadImages"] = "DataViewImageBatchSource",
         ["MaxImagePixels"] = "DataViewImageBatchSource and the fitted transformer",
         ["ShufflePoolSize"] = "DataViewImageBatchSource",
         ["Augment"] = "decode-time augmentation in DataViewImageBatchSource; the engine's on-device Augment is always false",
-        ["Pooling"] = "the fitted transformer",
-        ["SourceBlock"] = "the fitted transformer",
         ["InferenceBatchSize"] = "the fitted transformer",
     };
 
-    private static readonly Dictionary<string, string> MlNetOnlyFineTune = new()
+    private static readonly Dictionary<string, string> MlNetOnlyPretraining = With(MlNetOnlyShared, new()
     {
-        ["ImageColumnName"] = "the input column (ImageColumn.Resolve)",
+        ["OutputColumnName"] = "the fitted transformer's column",
+        ["Architecture"] = "the BootMaePretrainer constructor",
+        ["GpuDeviceId"] = "null: MLContext.GpuDeviceId when set, else 0; written into the run's copy of Training",
+        ["Pooling"] = "the fitted transformer",
+        ["SourceBlock"] = "the fitted transformer",
+    });
+
+    private static readonly Dictionary<string, string> MlNetOnlyFineTune = With(MlNetOnlyShared, new()
+    {
         ["LabelColumnName"] = "the label column",
         ["ScoreColumnName"] = "the fitted transformer's column",
         ["PredictedLabelColumnName"] = "the fitted transformer's column",
@@ -56,39 +50,52 @@ public sealed class SettingsDefaultsTests
         ["Encoder"] = "ImageClassifierEngine.Train",
         ["ValidationSet"] = "ImageClassifierEngine.Train (as a DataViewImageBatchSource)",
         ["GpuDeviceId"] = "checked by the trainer: classification trains on CUDA device 0 only",
-        ["NumberOfThreads"] = "TorchDevices.SetThreads, called by the trainer",
-        ["CancellationToken"] = "ImageClassifierEngine.Train (through TrainingCancellation)",
-        ["MetricsCallback"] = "ImageClassifierEngine.Train",
-        ["LogCallback"] = "BootMaeLogger, whose Info is passed to ImageClassifierEngine.Train",
-        ["SkipBadImages"] = "DataViewImageBatchSource",
-        ["MaxImagePixels"] = "DataViewImageBatchSource and the fitted transformer",
-        ["ShufflePoolSize"] = "DataViewImageBatchSource",
-        ["Augment"] = "decode-time augmentation in DataViewImageBatchSource; the engine's on-device Augment is always false",
-        ["InferenceBatchSize"] = "the fitted transformer",
+    });
+
+    // Settings fields the ML.NET layer replaces in the run's copy, with what it puts there.
+    private static readonly Dictionary<string, string> ResolvedFineTune = new()
+    {
+        ["Seed"] = "Options.Seed or the MLContext's",
+        ["Device"] = "Options.Device with the MLContext's GpuDeviceId",
+        ["FallbackToCpu"] = "Options.FallbackToCpu or the MLContext's",
+        ["Augment"] = "false: the ML.NET layer augments while decoding",
     };
+
+    private static readonly Dictionary<string, string> ResolvedPretraining = With(ResolvedFineTune, new()
+    {
+        ["GpuDeviceId"] = "Options.GpuDeviceId or the MLContext's",
+    });
 
     private static readonly BootMaeArchitecture Tiny = PretrainerTests.Tiny;
 
     [TestMethod]
-    public void PretrainingOptionsDefaultsAreTheEngineDefaults()
+    public void PretrainingOptionsPassEveryTrainingSettingThrough()
     {
-        var compared = CompareDefaults(new BootMaePretrainingEstimator.Options(), new BootMaePretrainerSettings(), PretrainingDifferences);
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
+        int forwarded = AssertPassThrough(new BootMaePretrainingEstimator.Options(), o => ((BootMaePretrainingEstimator.Options)o).Training, MlNetOnlyPretraining, encoder);
 
-        Assert.IsGreaterThan(35, compared, "settings declared in both");
+        Assert.IsGreaterThan(35, forwarded, "the training settings the Options have always exposed");
+    }
+
+    [TestMethod]
+    public void FineTuningOptionsPassEveryTrainingSettingThrough()
+    {
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
+        int forwarded = AssertPassThrough(new BootMaeImageClassificationTrainer.Options(), o => ((BootMaeImageClassificationTrainer.Options)o).Training, MlNetOnlyFineTune, encoder);
+
+        Assert.IsGreaterThan(20, forwarded, "the training settings the Options have always exposed");
+    }
+
+    [TestMethod]
+    public void MlNetResolvedDefaultsAreTheEngineDefaults()
+    {
         var options = new BootMaePretrainingEstimator.Options();
         var engine = new BootMaePretrainerSettings();
         var device = BootMaeHost.ResolveDevice(options, env: null);
         Assert.AreEqual(engine.Seed, BootMaeHost.ResolveSeed(options.Seed, env: null), "Seed null without an MLContext seed");
         Assert.AreEqual(engine.FallbackToCpu, device.FallbackToCpu, "FallbackToCpu null without MLContext.GpuDeviceId");
         Assert.AreEqual(engine.GpuDeviceId, device.GpuDeviceId, "GpuDeviceId null without MLContext.GpuDeviceId");
-    }
-
-    [TestMethod]
-    public void FineTuningOptionsDefaultsAreTheEngineDefaults()
-    {
-        var compared = CompareDefaults(new BootMaeImageClassificationTrainer.Options(), new FineTuneSettings(), FineTuneDifferences);
-
-        Assert.IsGreaterThan(20, compared, "settings declared in both");
+        Assert.AreEqual(engine.Device, device.Device);
         Assert.AreEqual(new FineTuneSettings().FallbackToCpu, BootMaeHost.ResolveDevice(new BootMaeImageClassificationTrainer.Options(), env: null).FallbackToCpu);
     }
 
@@ -97,38 +104,54 @@ public sealed class SettingsDefaultsTests
     {
         var ml = new MLContext(seed: 1);
         var pretrain = Options(ml.Transforms.BootMaePretrain());
-        Assert.AreEqual(new BootMaePretrainingEstimator.Options().MaxEpochs, pretrain.MaxEpochs);
-        Assert.AreEqual(new BootMaePretrainingEstimator.Options().BatchSize, pretrain.BatchSize);
+        Assert.AreEqual(new BootMaePretrainerSettings().MaxEpochs, pretrain.MaxEpochs);
+        Assert.AreEqual(new BootMaePretrainerSettings().BatchSize, pretrain.BatchSize);
         var classify = Options(ml.MulticlassClassification.Trainers.BootMaeImageClassification());
-        Assert.AreEqual(new BootMaeImageClassificationTrainer.Options().MaxEpochs, classify.MaxEpochs);
-        Assert.AreEqual(new BootMaeImageClassificationTrainer.Options().BatchSize, classify.BatchSize);
+        Assert.AreEqual(new FineTuneSettings().MaxEpochs, classify.MaxEpochs);
+        Assert.AreEqual(new FineTuneSettings().BatchSize, classify.BatchSize);
     }
 
     [TestMethod]
-    public void EveryPretrainingOptionReachesTheEngineSettings()
+    public void EveryPretrainingSettingReachesTheRun()
     {
         using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
         var options = new BootMaePretrainingEstimator.Options();
-        var carried = SetEveryFieldToAnotherValue(options, MlNetOnlyPretraining, encoder);
+        var carried = SetEveryMemberToAnotherValue(options.Training, ResolvedPretraining, encoder);
+        options.Seed = 17;
+        options.Device = BootMaeDevice.Cpu;
 
-        var settings = BootMaePretrainingEstimator.ToSettings(options, BootMaeHost.ResolveSeed(options.Seed, env: null), BootMaeHost.ResolveDevice(options, env: null));
+        var run = BootMaePretrainingEstimator.RunSettings(options, BootMaeHost.ResolveSeed(options.Seed, env: null), BootMaeHost.ResolveDevice(options, env: null));
 
-        AssertCarried(carried, settings, new BootMaePretrainerSettings());
-        Assert.IsFalse(settings.Augment, "the ML.NET layer augments while decoding, never on the device as well");
+        Assert.AreNotSame(options.Training, run, "the run completes a copy, never the user's settings");
+        AssertCarried(carried, run, new BootMaePretrainerSettings());
+        Assert.IsFalse(run.Augment, "the ML.NET layer augments while decoding, never on the device as well");
+        Assert.AreEqual(17, run.Seed);
+        Assert.AreEqual(BootMaeDevice.Cpu, run.Device);
+        Assert.IsTrue(options.Training.Augment, "the user's settings are left as they were (on-device Augment default true)");
     }
 
     [TestMethod]
-    public void EveryFineTuningOptionReachesTheEngineSettings()
+    public void EveryFineTuningSettingReachesTheRun()
     {
         using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 2);
-        var options = new BootMaeImageClassificationTrainer.Options();
-        var carried = SetEveryFieldToAnotherValue(options, MlNetOnlyFineTune, encoder);
+        var options = new BootMaeImageClassificationTrainer.Options { Encoder = encoder };
+        var carried = SetEveryMemberToAnotherValue(options.Training, ResolvedFineTune, encoder);
+        options.Seed = 17;
 
-        var settings = BootMaeImageClassificationTrainer.ToSettings(options, BootMaeHost.ResolveSeed(options.Seed, env: null), BootMaeHost.ResolveDevice(options, env: null));
+        var run = BootMaeImageClassificationTrainer.RunSettings(options, BootMaeHost.ResolveSeed(options.Seed, env: null), BootMaeHost.ResolveDevice(options, env: null));
 
-        AssertCarried(carried, settings, new FineTuneSettings());
-        Assert.IsFalse(settings.Augment, "the ML.NET layer augments while decoding, never on the device as well");
+        Assert.AreNotSame(options.Training, run);
+        AssertCarried(carried, run, new FineTuneSettings());
+        Assert.IsFalse(run.Augment, "the ML.NET layer augments while decoding, never on the device as well");
+        Assert.AreEqual(17, run.Seed);
+        Assert.IsNull(BootMaeImageClassificationTrainer.RunSettings(new() { Encoder = encoder }, 1, BootMaeHost.ResolveDevice(options, env: null)).LayerDecay,
+            "with a pretrained encoder, a null LayerDecay is chosen for its depth by the engine");
+        Assert.AreEqual(1.0, BootMaeImageClassificationTrainer.RunSettings(new(), 1, BootMaeHost.ResolveDevice(options, env: null)).LayerDecay,
+            "a random encoder gets no layer decay");
     }
+
+    private static Dictionary<string, string> With(Dictionary<string, string> shared, Dictionary<string, string> own) =>
+        shared.Concat(own).ToDictionary(kv => kv.Key, kv => kv.Value);
 
     private static T Options<T>(object estimator) =>
         (T)estimator.GetType().GetField("_options", BindingFlags.Instance | BindingFlags.NonPublic)!.GetValue(estimator)!;
@@ -137,84 +160,97 @@ public sealed class SettingsDefaultsTests
 
     private static BootMaeImageClassificationTrainer.Options Options(BootMaeImageClassificationTrainer trainer) => Options<BootMaeImageClassificationTrainer.Options>(trainer);
 
-    // The engine's settings: public fields (BootMaePretrainerSettings) or public properties (FineTuneSettings).
-    private static Dictionary<string, (Type Type, Func<object, object?> Get)> EngineMembers(Type type) =>
-        type.GetFields(BindingFlags.Instance | BindingFlags.Public).Select(f => (f.Name, f.FieldType, (Func<object, object?>)f.GetValue))
-            .Concat(type.GetProperties(BindingFlags.Instance | BindingFlags.Public).Where(p => p.CanRead && p.GetIndexParameters().Length == 0)
-                .Select(p => (p.Name, p.PropertyType, (Func<object, object?>)p.GetValue)))
-            .ToDictionary(m => m.Item1, m => (m.Item2, m.Item3));
+    private sealed record Member(string Name, Type Type, Func<object, object?> Get, Action<object, object?> Set);
 
-    private static FieldInfo[] OptionFields(Type type) => type.GetFields(BindingFlags.Instance | BindingFlags.Public);
+    // Public instance fields and settable properties (the settings models use both).
+    private static Dictionary<string, Member> Members(Type type) =>
+        type.GetFields(BindingFlags.Instance | BindingFlags.Public).Select(f => new Member(f.Name, f.FieldType, f.GetValue, f.SetValue))
+            .Concat(type.GetProperties(BindingFlags.Instance | BindingFlags.Public).Where(p => p.CanRead && p.CanWrite && p.GetSetMethod() is not null && p.GetIndexParameters().Length == 0)
+                .Select(p => new Member(p.Name, p.PropertyType, p.GetValue, p.SetValue)))
+            .ToDictionary(m => m.Name);
 
-    private static int CompareDefaults(object options, object engine, Dictionary<string, string> differences)
+    // Every Options member not listed as ML.NET-only must be a settings member of the same type that reads and writes the
+    // carried settings: a value set on the Options is seen on the settings, and one set on the settings is seen on the Options.
+    private static int AssertPassThrough(object options, Func<object, object> training, Dictionary<string, string> mlNetOnly, BootMaeEncoder encoder)
     {
-        var members = EngineMembers(engine.GetType());
-        var shared = OptionFields(options.GetType()).Where(f => members.ContainsKey(f.Name)).ToList();
-        foreach (var name in differences.Keys)
-        {
-            Assert.IsTrue(shared.Any(f => f.Name == name), $"the listed difference '{name}' is not a setting of both types any more; drop it from the list");
-        }
-
-        var mismatches = new List<string>();
-        foreach (var field in shared)
-        {
-            object? mine = field.GetValue(options);
-            object? theirs = members[field.Name].Get(engine);
-            bool same = Equals(mine, theirs);
-            if (differences.ContainsKey(field.Name))
-            {
-                Assert.IsFalse(same, $"'{field.Name}' is listed as an intentional difference but both defaults are {mine}; drop it from the list");
-            }
-            else if (!same)
-            {
-                mismatches.Add($"{field.Name}: Options {mine ?? "null"}, engine {theirs ?? "null"}");
-            }
-        }
-
-        Assert.IsEmpty(mismatches, "defaults that disagree (put both in PretrainingDefaults/FineTuneDefaults, or list the difference with its reason):\n" + string.Join("\n", mismatches));
-        return shared.Count;
-    }
-
-    // Sets each field the engine should receive to a value other than its default; returns those fields and values.
-    private static List<(string Name, object? Value)> SetEveryFieldToAnotherValue(object options, Dictionary<string, string> mlNetOnly, BootMaeEncoder encoder)
-    {
-        var fields = OptionFields(options.GetType());
+        var optionMembers = Members(options.GetType());
         foreach (var name in mlNetOnly.Keys)
         {
-            Assert.IsTrue(fields.Any(f => f.Name == name), $"the ML.NET-only field '{name}' no longer exists; drop it from the list");
+            Assert.IsTrue(optionMembers.ContainsKey(name), $"the ML.NET-only member '{name}' no longer exists; drop it from the list");
+        }
+
+        var settings = training(options);
+        var settingsMembers = Members(settings.GetType());
+        var problems = new List<string>();
+        int forwarded = 0;
+        foreach (var member in optionMembers.Values.Where(m => !mlNetOnly.ContainsKey(m.Name)))
+        {
+            if (!settingsMembers.TryGetValue(member.Name, out var target) || target.Type != member.Type)
+            {
+                problems.Add($"{member.Name}: not a {settings.GetType().Name} member of type {member.Type.Name} (put it in the settings model and forward it, or list it as ML.NET-only)");
+                continue;
+            }
+
+            Assert.AreEqual(target.Get(settings), member.Get(options), $"{member.Name}: the Options read the settings' default");
+            object? viaOptions = AnotherValue(member.Type, member.Get(options), encoder);
+            member.Set(options, viaOptions);
+            if (!Equals(viaOptions, target.Get(settings)))
+            {
+                problems.Add($"{member.Name}: set {viaOptions ?? "null"} on the Options, the settings hold {target.Get(settings) ?? "null"}");
+            }
+
+            object? viaSettings = AnotherValue(member.Type, viaOptions, encoder);
+            target.Set(settings, viaSettings);
+            if (!Equals(viaSettings, member.Get(options)))
+            {
+                problems.Add($"{member.Name}: set {viaSettings ?? "null"} on the settings, the Options read {member.Get(options) ?? "null"}");
+            }
+
+            forwarded++;
+        }
+
+        Assert.IsEmpty(problems, "Options members that do not pass through to Options.Training:\n" + string.Join("\n", problems));
+        return forwarded;
+    }
+
+    // Sets each settings member the run should receive unchanged to a value other than its default; returns those members and values.
+    private static List<(string Name, object? Value)> SetEveryMemberToAnotherValue(object settings, Dictionary<string, string> resolved, BootMaeEncoder encoder)
+    {
+        var members = Members(settings.GetType());
+        foreach (var name in resolved.Keys)
+        {
+            Assert.IsTrue(members.ContainsKey(name), $"the resolved setting '{name}' no longer exists; drop it from the list");
         }
 
         var carried = new List<(string, object?)>();
-        foreach (var field in fields.Where(f => !mlNetOnly.ContainsKey(f.Name)))
+        foreach (var member in members.Values.Where(m => !resolved.ContainsKey(m.Name)))
         {
-            object? value = AnotherValue(field.FieldType, field.GetValue(options), encoder);
-            field.SetValue(options, value);
-            carried.Add((field.Name, value));
+            object? value = AnotherValue(member.Type, member.Get(settings), encoder);
+            member.Set(settings, value);
+            carried.Add((member.Name, value));
         }
 
         return carried;
     }
 
-    private static void AssertCarried(List<(string Name, object? Value)> carried, object settings, object engineDefaults)
+    private static void AssertCarried(List<(string Name, object? Value)> carried, object run, object engineDefaults)
     {
-        var members = EngineMembers(settings.GetType());
-        var missing = carried.Where(c => !members.ContainsKey(c.Name)).Select(c => c.Name).ToList();
-        Assert.IsEmpty(missing, "public Options fields the engine settings do not declare (pass them on, or list where they go): " + string.Join(", ", missing));
+        var members = Members(run.GetType());
         var lost = new List<string>();
         foreach (var (name, value) in carried)
         {
-            object? actual = members[name].Get(settings);
+            object? actual = members[name].Get(run);
             if (!Equals(value, actual))
             {
-                lost.Add($"{name}: set {value ?? "null"}, engine got {actual ?? "null"}");
+                lost.Add($"{name}: set {value ?? "null"}, the run got {actual ?? "null"}");
             }
             else
             {
-                Assert.AreNotEqual(members[name].Get(engineDefaults), actual, $"{name}: the test value must differ from the engine's default to show it was carried");
+                Assert.AreNotEqual(members[name].Get(engineDefaults), actual, $"{name}: the test value must differ from the default to show it was carried");
             }
         }
 
-        Assert.IsEmpty(lost, "Options fields not carried into the engine settings:\n" + string.Join("\n", lost));
+        Assert.IsEmpty(lost, "settings the run's copy lost:\n" + string.Join("\n", lost));
     }
 
     private static object? AnotherValue(Type type, object? current, BootMaeEncoder encoder)

@@ -25,7 +25,7 @@ public static class BootMaeCatalog
     /// <param name="batchSize">Images per optimizer step. Default 64.</param>
     /// <returns>An estimator whose fit runs the pretraining.</returns>
     public static BootMaePretrainingEstimator BootMaePretrain(this TransformsCatalog catalog, string outputColumnName = "Features",
-        string imageColumnName = "Image", BootMaeArchitecture? architecture = null, int maxEpochs = PretrainingDefaults.MaxEpochs, int batchSize = PretrainingDefaults.BatchSize)
+        string imageColumnName = "Image", BootMaeArchitecture? architecture = null, int maxEpochs = BootMaePretrainerSettings.DefaultMaxEpochs, int batchSize = BootMaePretrainerSettings.DefaultBatchSize)
     {
         ArgumentNullException.ThrowIfNull(catalog);
         return BootMaePretrain(catalog, new BootMaePretrainingEstimator.Options
@@ -92,7 +92,7 @@ public static class BootMaeCatalog
     /// <returns>The trainer.</returns>
     public static BootMaeImageClassificationTrainer BootMaeImageClassification(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
         string labelColumnName = "Label", string imageColumnName = "Image", string scoreColumnName = "Score",
-        string predictedLabelColumnName = "PredictedLabel", BootMaeEncoder? encoder = null, int maxEpochs = FineTuneDefaults.MaxEpochs, int batchSize = FineTuneDefaults.BatchSize,
+        string predictedLabelColumnName = "PredictedLabel", BootMaeEncoder? encoder = null, int maxEpochs = FineTuneSettings.DefaultMaxEpochs, int batchSize = FineTuneSettings.DefaultBatchSize,
         IDataView? validationSet = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);

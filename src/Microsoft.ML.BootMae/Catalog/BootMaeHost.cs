@@ -16,7 +16,7 @@ namespace Microsoft.ML.BootMae;
 internal static class BootMaeHost
 {
     /// <summary>Seed used when neither the options nor the MLContext give one (ML.NET's TorchSharp trainers use 1 too).</summary>
-    internal const int DefaultSeed = Training.PretrainingDefaults.Seed;
+    internal const int DefaultSeed = BootMaePretrainerSettings.DefaultSeed;
 
     /// <summary>The catalog's <see cref="IHostEnvironment"/>, or null where ML.NET's internals have changed.</summary>
     internal static IHostEnvironment? TryGetEnvironment(object? catalog)

@@ -1,13 +1,17 @@
 namespace Microsoft.ML.BootMae;
 
-/// <summary>Settings shared by the BootMAE trainers (pretraining and image classification).</summary>
+/// <summary>
+/// The ML.NET settings shared by the BootMAE trainers (pretraining and image classification): columns, data reading,
+/// callbacks, and the seed and device that the MLContext can supply. The training run's own settings live in each trainer's
+/// <c>Options.Training</c>; <see cref="MaxSteps"/>, <see cref="NumberOfThreads"/>, <see cref="ReturnModelOnCancellation"/>
+/// and <see cref="LogEveryNSteps"/> read and write them there.
+/// </summary>
 public abstract class BootMaeTrainingOptionsBase
 {
     /// <summary>Shared defaults.</summary>
     internal static class SharedDefaults
     {
         internal const string ImageColumnName = "Image";
-        internal const int LogEveryNSteps = Training.PretrainingDefaults.LogEveryNSteps;
         internal const int ShufflePoolSize = 1000;
         internal const long MaxImagePixels = DataViews.ImageDecoder.DefaultMaxImagePixels;
     }
@@ -25,8 +29,9 @@ public abstract class BootMaeTrainingOptionsBase
     /// </summary>
     public BootMaeArchitecture? Architecture;
 
-    /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.</summary>
-    public long? MaxSteps;
+    /// <summary>Stops after this many optimizer steps (schedules span the shorter of this and the epochs). Default <c>null</c>: no cap.
+    /// Reads and writes <c>Options.Training.MaxSteps</c>.</summary>
+    public abstract long? MaxSteps { get; set; }
 
     /// <summary>
     /// Seed of weight initialisation, masking, shuffling and augmentation. Default <c>null</c>: the seed of the
@@ -53,14 +58,15 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>CUDA device index. Default <c>null</c>: <c>MLContext.GpuDeviceId</c> when set, otherwise 0.</summary>
     public int? GpuDeviceId;
 
-    /// <summary>torch intra-op threads (process-wide). Default <c>null</c>: torch's default.</summary>
-    public int? NumberOfThreads;
+    /// <summary>torch intra-op threads (process-wide). Default <c>null</c>: torch's default. Reads and writes <c>Options.Training.NumberOfThreads</c>.</summary>
+    public abstract int? NumberOfThreads { get; set; }
 
     /// <summary>Stops training between steps. Default <see cref="CancellationToken.None"/>.</summary>
     public CancellationToken CancellationToken;
 
-    /// <summary>On cancellation, return the model trained so far instead of throwing <see cref="OperationCanceledException"/>. Default <c>false</c>.</summary>
-    public bool ReturnModelOnCancellation;
+    /// <summary>On cancellation, return the model trained so far instead of throwing <see cref="OperationCanceledException"/>. Default <c>false</c>.
+    /// Reads and writes <c>Options.Training.ReturnModelOnCancellation</c>.</summary>
+    public abstract bool ReturnModelOnCancellation { get; set; }
 
     /// <summary>Receives progress every <see cref="LogEveryNSteps"/> steps and at each epoch end. Default <c>null</c>.</summary>
     public Action<BootMaeTrainingMetrics>? MetricsCallback;
@@ -68,8 +74,8 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>Receives every log line (they also go to <c>MLContext.Log</c>). Default <c>null</c>.</summary>
     public Action<string>? LogCallback;
 
-    /// <summary>Steps between progress reports. Default 50.</summary>
-    public int LogEveryNSteps = SharedDefaults.LogEveryNSteps;
+    /// <summary>Steps between progress reports. Default 50. Reads and writes <c>Options.Training.LogEveryNSteps</c>.</summary>
+    public abstract int LogEveryNSteps { get; set; }
 
     /// <summary>
     /// Skip rows whose image cannot be used, counting them in the log, instead of failing: undecodable or truncated
@@ -92,37 +98,17 @@ public abstract class BootMaeTrainingOptionsBase
     /// <summary>Rows ML.NET's shuffle holds when the training data cannot shuffle itself. Default 1000.</summary>
     public int ShufflePoolSize = SharedDefaults.ShufflePoolSize;
 
-    /// <summary>Checks the shared settings.</summary>
-    internal void ValidateCommon(int maxEpochs, int batchSize, int inferenceBatchSize)
+    /// <summary>Checks the ML.NET settings; the training settings check themselves (<c>Options.Training.Validate</c>).</summary>
+    internal void ValidateCommon(int inferenceBatchSize)
     {
         if (string.IsNullOrWhiteSpace(ImageColumnName))
         {
             throw new ArgumentException("ImageColumnName must be set.", nameof(ImageColumnName));
         }
 
-        if (maxEpochs <= 0)
-        {
-            throw new ArgumentOutOfRangeException("MaxEpochs", maxEpochs, "MaxEpochs must be positive.");
-        }
-
-        if (batchSize <= 0)
-        {
-            throw new ArgumentOutOfRangeException("BatchSize", batchSize, "BatchSize must be positive.");
-        }
-
         if (inferenceBatchSize <= 0)
         {
             throw new ArgumentOutOfRangeException("InferenceBatchSize", inferenceBatchSize, "InferenceBatchSize must be positive.");
-        }
-
-        if (LogEveryNSteps <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(LogEveryNSteps), LogEveryNSteps, "LogEveryNSteps must be positive.");
-        }
-
-        if (NumberOfThreads is <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(NumberOfThreads), NumberOfThreads, "NumberOfThreads must be positive.");
         }
 
         if (ShufflePoolSize <= 0)
@@ -131,11 +117,6 @@ public abstract class BootMaeTrainingOptionsBase
         }
 
         DataViews.ImageDecoder.CheckMaxImagePixels(MaxImagePixels, nameof(MaxImagePixels));
-
-        if (MaxSteps is <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(MaxSteps), MaxSteps, "MaxSteps must be positive (or null for no cap).");
-        }
 
         Architecture?.Validate();
     }

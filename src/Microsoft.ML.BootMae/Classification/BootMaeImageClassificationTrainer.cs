@@ -39,7 +39,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
     internal BootMaeImageClassificationTrainer(IHostEnvironment? env, Options options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
+        options.ValidateCommon(options.InferenceBatchSize);
+        options.Training.Validate(options.Encoder?.Architecture ?? options.Architecture);
         if (options.Encoder is { } encoder && options.Architecture is { } architecture && encoder.Architecture != architecture)
         {
             throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
@@ -50,26 +51,47 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             throw new ArgumentOutOfRangeException(nameof(options), options.GpuDeviceId, "Image classification trains on CUDA device 0 only; set GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
         }
 
-        if (options.EarlyStoppingPatience is < 1)
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), options.EarlyStoppingPatience, "EarlyStoppingPatience must be at least 1 (or null for no early stopping).");
-        }
-
         _env = env;
         _options = options;
     }
 
-    /// <summary>Settings of <see cref="BootMaeImageClassificationTrainer"/>.</summary>
+    /// <summary>
+    /// Settings of <see cref="BootMaeImageClassificationTrainer"/>: the ML.NET concerns (columns, the starting encoder, the
+    /// validation set, inference batch, bad-image policy, callbacks, MLContext-resolved seed and device) here, and the
+    /// fine-tuning run itself in <see cref="Training"/>.
+    /// </summary>
+    /// <remarks>
+    /// The training settings' properties on this class (<see cref="MaxEpochs"/>, <see cref="LearningRate"/>, …) read and
+    /// write <see cref="Training"/>; they are kept so code written before <see cref="Training"/> existed keeps working.
+    /// Settings added since are set on <see cref="Training"/> only.
+    /// </remarks>
     public sealed class Options : BootMaeTrainingOptionsBase
     {
+        private FineTuneSettings _training = new();
+
         /// <summary>Default values of the ML.NET-only settings.</summary>
         internal static class Defaults
         {
             internal const string LabelColumnName = "Label";
             internal const string ScoreColumnName = "Score";
             internal const string PredictedLabelColumnName = "PredictedLabel";
-            // Only the ML.NET-side ones; the training defaults live in FineTuneDefaults, shared with the engine.
+            // Only the ML.NET-side ones; the training defaults are FineTuneSettings' initialisers.
             internal const int InferenceBatchSize = 32;
+        }
+
+        /// <summary>
+        /// The fine-tuning run: every training setting, its default and its check (<see cref="FineTuneSettings.Validate"/>).
+        /// The trainer trains on a copy completed with the Options' <see cref="BootMaeTrainingOptionsBase.Seed"/>,
+        /// <see cref="BootMaeTrainingOptionsBase.Device"/> and <see cref="BootMaeTrainingOptionsBase.FallbackToCpu"/> resolved
+        /// against the MLContext, with the on-device <see cref="FineTuneSettings.Augment"/> off
+        /// (<see cref="BootMaeTrainingOptionsBase.Augment"/> augments while decoding instead), and with
+        /// <see cref="FineTuneSettings.LayerDecay"/> 1 (none) when it is null and no <see cref="Encoder"/> is given; those four
+        /// fields of this object are not read. Default: a new <see cref="FineTuneSettings"/>.
+        /// </summary>
+        public FineTuneSettings Training
+        {
+            get => _training;
+            set => _training = value ?? throw new ArgumentNullException(nameof(value), "Training cannot be null; assign new FineTuneSettings() for the defaults.");
         }
 
         /// <summary>The label column, <c>Key&lt;UInt32&gt;</c>. Default <c>"Label"</c>.</summary>
@@ -84,81 +106,84 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>The pretrained encoder to start from (copied, not changed). Default <c>null</c>: a randomly initialised encoder of <see cref="BootMaeTrainingOptionsBase.Architecture"/>.</summary>
         public BootMaeEncoder? Encoder;
 
-        /// <summary>Passes over the training data. Default 20.</summary>
-        public int MaxEpochs = FineTuneDefaults.MaxEpochs;
-
-        /// <summary>Images per optimizer step. Default 32.</summary>
-        public int BatchSize = FineTuneDefaults.BatchSize;
-
-        /// <summary>Absolute peak learning rate (after warmup, before cosine decay; no batch scaling). Default 1e-3.</summary>
-        public double LearningRate = FineTuneDefaults.LearningRate;
-
-        /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
-        public double MinLearningRate = FineTuneDefaults.MinLearningRate;
-
-        /// <summary>
-        /// Layer-wise learning-rate decay: block k of L gets LayerDecay^(L−k). Default <c>null</c>: chosen for the encoder —
-        /// none (1) without a pretrained <see cref="Encoder"/> or for 4 blocks or fewer, the official 0.65 from 12 blocks on,
-        /// linear in between. Short pretraining of a shallow encoder loses 3–5 points with 0.65 (docs/results.md).
-        /// </summary>
-        public double? LayerDecay;
-
-        /// <summary>AdamW weight decay. Default 0.05.</summary>
-        public double WeightDecay = FineTuneDefaults.WeightDecay;
-
-        /// <summary>Stochastic depth rate of the encoder's last block (rising linearly from 0 at the first). Default 0; the paper's
-        /// ViT-B recipe uses 0.1, which cost short fine-tuning of small encoders accuracy (docs/results.md).</summary>
-        public double DropPathRate = FineTuneDefaults.DropPathRate;
-
-        /// <summary>Label smoothing of the cross-entropy. Default 0.1.</summary>
-        public double LabelSmoothing = FineTuneDefaults.LabelSmoothing;
-
-        /// <summary>Share of the steps spent in linear warmup. Default 0.1.</summary>
-        public double WarmupFraction = FineTuneDefaults.WarmupFraction;
-
-        /// <summary>Train only the head on a frozen encoder (the linear probe). Default <c>false</c>.</summary>
-        public bool FreezeEncoder;
-
-        /// <summary>Mixup with Beta(α, α) mixing; 0 turns it off. Default 0 (the paper uses 0.8).</summary>
-        public double MixupAlpha;
-
-        /// <summary>CutMix with Beta(α, α); 0 turns it off (with mixup also on, each batch picks one). Default 0 (the paper uses 1.0).</summary>
-        public double CutmixAlpha;
-
-        /// <summary>0-based encoder block the head reads. Default <c>null</c>: the last block. The official linear probe of a 12-block ViT keeps its first 10 blocks: 9.</summary>
-        public int? SourceBlock;
-
         /// <summary>Labelled data (same image and label columns, same key mapping) scored after every epoch: metrics,
         /// early stopping and best-model selection use its loss. Default <c>null</c>.</summary>
         public IDataView? ValidationSet;
 
-        /// <summary>Stop after this many epochs without improvement of the monitored loss (the validation loss, or the
-        /// training loss without a <see cref="ValidationSet"/>). Default <c>null</c>: no early stopping.</summary>
-        public int? EarlyStoppingPatience;
-
-        /// <summary>Smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
-        public double EarlyStoppingMinDelta = FineTuneDefaults.EarlyStoppingMinDelta;
-
-        /// <summary>Return the weights of the epoch with the lowest monitored loss instead of the last epoch's. Default <c>true</c>.</summary>
-        public bool ReturnBestModel = true;
-
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
 
-        /// <summary>Folder for fine-tuning checkpoints (weights, optimizer, position, early-stopping state and best
-        /// weights), written atomically, also on cancellation. Default <c>null</c>: none.</summary>
-        public string? CheckpointDirectory;
+        /// <inheritdoc/>
+        public override long? MaxSteps { get => Training.MaxSteps; set => Training.MaxSteps = value; }
 
-        /// <summary>Checkpoint every this many steps. Default <c>null</c>: at every epoch end (after its validation).</summary>
-        public long? CheckpointEveryNSteps;
+        /// <inheritdoc/>
+        public override int? NumberOfThreads { get => Training.NumberOfThreads; set => Training.NumberOfThreads = value; }
 
-        /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
-        public int CheckpointsToKeep = FineTuneDefaults.CheckpointsToKeep;
+        /// <inheritdoc/>
+        public override bool ReturnModelOnCancellation { get => Training.ReturnModelOnCancellation; set => Training.ReturnModelOnCancellation = value; }
 
-        /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one;
-        /// damaged ones, and ones made with another architecture, class count or run-shaping settings, are skipped
-        /// (logged). Default <c>false</c>.</summary>
-        public bool ResumeFromCheckpoint;
+        /// <inheritdoc/>
+        public override int LogEveryNSteps { get => Training.LogEveryNSteps; set => Training.LogEveryNSteps = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.MaxEpochs"/>
+        public int MaxEpochs { get => Training.MaxEpochs; set => Training.MaxEpochs = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.BatchSize"/>
+        public int BatchSize { get => Training.BatchSize; set => Training.BatchSize = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.LearningRate"/>
+        public double LearningRate { get => Training.LearningRate; set => Training.LearningRate = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.MinLearningRate"/>
+        public double MinLearningRate { get => Training.MinLearningRate; set => Training.MinLearningRate = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.LayerDecay"/>
+        public double? LayerDecay { get => Training.LayerDecay; set => Training.LayerDecay = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.WeightDecay"/>
+        public double WeightDecay { get => Training.WeightDecay; set => Training.WeightDecay = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.DropPathRate"/>
+        public double DropPathRate { get => Training.DropPathRate; set => Training.DropPathRate = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.LabelSmoothing"/>
+        public double LabelSmoothing { get => Training.LabelSmoothing; set => Training.LabelSmoothing = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.WarmupFraction"/>
+        public double WarmupFraction { get => Training.WarmupFraction; set => Training.WarmupFraction = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.FreezeEncoder"/>
+        public bool FreezeEncoder { get => Training.FreezeEncoder; set => Training.FreezeEncoder = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.MixupAlpha"/>
+        public double MixupAlpha { get => Training.MixupAlpha; set => Training.MixupAlpha = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.CutmixAlpha"/>
+        public double CutmixAlpha { get => Training.CutmixAlpha; set => Training.CutmixAlpha = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.SourceBlock"/>
+        public int? SourceBlock { get => Training.SourceBlock; set => Training.SourceBlock = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.EarlyStoppingPatience"/>
+        public int? EarlyStoppingPatience { get => Training.EarlyStoppingPatience; set => Training.EarlyStoppingPatience = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.EarlyStoppingMinDelta"/>
+        public double EarlyStoppingMinDelta { get => Training.EarlyStoppingMinDelta; set => Training.EarlyStoppingMinDelta = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.ReturnBestModel"/>
+        public bool ReturnBestModel { get => Training.ReturnBestModel; set => Training.ReturnBestModel = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.CheckpointDirectory"/>
+        public string? CheckpointDirectory { get => Training.CheckpointDirectory; set => Training.CheckpointDirectory = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.CheckpointEveryNSteps"/>
+        public long? CheckpointEveryNSteps { get => Training.CheckpointEveryNSteps; set => Training.CheckpointEveryNSteps = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.CheckpointsToKeep"/>
+        public int CheckpointsToKeep { get => Training.CheckpointsToKeep; set => Training.CheckpointsToKeep = value; }
+
+        /// <inheritdoc cref="FineTuneSettings.ResumeFromCheckpoint"/>
+        public bool ResumeFromCheckpoint { get => Training.ResumeFromCheckpoint; set => Training.ResumeFromCheckpoint = value; }
     }
 
     /// <summary>Checks the input shape and adds the Score and PredictedLabel columns.</summary>
@@ -212,10 +237,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
         var architecture = options.Encoder?.Architecture ?? options.Architecture ?? BootMaeArchitecture.VitBase16;
         architecture.Validate();
-        if (options.SourceBlock is { } block && (block < 0 || block >= architecture.Depth))
-        {
-            throw new ArgumentOutOfRangeException(nameof(input), block, $"SourceBlock must be a 0-based encoder block in [0, {architecture.Depth - 1}].");
-        }
+        // SourceBlock against the now known depth, before the data is read.
+        options.Training.Validate(architecture);
 
         using var log = new BootMaeLogger(_env, "BootMaeImageClassification", options.LogCallback);
         using var cancellation = new TrainingCancellation(_env, options.CancellationToken, "BootMaeImageClassification");
@@ -236,7 +259,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
                 $"Image classification trains on CUDA device 0 only, but {device.Origin ?? "GpuDeviceId"} selects device {device.GpuDeviceId}; set MLContext.GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
         }
 
-        TorchDevices.SetThreads(options.NumberOfThreads, log.Info);
+        TorchDevices.SetThreads(options.Training.NumberOfThreads, log.Info);
         if (options.Encoder is null)
         {
             log.Warning("BootMaeImageClassification: no Encoder given; training from a randomly initialised encoder. Pass a pretrained BootMaeEncoder for good accuracy.");
@@ -258,7 +281,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         try
         {
             engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, cancellation.Watch(train),
-                validationSource is null ? null : cancellation.Watch(validationSource), ToSettings(options, seed, device), options.MetricsCallback, log.Info, cancellation.Token);
+                validationSource is null ? null : cancellation.Watch(validationSource), RunSettings(options, seed, device), options.MetricsCallback, log.Info, cancellation.Token);
         }
         catch (OperationCanceledException ex) when (cancellation.ByContext)
         {
@@ -272,36 +295,21 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         };
     }
 
-    // The engine settings of a run: every Options field that the engine declares is carried over here (SettingsDefaultsTests
-    // checks that by reflection), except Augment, which this layer applies while decoding.
-    internal static FineTuneSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
+    // The settings of one run: a copy of Options.Training completed with what the ML.NET layer resolves (the MLContext's
+    // seed and device), with the engine's on-device augmentation off, as this layer augments while decoding, and without
+    // layer decay when the encoder is the random one this layer creates (its lower blocks hold nothing worth keeping).
+    internal static FineTuneSettings RunSettings(Options o, int seed, DeviceRequest device)
     {
-        MaxEpochs = o.MaxEpochs,
-        BatchSize = o.BatchSize,
-        LearningRate = o.LearningRate,
-        MinLearningRate = o.MinLearningRate,
-        LayerDecay = o.LayerDecay ?? (o.Encoder is { } pretrained ? FineTuneSettings.AutoLayerDecay(pretrained.Architecture.Depth) : 1.0),
-        WeightDecay = o.WeightDecay,
-        DropPathRate = o.DropPathRate,
-        LabelSmoothing = o.LabelSmoothing,
-        WarmupFraction = o.WarmupFraction,
-        FreezeEncoder = o.FreezeEncoder,
-        MixupAlpha = o.MixupAlpha,
-        CutmixAlpha = o.CutmixAlpha,
-        SourceBlock = o.SourceBlock,
-        MaxSteps = o.MaxSteps,
-        Augment = false, // this layer augments while decoding (Options.Augment)
-        Seed = seed,
-        Device = device.Device,
-        FallbackToCpu = device.FallbackToCpu,
-        LogEveryNSteps = o.LogEveryNSteps,
-        ReturnModelOnCancellation = o.ReturnModelOnCancellation,
-        EarlyStoppingPatience = o.EarlyStoppingPatience,
-        EarlyStoppingMinDelta = o.EarlyStoppingMinDelta,
-        ReturnBestModel = o.ReturnBestModel,
-        CheckpointDirectory = o.CheckpointDirectory,
-        CheckpointEveryNSteps = o.CheckpointEveryNSteps,
-        CheckpointsToKeep = o.CheckpointsToKeep,
-        ResumeFromCheckpoint = o.ResumeFromCheckpoint,
-    };
+        var run = o.Training.Clone();
+        run.Seed = seed;
+        run.Device = device.Device;
+        run.FallbackToCpu = device.FallbackToCpu;
+        run.Augment = false;
+        if (o.Encoder is null)
+        {
+            run.LayerDecay ??= 1.0;
+        }
+
+        return run;
+    }
 }

@@ -16,14 +16,14 @@ internal sealed class BootMaeNetwork : nn.Module
     private readonly FeaturePredictor? predictor;
     private readonly MaeDecoder? decoder;
 
-    public BootMaeNetwork(BootMaeArchitecture architecture, BootMaeModelSettings settings) : base(nameof(BootMaeNetwork))
+    public BootMaeNetwork(BootMaeArchitecture architecture, BootMaePretrainerSettings settings) : base(nameof(BootMaeNetwork))
     {
         architecture.Validate();
         settings.Validate();
         Architecture = architecture;
         Settings = settings;
         encoder = new VisionTransformerEncoder(architecture);
-        if (settings.Mode == PretrainMode.Mae)
+        if (settings.Mode == BootMaeMode.Mae)
         {
             decoder = new MaeDecoder(architecture, settings.MaeDecoderDepth);
         }
@@ -39,7 +39,8 @@ internal sealed class BootMaeNetwork : nn.Module
 
     public BootMaeArchitecture Architecture { get; }
 
-    public BootMaeModelSettings Settings { get; }
+    // The run's settings; the losses, masks and previews read their switches from here.
+    public BootMaePretrainerSettings Settings { get; }
 
     public VisionTransformerEncoder Encoder => encoder;
 
@@ -50,7 +51,7 @@ internal sealed class BootMaeNetwork : nn.Module
     public MaeDecoder? Decoder => decoder;
 
     // Builds the student with the spec §2.6 initialisation drawn from a generator seeded with seed.
-    public static BootMaeNetwork Create(BootMaeArchitecture architecture, BootMaeModelSettings settings, int seed)
+    public static BootMaeNetwork Create(BootMaeArchitecture architecture, BootMaePretrainerSettings settings, int seed)
     {
         var network = new BootMaeNetwork(architecture, settings);
         var generator = new Generator((ulong)seed);

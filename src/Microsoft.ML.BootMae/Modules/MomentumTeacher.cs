@@ -56,7 +56,7 @@ internal sealed class MomentumTeacher : IDisposable
     internal VisionTransformerEncoder? ComputeEncoder => compute;
 
     // e ← m·e + (1 − m)·s for every state entry, in place under no_grad. m = 1 leaves the teacher unchanged; m = 0 copies
-    // (use that to load a frozen pretrained encoder for TeacherKind.Frozen, then never update again).
+    // (use that to load a frozen pretrained encoder for BootMaeTeacher.Frozen, then never update again).
     public void Update(VisionTransformerEncoder student, double momentum)
     {
         if (momentum < 0 || momentum > 1)

@@ -34,144 +34,55 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
     internal BootMaePretrainingEstimator(IHostEnvironment? env, Options options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
-        if (options.ResumeFromCheckpoint && string.IsNullOrEmpty(options.CheckpointDirectory))
-        {
-            throw new ArgumentException("ResumeFromCheckpoint needs CheckpointDirectory.", nameof(options));
-        }
-
-        if (options.ReconstructionPreviewCount <= 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), options.ReconstructionPreviewCount, "ReconstructionPreviewCount must be positive.");
-        }
-
+        options.ValidateCommon(options.InferenceBatchSize);
+        options.Training.Validate();
         if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
         {
             throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
-        // The engine's own checks, now rather than after the data has been read (the seed and device do not matter here).
-        ToSettings(options, seed: 1, new DeviceRequest(options.Device, options.GpuDeviceId ?? 0, options.FallbackToCpu ?? true, Origin: null)).Validate();
         _env = env;
         _options = options;
     }
 
-    /// <summary>Settings of <see cref="BootMaePretrainingEstimator"/>.</summary>
+    /// <summary>
+    /// Settings of <see cref="BootMaePretrainingEstimator"/>: the ML.NET concerns (columns, pooling, inference batch,
+    /// bad-image policy, callbacks, MLContext-resolved seed and device) here, and the pretraining run itself in
+    /// <see cref="Training"/>.
+    /// </summary>
+    /// <remarks>
+    /// The training settings' properties on this class (<see cref="MaxEpochs"/>, <see cref="MaskRatio"/>, …) read and write
+    /// <see cref="Training"/>; they are kept so code written before <see cref="Training"/> existed keeps working. Settings
+    /// added since are set on <see cref="Training"/> only.
+    /// </remarks>
     public sealed class Options : BootMaeTrainingOptionsBase
     {
+        private BootMaePretrainerSettings _training = new();
+
         /// <summary>Default values of the ML.NET-only settings.</summary>
         internal static class Defaults
         {
-            // Only the ML.NET-side ones; the training defaults live in PretrainingDefaults, shared with the engine.
+            // Only the ML.NET-side ones; the training defaults are BootMaePretrainerSettings' initialisers.
             internal const string OutputColumnName = "Features";
             internal const int InferenceBatchSize = 32;
         }
 
+        /// <summary>
+        /// The pretraining run: every training setting, its default and its check (<see cref="BootMaePretrainerSettings.Validate"/>).
+        /// The estimator trains on a copy completed with the Options' <see cref="BootMaeTrainingOptionsBase.Seed"/>,
+        /// <see cref="BootMaeTrainingOptionsBase.Device"/>, <see cref="BootMaeTrainingOptionsBase.GpuDeviceId"/> and
+        /// <see cref="BootMaeTrainingOptionsBase.FallbackToCpu"/> resolved against the MLContext, and with the on-device
+        /// <see cref="BootMaePretrainerSettings.Augment"/> off (<see cref="BootMaeTrainingOptionsBase.Augment"/> augments while
+        /// decoding instead); those five fields of this object are not read. Default: a new <see cref="BootMaePretrainerSettings"/>.
+        /// </summary>
+        public BootMaePretrainerSettings Training
+        {
+            get => _training;
+            set => _training = value ?? throw new ArgumentNullException(nameof(value), "Training cannot be null; assign new BootMaePretrainerSettings() for the defaults.");
+        }
+
         /// <summary>The added embedding column. Default <c>"Features"</c>.</summary>
         public string OutputColumnName = Defaults.OutputColumnName;
-
-        /// <summary>Passes over the data. Default 100 (the paper uses 800 on ImageNet).</summary>
-        public int MaxEpochs = PretrainingDefaults.MaxEpochs;
-
-        /// <summary>Images per optimizer step. Default 64.</summary>
-        public int BatchSize = PretrainingDefaults.BatchSize;
-
-        /// <summary>Base learning rate, scaled by BatchSize / 256 (the paper's rule). Default 1.5e-3 (the paper's 1.5e-4 suits 800-epoch runs; shorter runs need more).</summary>
-        public double LearningRate = PretrainingDefaults.LearningRate;
-
-        /// <summary>Learning rate at the last step, as a fraction of the scaled peak. Default 0.01.</summary>
-        public double MinLearningRateFraction = PretrainingDefaults.MinLearningRateFraction;
-
-        /// <summary>Share of the steps spent in linear warmup. Default 0.05 (40 of 800 epochs in the paper).</summary>
-        public double WarmupFraction = PretrainingDefaults.WarmupFraction;
-
-        /// <summary>AdamW weight decay (not applied to biases, norms and position tables). Default 0.05.</summary>
-        public double WeightDecay = PretrainingDefaults.WeightDecay;
-
-        /// <summary>Final weight λ of the feature-prediction loss (ramped up over <see cref="FeatureLossRampFraction"/> of the run). Default 1.</summary>
-        public double FeatureLossWeight = PretrainingDefaults.FeatureLossWeight;
-
-        /// <summary>Share of the run over which λ ramps up linearly from 0 to <see cref="FeatureLossWeight"/>. Default 0.25 (the official code).</summary>
-        public double FeatureLossRampFraction = PretrainingDefaults.FeatureLossRampFraction;
-
-        /// <summary>EMA momentum of the teacher at the start. Default <c>null</c>: scaled to the run's length (the teacher's horizon is 1/250 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
-        public double? EmaMomentumStart;
-
-        /// <summary>EMA momentum at the end of the first ramp (<see cref="EmaRamp1Fraction"/> of the run). Default <c>null</c>: scaled (horizon 1/25 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
-        public double? EmaMomentumMid;
-
-        /// <summary>EMA momentum from the end of the second ramp (<see cref="EmaRamp2EndFraction"/> of the run) on. Default <c>null</c>: scaled (horizon 1/2.5 of the run), never below <see cref="EmaMomentumFloor"/>.</summary>
-        public double? EmaMomentumEnd;
-
-        /// <summary>The lowest value a scaled (null) EMA momentum may take, so the teacher remembers at least 1/(1 − floor) steps
-        /// even in short runs. Default 0.996.</summary>
-        public double EmaMomentumFloor = PretrainingDefaults.EmaMomentumFloor;
-
-        /// <summary>Share of the run of the first EMA ramp (<see cref="EmaMomentumStart"/> → <see cref="EmaMomentumMid"/>). Default 0.125 (100 of 800 epochs).</summary>
-        public double EmaRamp1Fraction = PretrainingDefaults.EmaRamp1Fraction;
-
-        /// <summary>Share of the run at which the second EMA ramp (<see cref="EmaMomentumMid"/> → <see cref="EmaMomentumEnd"/>) ends. Default 0.5 (400 of 800 epochs).</summary>
-        public double EmaRamp2EndFraction = PretrainingDefaults.EmaRamp2EndFraction;
-
-        /// <summary>How the teacher's features become the target. Default <see cref="BootMaeFeatureTargetNormalization.BatchStandardized"/>;
-        /// the paper's is <see cref="BootMaeFeatureTargetNormalization.LayerNorm"/>.</summary>
-        public BootMaeFeatureTargetNormalization FeatureTargetNormalization = BootMaeFeatureTargetNormalization.BatchStandardized;
-
-        /// <summary>ε added to each patch's pixel variance (pixels in [−1, 1]) in the normalised pixel target. Default 1e-5 (the official value).</summary>
-        public double PixelTargetEpsilon = PretrainingDefaults.PixelTargetEpsilon;
-
-        /// <summary>Share of patches masked. Default 0.75.</summary>
-        public double MaskRatio = PretrainingDefaults.MaskRatio;
-
-        /// <summary>Largest roll jitter of the block masks, in patches. Default <c>null</c>: the official 3 scaled to the grid,
-        /// round(3·N/196) (1 on 7×7 and 8×8 grids); 0 turns it off.</summary>
-        public int? MaskJitter;
-
-        /// <summary>Masking strategy. Default <see cref="BootMaeMasking.BlockFill"/> (the official code); MAE mode always masks at random.</summary>
-        public BootMaeMasking Masking = BootMaeMasking.BlockFill;
-
-        /// <summary>Targets the student predicts. Default <see cref="BootMaeTarget.Both"/>.</summary>
-        public BootMaeTarget Target = BootMaeTarget.Both;
-
-        /// <summary>Teacher kind. Default <see cref="BootMaeTeacher.Ema"/>; <see cref="BootMaeTeacher.Frozen"/> needs <see cref="TeacherEncoder"/>.</summary>
-        public BootMaeTeacher Teacher = BootMaeTeacher.Ema;
-
-        /// <summary>The fixed teacher for <see cref="BootMaeTeacher.Frozen"/>. Default <c>null</c>.</summary>
-        public BootMaeEncoder? TeacherEncoder;
-
-        /// <summary>Share of the image the teacher sees (paper Table 5); below 1 it sees a sample of the masked patches and the
-        /// feature loss covers only those. Default 1 (the full image).</summary>
-        public double TeacherFraction = PretrainingDefaults.TeacherFraction;
-
-        /// <summary>Shallow-feature cross-attention in the pixel regressor. Default <c>true</c>.</summary>
-        public bool InjectRegressor = true;
-
-        /// <summary>Deep-feature cross-attention in the feature predictor. Default <c>true</c>.</summary>
-        public bool InjectPredictor = true;
-
-        /// <summary>Centre-weighted loss mask (paper App. C). Default <c>true</c>.</summary>
-        public bool WeightMask = true;
-
-        /// <summary>Per-patch normalised pixel target. Default <c>true</c>.</summary>
-        public bool NormPixTarget = true;
-
-        /// <summary>Checkpoints kept in <see cref="CheckpointDirectory"/> (older ones are deleted). Default 2.</summary>
-        public int CheckpointsToKeep = PretrainingDefaults.CheckpointsToKeep;
-
-        /// <summary>BootMAE, or plain MAE as a baseline. Default <see cref="BootMaeMode.BootMae"/>.</summary>
-        public BootMaeMode Mode = BootMaeMode.BootMae;
-
-        /// <summary>Blocks of the decoder in <see cref="BootMaeMode.Mae"/> mode (unused in BootMAE mode). Default 8 (MAE's).</summary>
-        public int MaeDecoderDepth = PretrainingDefaults.MaeDecoderDepth;
-
-        /// <summary>Continue from these weights instead of a random start. Default <c>null</c>.</summary>
-        public BootMaeEncoder? InitialEncoder;
-
-        /// <summary>
-        /// Starts from a whole pretraining checkpoint in the official BootMAE layout (student, teacher, optimizer moments,
-        /// epoch): see <see cref="BootMaePretrainerSettings.InitialState"/> and docs/scale-out.md. Default <c>null</c>.
-        /// </summary>
-        public string? InitialState;
 
         /// <summary>Pooling of the output column. Default <see cref="BootMaePooling.Mean"/>.</summary>
         public BootMaePooling Pooling = BootMaePooling.Mean;
@@ -182,30 +93,131 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
 
-        /// <summary>
-        /// <see cref="BootMaePrecision.BFloat16"/> runs the momentum teacher in bfloat16 (32-bit master weights) where the
-        /// hardware has fast bfloat16 and falls back to 32-bit elsewhere. The fitted transformer infers in 32-bit.
-        /// Default <see cref="BootMaePrecision.BFloat16"/>.
-        /// </summary>
-        public BootMaePrecision Precision = BootMaePrecision.BFloat16;
+        /// <inheritdoc/>
+        public override long? MaxSteps { get => Training.MaxSteps; set => Training.MaxSteps = value; }
 
-        /// <summary>Folder for training checkpoints (student, teacher, optimizer, position). Default <c>null</c>: no checkpoints.</summary>
-        public string? CheckpointDirectory;
+        /// <inheritdoc/>
+        public override int? NumberOfThreads { get => Training.NumberOfThreads; set => Training.NumberOfThreads = value; }
 
-        /// <summary>Steps between checkpoints when <see cref="CheckpointDirectory"/> is set. Default <c>null</c>: at the end of every epoch.</summary>
-        public long? CheckpointEveryNSteps;
+        /// <inheritdoc/>
+        public override bool ReturnModelOnCancellation { get => Training.ReturnModelOnCancellation; set => Training.ReturnModelOnCancellation = value; }
 
-        /// <summary>Resume from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one. Default <c>false</c>.</summary>
-        public bool ResumeFromCheckpoint;
+        /// <inheritdoc/>
+        public override int LogEveryNSteps { get => Training.LogEveryNSteps; set => Training.LogEveryNSteps = value; }
 
-        /// <summary>
-        /// When set, a PNG of original | masked | reconstructed images (the first images of the first batch, fixed masks) is
-        /// written here at the end of every epoch, to watch what the pixel regressor learns. Default <c>null</c>: none.
-        /// </summary>
-        public string? ReconstructionPreviewPath;
+        /// <inheritdoc cref="BootMaePretrainerSettings.MaxEpochs"/>
+        public int MaxEpochs { get => Training.MaxEpochs; set => Training.MaxEpochs = value; }
 
-        /// <summary>Images in the reconstruction preview. Default 6.</summary>
-        public int ReconstructionPreviewCount = PretrainingDefaults.ReconstructionPreviewCount;
+        /// <inheritdoc cref="BootMaePretrainerSettings.BatchSize"/>
+        public int BatchSize { get => Training.BatchSize; set => Training.BatchSize = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.LearningRate"/>
+        public double LearningRate { get => Training.LearningRate; set => Training.LearningRate = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.MinLearningRateFraction"/>
+        public double MinLearningRateFraction { get => Training.MinLearningRateFraction; set => Training.MinLearningRateFraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.WarmupFraction"/>
+        public double WarmupFraction { get => Training.WarmupFraction; set => Training.WarmupFraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.WeightDecay"/>
+        public double WeightDecay { get => Training.WeightDecay; set => Training.WeightDecay = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.FeatureLossWeight"/>
+        public double FeatureLossWeight { get => Training.FeatureLossWeight; set => Training.FeatureLossWeight = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.FeatureLossRampFraction"/>
+        public double FeatureLossRampFraction { get => Training.FeatureLossRampFraction; set => Training.FeatureLossRampFraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaMomentumStart"/>
+        public double? EmaMomentumStart { get => Training.EmaMomentumStart; set => Training.EmaMomentumStart = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaMomentumMid"/>
+        public double? EmaMomentumMid { get => Training.EmaMomentumMid; set => Training.EmaMomentumMid = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaMomentumEnd"/>
+        public double? EmaMomentumEnd { get => Training.EmaMomentumEnd; set => Training.EmaMomentumEnd = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaMomentumFloor"/>
+        public double EmaMomentumFloor { get => Training.EmaMomentumFloor; set => Training.EmaMomentumFloor = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaRamp1Fraction"/>
+        public double EmaRamp1Fraction { get => Training.EmaRamp1Fraction; set => Training.EmaRamp1Fraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.EmaRamp2EndFraction"/>
+        public double EmaRamp2EndFraction { get => Training.EmaRamp2EndFraction; set => Training.EmaRamp2EndFraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.FeatureTargetNormalization"/>
+        public BootMaeFeatureTargetNormalization FeatureTargetNormalization { get => Training.FeatureTargetNormalization; set => Training.FeatureTargetNormalization = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.PixelTargetEpsilon"/>
+        public double PixelTargetEpsilon { get => Training.PixelTargetEpsilon; set => Training.PixelTargetEpsilon = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.MaskRatio"/>
+        public double MaskRatio { get => Training.MaskRatio; set => Training.MaskRatio = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.MaskJitter"/>
+        public int? MaskJitter { get => Training.MaskJitter; set => Training.MaskJitter = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.Masking"/>
+        public BootMaeMasking Masking { get => Training.Masking; set => Training.Masking = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.Target"/>
+        public BootMaeTarget Target { get => Training.Target; set => Training.Target = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.Teacher"/>
+        public BootMaeTeacher Teacher { get => Training.Teacher; set => Training.Teacher = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.TeacherEncoder"/>
+        public BootMaeEncoder? TeacherEncoder { get => Training.TeacherEncoder; set => Training.TeacherEncoder = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.TeacherFraction"/>
+        public double TeacherFraction { get => Training.TeacherFraction; set => Training.TeacherFraction = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.InjectRegressor"/>
+        public bool InjectRegressor { get => Training.InjectRegressor; set => Training.InjectRegressor = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.InjectPredictor"/>
+        public bool InjectPredictor { get => Training.InjectPredictor; set => Training.InjectPredictor = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.WeightMask"/>
+        public bool WeightMask { get => Training.WeightMask; set => Training.WeightMask = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.NormPixTarget"/>
+        public bool NormPixTarget { get => Training.NormPixTarget; set => Training.NormPixTarget = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.CheckpointsToKeep"/>
+        public int CheckpointsToKeep { get => Training.CheckpointsToKeep; set => Training.CheckpointsToKeep = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.Mode"/>
+        public BootMaeMode Mode { get => Training.Mode; set => Training.Mode = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.MaeDecoderDepth"/>
+        public int MaeDecoderDepth { get => Training.MaeDecoderDepth; set => Training.MaeDecoderDepth = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.InitialEncoder"/>
+        public BootMaeEncoder? InitialEncoder { get => Training.InitialEncoder; set => Training.InitialEncoder = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.InitialState"/>
+        public string? InitialState { get => Training.InitialState; set => Training.InitialState = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.Precision"/>
+        public BootMaePrecision Precision { get => Training.Precision; set => Training.Precision = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.CheckpointDirectory"/>
+        public string? CheckpointDirectory { get => Training.CheckpointDirectory; set => Training.CheckpointDirectory = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.CheckpointEveryNSteps"/>
+        public long? CheckpointEveryNSteps { get => Training.CheckpointEveryNSteps; set => Training.CheckpointEveryNSteps = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.ResumeFromCheckpoint"/>
+        public bool ResumeFromCheckpoint { get => Training.ResumeFromCheckpoint; set => Training.ResumeFromCheckpoint = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.ReconstructionPreviewPath"/>
+        public string? ReconstructionPreviewPath { get => Training.ReconstructionPreviewPath; set => Training.ReconstructionPreviewPath = value; }
+
+        /// <inheritdoc cref="BootMaePretrainerSettings.ReconstructionPreviewCount"/>
+        public int ReconstructionPreviewCount { get => Training.ReconstructionPreviewCount; set => Training.ReconstructionPreviewCount = value; }
     }
 
     /// <summary>Checks the input shape and adds the embedding column.</summary>
@@ -254,7 +266,7 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         var source = new DataViewImageBatchSource(input, image, labelColumnName: null, architecture,
             options.Augment && image.Kind != ImageColumnKind.Pixels ? ImageAugmentation.For(architecture) : null,
             seed, shuffle: true, options.SkipBadImages, rows, log, "training", options.ShufflePoolSize, options.MaxImagePixels);
-        var pretrainer = new BootMaePretrainer(architecture, ToSettings(options, seed, device)) { Hooks = Hooks };
+        var pretrainer = new BootMaePretrainer(architecture, RunSettings(options, seed, device)) { Hooks = Hooks };
         BootMaeEncoder encoder;
         try
         {
@@ -280,56 +292,16 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
     // Test seam (switches observed in the engine): passed to the pretrainer; null in every product path.
     internal PretrainingHooks? Hooks { get; set; }
 
-    // The engine settings of a run: every Options field that the engine declares is carried over here (SettingsDefaultsTests
-    // checks that by reflection), except Augment, which this layer applies while decoding.
-    internal static BootMaePretrainerSettings ToSettings(Options o, int seed, DeviceRequest device) => new()
+    // The settings of one run: a copy of Options.Training completed with what the ML.NET layer resolves (the MLContext's
+    // seed and device) and with the engine's on-device augmentation off, as this layer augments while decoding.
+    internal static BootMaePretrainerSettings RunSettings(Options o, int seed, DeviceRequest device)
     {
-        MaxEpochs = o.MaxEpochs,
-        BatchSize = o.BatchSize,
-        LearningRate = o.LearningRate,
-        MaxSteps = o.MaxSteps,
-        MinLearningRateFraction = o.MinLearningRateFraction,
-        WarmupFraction = o.WarmupFraction,
-        WeightDecay = o.WeightDecay,
-        FeatureLossWeight = o.FeatureLossWeight,
-        FeatureLossRampFraction = o.FeatureLossRampFraction,
-        EmaRamp1Fraction = o.EmaRamp1Fraction,
-        EmaRamp2EndFraction = o.EmaRamp2EndFraction,
-        EmaMomentumStart = o.EmaMomentumStart,
-        EmaMomentumMid = o.EmaMomentumMid,
-        EmaMomentumEnd = o.EmaMomentumEnd,
-        EmaMomentumFloor = o.EmaMomentumFloor,
-        FeatureTargetNormalization = o.FeatureTargetNormalization,
-        PixelTargetEpsilon = o.PixelTargetEpsilon,
-        Augment = false, // this layer augments while decoding (Options.Augment)
-        MaskRatio = o.MaskRatio,
-        MaskJitter = o.MaskJitter,
-        Masking = o.Masking,
-        Target = o.Target,
-        Teacher = o.Teacher,
-        TeacherEncoder = o.TeacherEncoder,
-        TeacherFraction = o.TeacherFraction,
-        InjectRegressor = o.InjectRegressor,
-        InjectPredictor = o.InjectPredictor,
-        WeightMask = o.WeightMask,
-        NormPixTarget = o.NormPixTarget,
-        CheckpointsToKeep = o.CheckpointsToKeep,
-        Mode = o.Mode,
-        MaeDecoderDepth = o.MaeDecoderDepth,
-        Seed = seed,
-        Device = device.Device,
-        FallbackToCpu = device.FallbackToCpu,
-        GpuDeviceId = device.GpuDeviceId,
-        NumberOfThreads = o.NumberOfThreads,
-        Precision = o.Precision,
-        LogEveryNSteps = o.LogEveryNSteps,
-        CheckpointDirectory = o.CheckpointDirectory,
-        CheckpointEveryNSteps = o.CheckpointEveryNSteps,
-        ResumeFromCheckpoint = o.ResumeFromCheckpoint,
-        ReturnModelOnCancellation = o.ReturnModelOnCancellation,
-        InitialEncoder = o.InitialEncoder,
-        InitialState = o.InitialState,
-        ReconstructionPreviewPath = o.ReconstructionPreviewPath,
-        ReconstructionPreviewCount = o.ReconstructionPreviewCount,
-    };
+        var run = o.Training.Clone();
+        run.Seed = seed;
+        run.Device = device.Device;
+        run.GpuDeviceId = device.GpuDeviceId;
+        run.FallbackToCpu = device.FallbackToCpu;
+        run.Augment = false;
+        return run;
+    }
 }

@@ -157,7 +157,7 @@ internal static class BootMaeLosses
     {
         var a = network.Architecture;
         var s = network.Settings;
-        if (s.Mode == PretrainMode.Mae)
+        if (s.Mode == BootMaeMode.Mae)
         {
             var mae = MaeLoss(forward.Pixels, images, masks.Mask, a.PatchSize, s.NormPixTarget);
             LossDiagnostics? maeDiagnostics = null;

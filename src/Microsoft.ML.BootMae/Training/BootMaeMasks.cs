@@ -10,7 +10,7 @@ public static class BootMaeMasks
     /// <param name="seed">Seed; the same seed gives the same masks.</param>
     /// <param name="maskRatio">Share of patches masked. Default 0.75.</param>
     /// <returns>One row-major bool per patch for each mask; <c>true</c> = masked.</returns>
-    public static bool[][] Sample(BootMaeArchitecture architecture, BootMaeMasking masking, int count, int seed, double maskRatio = Training.PretrainingDefaults.MaskRatio)
+    public static bool[][] Sample(BootMaeArchitecture architecture, BootMaeMasking masking, int count, int seed, double maskRatio = 0.75)
     {
         ArgumentNullException.ThrowIfNull(architecture);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
@@ -18,7 +18,7 @@ public static class BootMaeMasks
         BootMaeRuntime.EnsureTorchLoaded();
         var settings = new BootMaePretrainerSettings { Masking = masking, MaskRatio = maskRatio };
         settings.Validate();
-        var generator = Training.MaskingGenerator.ForSettings(architecture, BootMaePretrainer.ToModelSettings(settings, bf16Teacher: false), seed);
+        var generator = Training.MaskingGenerator.ForSettings(architecture, settings, seed);
         using var scope = TorchSharp.torch.NewDisposeScope();
         using var batch = generator.Next(count);
         var values = batch.Mask.cpu().contiguous().data<float>().ToArray();

@@ -79,15 +79,14 @@ public sealed class BootMaePretrainer
         long stepsPerEpoch = (count + s.BatchSize - 1) / s.BatchSize;
         long totalSteps = Math.Min(stepsPerEpoch * s.MaxEpochs, s.MaxSteps ?? long.MaxValue);
         bool bf16Teacher = s.Precision == BootMaePrecision.BFloat16 && TorchDevices.HasFastBFloat16(device);
-        var modelSettings = ToModelSettings(s, bf16Teacher);
-        var schedules = CreateSchedules(totalSteps, s, log);
+        var schedules = Schedules.ForPretraining(totalSteps, s, log);
         log?.Invoke(string.Format(CultureInfo.InvariantCulture,
             "BootMAE pretraining ({0}): {1} images, batch {2}, {3} steps ({4} per epoch), peak lr {5:E2}, teacher {6}{7}.",
             s.Mode, count, s.BatchSize, totalSteps, stepsPerEpoch, schedules.BaseLearningRate,
             s.Mode == BootMaeMode.Mae ? "none" : s.Teacher.ToString(), bf16Teacher ? " in bfloat16" : string.Empty));
 
         torch.manual_seed(s.Seed);
-        using var network = BootMaeNetwork.Create(a, modelSettings, s.Seed);
+        using var network = BootMaeNetwork.Create(a, s, s.Seed);
         if (s.InitialEncoder is { } initial)
         {
             using var scope = NewDisposeScope();
@@ -97,7 +96,7 @@ public sealed class BootMaePretrainer
         Hooks?.InitializeNetwork?.Invoke(network);
         network.to(device);
         network.train();
-        using var teacher = modelSettings.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
+        using var teacher = s.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
         if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)
         {
             using (var scope = NewDisposeScope())
@@ -109,7 +108,7 @@ public sealed class BootMaePretrainer
         }
 
         using var optimizer = ParameterGroups.CreateAdamW(network, schedules.BaseLearningRate, s.WeightDecay);
-        string fingerprint = Fingerprint(s, totalSteps);
+        string fingerprint = s.Fingerprint(totalSteps);
         var position = new TrainingPosition(0, 0, 0, totalSteps, s.Seed);
         if (s.InitialState is { } initialState)
         {
@@ -124,7 +123,7 @@ public sealed class BootMaePretrainer
             log?.Invoke($"Resumed from '{found.Path}' at step {position.Step} (epoch {position.Epoch}).");
         }
 
-        var run = new Run(this, network, teacher, optimizer, schedules, device, modelSettings, fingerprint, metricsCallback, log);
+        var run = new Run(this, network, teacher, optimizer, schedules, device, fingerprint, metricsCallback, log);
         return run.Execute(source, position, stepsPerEpoch, cancellationToken);
     }
 
@@ -150,7 +149,7 @@ public sealed class BootMaePretrainer
         BootMaeRuntime.EnsureTorchLoaded();
         var (folder, architecture, position) = CheckpointFolder.Resolve(checkpoint, PretrainingCheckpoint.Format, PretrainingCheckpoint.Version);
         // The official layout is BootMAE mode with both injections; a checkpoint of another layout fails to load into it.
-        using var network = new BootMaeNetwork(architecture, new BootMaeModelSettings { Mode = PretrainMode.BootMae, InjectRegressor = true, InjectPredictor = true });
+        using var network = new BootMaeNetwork(architecture, new BootMaePretrainerSettings());
         try
         {
             CheckpointFolder.ReadWith(folder, "student.bin", r => network.load(r));
@@ -181,63 +180,6 @@ public sealed class BootMaePretrainer
         return OfficialCheckpoint.Export(destination, network, hasTeacher ? teacher : null, optimizer, position, log);
     }
 
-    // The momenta never decrease along the run (start ≤ mid ≤ end), so a given Mid or End below the value before it is
-    // raised to that value; log says so in one line.
-    internal static Schedules CreateSchedules(long totalSteps, BootMaePretrainerSettings s, Action<string>? log = null)
-    {
-        var scaled = Schedules.ScaledEmaMomenta(totalSteps, s.EmaMomentumFloor);
-        double start = s.EmaMomentumStart ?? scaled.Start;
-        double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
-        double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
-        var raised = new List<string>(2);
-        if (s.EmaMomentumMid is { } givenMid && mid > givenMid)
-        {
-            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumMid from {0} to {1}", givenMid, mid));
-        }
-
-        if (s.EmaMomentumEnd is { } givenEnd && end > givenEnd)
-        {
-            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumEnd from {0} to {1}", givenEnd, end));
-        }
-
-        if (raised.Count > 0)
-        {
-            log?.Invoke($"Raised {string.Join(" and ", raised)}: the EMA momentum never decreases along the run (start <= mid <= end).");
-        }
-
-        double peak = s.LearningRate * s.BatchSize / 256.0;
-        return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
-            s.FeatureLossWeight, s.FeatureLossRampFraction, start, mid, end, s.EmaRamp1Fraction, s.EmaRamp2EndFraction);
-    }
-
-    internal static BootMaeModelSettings ToModelSettings(BootMaePretrainerSettings s, bool bf16Teacher) => new()
-    {
-        Mode = s.Mode == BootMaeMode.Mae ? PretrainMode.Mae : PretrainMode.BootMae,
-        Target = s.Target switch { BootMaeTarget.Pixel => PretrainTarget.Pixel, BootMaeTarget.Feature => PretrainTarget.Feature, _ => PretrainTarget.Both },
-        Teacher = s.Teacher == BootMaeTeacher.Frozen ? TeacherKind.Frozen : TeacherKind.Ema,
-        Masking = s.Masking switch { BootMaeMasking.Block => MaskingStrategy.Block, BootMaeMasking.Random => MaskingStrategy.Random, _ => MaskingStrategy.BlockFill },
-        MaskJitter = s.MaskJitter,
-        MaskRatio = s.MaskRatio,
-        InjectRegressor = s.InjectRegressor,
-        InjectPredictor = s.InjectPredictor,
-        WeightMask = s.WeightMask,
-        NormPixTarget = s.NormPixTarget,
-        TeacherFraction = s.TeacherFraction,
-        FeatureWeight = s.FeatureLossWeight,
-        TeacherBFloat16 = bf16Teacher,
-        MaeDecoderDepth = s.MaeDecoderDepth,
-        FeatureTargetNormalization = s.FeatureTargetNormalization,
-        PixelTargetEpsilon = s.PixelTargetEpsilon,
-    };
-
-    // What must not change between a checkpoint and its resume.
-    internal static string Fingerprint(BootMaePretrainerSettings s, long totalSteps) => string.Join('|', new object[]
-    {
-        s.Mode, s.Target, s.Teacher, s.Masking, s.MaskRatio, s.TeacherFraction, s.BatchSize, s.MaxEpochs, totalSteps, s.Seed,
-        s.InjectRegressor, s.InjectPredictor, s.WeightMask, s.NormPixTarget, s.MaeDecoderDepth,
-        s.FeatureTargetNormalization, s.PixelTargetEpsilon, s.Augment, s.EmaMomentumFloor,
-    }.Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
-
     /// <summary>The state of one run of <see cref="Train"/>.</summary>
     private sealed class Run
     {
@@ -250,7 +192,6 @@ public sealed class BootMaePretrainer
         private readonly OwnedAdamW _optimizer;
         private readonly Schedules _schedules;
         private readonly Device _device;
-        private readonly BootMaeModelSettings _model;
         private readonly string _fingerprint;
         private readonly Action<BootMaeTrainingMetrics>? _metrics;
         private readonly Action<string>? _log;
@@ -273,7 +214,7 @@ public sealed class BootMaePretrainer
         private int _previewCount;
 
         public Run(BootMaePretrainer owner, BootMaeNetwork network, MomentumTeacher? teacher, OwnedAdamW optimizer, Schedules schedules, Device device,
-            BootMaeModelSettings model, string fingerprint, Action<BootMaeTrainingMetrics>? metrics, Action<string>? log)
+            string fingerprint, Action<BootMaeTrainingMetrics>? metrics, Action<string>? log)
         {
             _owner = owner;
             _network = network;
@@ -281,7 +222,6 @@ public sealed class BootMaePretrainer
             _optimizer = optimizer;
             _schedules = schedules;
             _device = device;
-            _model = model;
             _fingerprint = fingerprint;
             _metrics = metrics;
             _log = log;
@@ -415,12 +355,12 @@ public sealed class BootMaePretrainer
             var hooks = _owner.Hooks;
             using var masks = hooks?.Masks is { } injected
                 ? injected(step, batch.Count, _device)
-                : MaskingGenerator.ForSettings(a, _model, Seeds.Derive(Settings.Seed, step, stream: 1)).Next(batch.Count, _device);
+                : MaskingGenerator.ForSettings(a, Settings, Seeds.Derive(Settings.Seed, step, stream: 1)).Next(batch.Count, _device);
             Tensor? target = null;
             Tensor? ids = null;
             if (_teacher is not null)
             {
-                (target, ids) = _teacher.Targets(images, masks, _model.TeacherFraction, new Random(Seeds.Derive(Settings.Seed, step, stream: 2)));
+                (target, ids) = _teacher.Targets(images, masks, Settings.TeacherFraction, new Random(Seeds.Derive(Settings.Seed, step, stream: 2)));
             }
 
             var forward = _network.Forward(images, masks);
@@ -538,15 +478,15 @@ public sealed class BootMaePretrainer
                 TotalSteps = _schedules.TotalSteps,
                 IsEpochEnd = isEpochEnd,
                 Loss = (float)(sums[0] / _epochSteps),
-                PixelLoss = _model.UsesPixelLoss ? (float)(sums[1] / _epochSteps) : null,
-                FeatureLoss = _model.UsesFeatureLoss ? (float)(sums[2] / _epochSteps) : null,
-                PixelLossUnweighted = _model.UsesPixelLoss ? (float)(sums[3] / _epochSteps) : null,
-                PixelLossZeroBaseline = _model.UsesPixelLoss ? (float)(sums[4] / _epochSteps) : null,
-                FeatureLossUnweighted = _model.UsesFeatureLoss ? (float)(sums[5] / _epochSteps) : null,
-                FeatureTargetSharedEnergy = _model.UsesFeatureLoss ? (float)(sums[6] / _epochSteps) : null,
+                PixelLoss = Settings.UsesPixelLoss ? (float)(sums[1] / _epochSteps) : null,
+                FeatureLoss = Settings.UsesFeatureLoss ? (float)(sums[2] / _epochSteps) : null,
+                PixelLossUnweighted = Settings.UsesPixelLoss ? (float)(sums[3] / _epochSteps) : null,
+                PixelLossZeroBaseline = Settings.UsesPixelLoss ? (float)(sums[4] / _epochSteps) : null,
+                FeatureLossUnweighted = Settings.UsesFeatureLoss ? (float)(sums[5] / _epochSteps) : null,
+                FeatureTargetSharedEnergy = Settings.UsesFeatureLoss ? (float)(sums[6] / _epochSteps) : null,
                 LearningRate = _schedules.LearningRate(step - 1),
                 EmaMomentum = _teacher is null ? null : _schedules.EmaMomentum(step - 1),
-                FeatureWeight = _model.UsesFeatureLoss ? _schedules.FeatureLossWeight(step - 1) : null,
+                FeatureWeight = Settings.UsesFeatureLoss ? _schedules.FeatureLossWeight(step - 1) : null,
                 ImagesPerSecond = seconds > 0 ? _imagesSinceReport / seconds : 0,
                 Elapsed = elapsed,
                 Eta = _stepsThisRun > 0 ? TimeSpan.FromSeconds(elapsed.TotalSeconds / _stepsThisRun * remaining) : null,

@@ -1,31 +1,59 @@
-namespace Microsoft.ML.BootMae.Training;
+using System.Globalization;
+using Microsoft.ML.BootMae.Training;
+
+namespace Microsoft.ML.BootMae;
 
 /// <summary>
-/// Settings of <see cref="ImageClassifierEngine.Train"/>: full fine-tuning (spec §6, BootMAE run_class_finetuning)
-/// or, with <see cref="FreezeEncoder"/>, a linear probe (MAE main_linprobe). Defaults suit short CPU runs.
+/// Settings of a fine-tuning run (spec §6, BootMAE run_class_finetuning) or, with <see cref="FreezeEncoder"/>, a linear
+/// probe (MAE main_linprobe), carried by <see cref="BootMaeImageClassificationTrainer"/> as
+/// <see cref="BootMaeImageClassificationTrainer.Options.Training"/>. Every default and every check of a fine-tuning setting
+/// lives here; the engine reads these properties directly. Defaults suit short CPU runs.
 /// </summary>
-internal sealed class FineTuneSettings
+/// <remarks>
+/// Grouped by what they control: length, optimizer and schedule, regularisation, what trains, data, run, early stopping
+/// and best model, checkpoints. A new setting is a property here (with its default and its line in <see cref="Validate"/>),
+/// read where it is used; the ML.NET trainer reaches it through <see cref="BootMaeImageClassificationTrainer.Options.Training"/>.
+/// </remarks>
+public sealed class FineTuneSettings
 {
+    // Compile-time defaults the catalog's optional parameters need; the other defaults are the initialisers below.
+    internal const int DefaultMaxEpochs = 20;
+    internal const int DefaultBatchSize = 32;
+
+    // ---- Length of the run ----
+
     /// <summary>Passes over the training set. Default 20, as the ML.NET trainer's.</summary>
-    public int MaxEpochs { get; set; } = FineTuneDefaults.MaxEpochs;
+    public int MaxEpochs { get; set; } = DefaultMaxEpochs;
 
     /// <summary>Images per optimizer step. Default 32.</summary>
-    public int BatchSize { get; set; } = FineTuneDefaults.BatchSize;
+    public int BatchSize { get; set; } = DefaultBatchSize;
+
+    /// <summary>Upper bound on optimizer steps (the schedule spans the smaller of this and MaxEpochs × steps per epoch). Default null: no cap.</summary>
+    public long? MaxSteps { get; set; }
+
+    // ---- Optimizer and learning-rate schedule ----
 
     /// <summary>Absolute peak learning rate (no batch scaling; the paper uses 5e-3 at batch 2048). Default 1e-3.</summary>
-    public double LearningRate { get; set; } = FineTuneDefaults.LearningRate;
+    public double LearningRate { get; set; } = 1e-3;
 
     /// <summary>Learning rate at the last step of the cosine. Default 1e-6.</summary>
-    public double MinLearningRate { get; set; } = FineTuneDefaults.MinLearningRate;
+    public double MinLearningRate { get; set; } = 1e-6;
 
     /// <summary>Fraction of the run spent in linear warmup from 0. Default 0.1.</summary>
-    public double WarmupFraction { get; set; } = FineTuneDefaults.WarmupFraction;
+    public double WarmupFraction { get; set; } = 0.1;
 
     /// <summary>AdamW weight decay on matrices (biases, norms, cls_token, pos_embed get 0). Default 0.05.</summary>
-    public double WeightDecay { get; set; } = FineTuneDefaults.WeightDecay;
+    public double WeightDecay { get; set; } = 0.05;
 
-    /// <summary>Layer-wise lr decay: head and fc_norm ×1, block k × ld^(L−k), patch embed and cls × ld^(L+1). Default 0.65.</summary>
-    public double LayerDecay { get; set; } = 0.65;
+    /// <summary>
+    /// Layer-wise lr decay: head and fc_norm ×1, block k × ld^(L−k), patch embed and cls × ld^(L+1). Default <c>null</c>:
+    /// chosen for the starting encoder by <see cref="AutoLayerDecay"/> (none for 4 blocks or fewer, the official 0.65 from
+    /// 12 on); the ML.NET trainer uses none (1) when it starts from a random encoder (no <c>Encoder</c> given).
+    /// </summary>
+    public double? LayerDecay { get; set; }
+
+    /// <summary>The layer decay of a run whose encoder has <paramref name="depth"/> blocks: <see cref="LayerDecay"/>, or <see cref="AutoLayerDecay"/>.</summary>
+    internal double LayerDecayFor(int depth) => LayerDecay ?? AutoLayerDecay(depth);
 
     /// <summary>
     /// The layer decay chosen for an encoder of <paramref name="depth"/> blocks: the official 0.65 for 12 blocks or more,
@@ -34,17 +62,23 @@ internal sealed class FineTuneSettings
     /// </summary>
     public static double AutoLayerDecay(int depth) => depth >= 12 ? 0.65 : depth <= 4 ? 1.0 : 1.0 - (0.35 * (depth - 4) / 8.0);
 
+    // ---- Regularisation ----
+
+    // 0, not the official 0.1 (ViT-B, 100 epochs): at 4 blocks and a few hundred steps 0.1 cost the from-scratch
+    // run 4 points and the pretrained one nothing (docs/results.md, "Choosing the fine-tuning recipe").
     /// <summary>Stochastic depth of the last block (rising linearly from 0 at block 0). Fine-tuning only. Default 0 (the paper: 0.1 for ViT-B).</summary>
-    public double DropPathRate { get; set; } = FineTuneDefaults.DropPathRate;
+    public double DropPathRate { get; set; } = 0.0;
 
     /// <summary>Label smoothing ε of the soft-target cross-entropy. Default 0.1.</summary>
-    public double LabelSmoothing { get; set; } = FineTuneDefaults.LabelSmoothing;
+    public double LabelSmoothing { get; set; } = 0.1;
 
     /// <summary>Mixup Beta(α, α); 0 turns it off. Default 0 (the paper uses 0.8).</summary>
     public double MixupAlpha { get; set; }
 
     /// <summary>CutMix Beta(α, α); 0 turns it off. With mixup also on, each batch picks one of the two at random. Default 0 (the paper uses 1.0).</summary>
     public double CutmixAlpha { get; set; }
+
+    // ---- What trains ----
 
     /// <summary>
     /// Linear probe: the encoder stays frozen (eval mode, no gradients), features are the mean patch token of
@@ -57,6 +91,8 @@ internal sealed class FineTuneSettings
     /// <summary>0-based block whose output is pooled; blocks after it are unused. Null means the last block. Default null.</summary>
     public int? SourceBlock { get; set; }
 
+    // ---- Data ----
+
     /// <summary>
     /// Random resized crop (area 0.2–1, ratio 3/4–4/3, bilinear) and horizontal flip of the training batches on the
     /// device. Default false, unlike <see cref="BootMaeTrainingOptionsBase.Augment"/> (true): the ML.NET trainer, this
@@ -64,6 +100,8 @@ internal sealed class FineTuneSettings
     /// only matters to direct callers (tests, benchmarks), which opt in.
     /// </summary>
     public bool Augment { get; set; }
+
+    // ---- Run: seed, device, threads, reports ----
 
     /// <summary>Seeds the head initialisation, drop path, augmentation and mixup. Same seed and data → bit-identical weights on the CPU.</summary>
     public int Seed { get; set; }
@@ -75,14 +113,19 @@ internal sealed class FineTuneSettings
     public bool FallbackToCpu { get; set; } = true;
 
     /// <summary>Report training metrics every N steps (0: only at epoch ends). Default 50.</summary>
-    public int LogEveryNSteps { get; set; } = FineTuneDefaults.LogEveryNSteps;
+    public int LogEveryNSteps { get; set; } = BootMaePretrainerSettings.DefaultLogEveryNSteps;
+
+    /// <summary>Torch intra-op threads (process-wide); null (default) leaves libtorch's choice.</summary>
+    public int? NumberOfThreads { get; set; }
+
+    // ---- Early stopping and best model ----
 
     /// <summary>Stop after this many epochs without improvement of the monitored loss (validation loss, or the
     /// training loss without a validation set). Null: never stop early.</summary>
     public int? EarlyStoppingPatience { get; set; }
 
     /// <summary>The smallest decrease of the monitored loss that counts as an improvement. Default 0.</summary>
-    public double EarlyStoppingMinDelta { get; set; } = FineTuneDefaults.EarlyStoppingMinDelta;
+    public double EarlyStoppingMinDelta { get; set; } = 0.0;
 
     /// <summary>Return the weights of the epoch with the lowest monitored loss rather than the last. Default true.</summary>
     public bool ReturnBestModel { get; set; } = true;
@@ -91,8 +134,7 @@ internal sealed class FineTuneSettings
     /// instead of throwing <see cref="OperationCanceledException"/>. Default false.</summary>
     public bool ReturnModelOnCancellation { get; set; }
 
-    /// <summary>Upper bound on optimizer steps (the schedule spans the smaller of this and MaxEpochs × steps per epoch).</summary>
-    public long? MaxSteps { get; set; }
+    // ---- Checkpoints ----
 
     /// <summary>Folder for checkpoints (classifier, optimizer, position, early-stopping state and best weights). Default null: none.</summary>
     public string? CheckpointDirectory { get; set; }
@@ -101,46 +143,51 @@ internal sealed class FineTuneSettings
     public long? CheckpointEveryNSteps { get; set; }
 
     /// <summary>Checkpoints kept (older ones are deleted). Default 2.</summary>
-    public int CheckpointsToKeep { get; set; } = FineTuneDefaults.CheckpointsToKeep;
+    public int CheckpointsToKeep { get; set; } = 2;
 
     /// <summary>Continue from the newest valid checkpoint in <see cref="CheckpointDirectory"/> when there is one; it must
     /// match the architecture, class count and run-shaping settings. Default false.</summary>
     public bool ResumeFromCheckpoint { get; set; }
 
     /// <summary>Test seam: called after every optimizer step with the groups as the step ran them. Null in every product path.</summary>
-    public Action<FineTuneStepTrace>? AfterStep { get; init; }
+    internal Action<FineTuneStepTrace>? AfterStep { get; init; }
 
-    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first bad setting.</summary>
-    public void Validate(BootMaeArchitecture architecture)
+    /// <summary>
+    /// Checks every setting and throws <see cref="ArgumentException"/> whose <see cref="ArgumentException.ParamName"/> and
+    /// message name the first bad one, its value and what it must be. The only check of these settings: the engine and the
+    /// ML.NET trainer both call it.
+    /// </summary>
+    /// <param name="architecture">The encoder's shape, to check <see cref="SourceBlock"/> against its depth; null checks it is not negative only.</param>
+    /// <exception cref="ArgumentException">A setting is out of its range or contradicts another.</exception>
+    public void Validate(BootMaeArchitecture? architecture = null)
     {
-        static void Require(bool ok, string name, object? value, string rule)
-        {
-            if (!ok)
-            {
-                throw new ArgumentOutOfRangeException(name, value, $"{name} {rule}.");
-            }
-        }
+        static void Require(bool ok, string name, object? value, string rule) => BootMaePretrainerSettings.Require(ok, name, value, rule);
 
         Require(MaxEpochs >= 1, nameof(MaxEpochs), MaxEpochs, "must be at least 1");
+        Require(MaxSteps is null or >= 1, nameof(MaxSteps), MaxSteps, "must be at least 1, or null for no cap");
         Require(BatchSize >= 1, nameof(BatchSize), BatchSize, "must be at least 1");
-        Require(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), LearningRate, "must be positive");
+        Require(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), LearningRate, "must be a positive number");
         Require(MinLearningRate >= 0 && MinLearningRate <= LearningRate, nameof(MinLearningRate), MinLearningRate, "must be in [0, LearningRate]");
         Require(WarmupFraction is >= 0 and <= 1, nameof(WarmupFraction), WarmupFraction, "must be in [0, 1]");
         Require(WeightDecay >= 0, nameof(WeightDecay), WeightDecay, "must not be negative");
-        Require(LayerDecay is > 0 and <= 1, nameof(LayerDecay), LayerDecay, "must be in (0, 1]");
+        Require(LayerDecay is null or (> 0 and <= 1), nameof(LayerDecay), LayerDecay, "must be in (0, 1], or null to choose it for the encoder");
         Require(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
         Require(LabelSmoothing is >= 0 and < 1, nameof(LabelSmoothing), LabelSmoothing, "must be in [0, 1)");
         Require(MixupAlpha >= 0, nameof(MixupAlpha), MixupAlpha, "must not be negative");
         Require(CutmixAlpha >= 0, nameof(CutmixAlpha), CutmixAlpha, "must not be negative");
-        Require(SourceBlock is null || (SourceBlock >= 0 && SourceBlock < architecture.Depth), nameof(SourceBlock), SourceBlock, $"must be in [0, {architecture.Depth - 1}] for this {architecture.Depth}-block encoder");
-        Require(LogEveryNSteps >= 0, nameof(LogEveryNSteps), LogEveryNSteps, "must not be negative");
-        Require(EarlyStoppingPatience is null || EarlyStoppingPatience >= 1, nameof(EarlyStoppingPatience), EarlyStoppingPatience, "must be at least 1");
+        Require(SourceBlock is null || (SourceBlock >= 0 && (architecture is null || SourceBlock < architecture.Depth)), nameof(SourceBlock), SourceBlock,
+            architecture is null ? "must be a 0-based encoder block" : $"must be a 0-based encoder block in [0, {architecture.Depth - 1}] for this {architecture.Depth}-block encoder");
+        Require(NumberOfThreads is null or > 0, nameof(NumberOfThreads), NumberOfThreads, "must be positive, or null for libtorch's choice");
+        Require(LogEveryNSteps >= 0, nameof(LogEveryNSteps), LogEveryNSteps, "must not be negative (0 reports at epoch ends only)");
+        Require(EarlyStoppingPatience is null or >= 1, nameof(EarlyStoppingPatience), EarlyStoppingPatience, "must be at least 1, or null for no early stopping");
         Require(EarlyStoppingMinDelta >= 0, nameof(EarlyStoppingMinDelta), EarlyStoppingMinDelta, "must not be negative");
-        Require(MaxSteps is null || MaxSteps >= 1, nameof(MaxSteps), MaxSteps, "must be at least 1");
-        Require(CheckpointEveryNSteps is null || CheckpointEveryNSteps >= 1, nameof(CheckpointEveryNSteps), CheckpointEveryNSteps, "must be at least 1 when set");
+        Require(CheckpointEveryNSteps is null or >= 1, nameof(CheckpointEveryNSteps), CheckpointEveryNSteps, "must be at least 1, or null for every epoch end");
         Require(CheckpointsToKeep >= 1, nameof(CheckpointsToKeep), CheckpointsToKeep, "must be at least 1");
-        Require(!ResumeFromCheckpoint || CheckpointDirectory is not null, nameof(ResumeFromCheckpoint), ResumeFromCheckpoint, "needs a CheckpointDirectory");
+        Require(!ResumeFromCheckpoint || !string.IsNullOrEmpty(CheckpointDirectory), nameof(ResumeFromCheckpoint), ResumeFromCheckpoint, "needs a CheckpointDirectory");
     }
+
+    /// <summary>A shallow copy (what the ML.NET trainer completes for one run).</summary>
+    internal FineTuneSettings Clone() => (FineTuneSettings)MemberwiseClone();
 }
 
 /// <summary>One fine-tuning step as the loop ran it: the scheduled learning rate, and each AdamW group's parameters

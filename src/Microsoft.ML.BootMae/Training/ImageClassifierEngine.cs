@@ -434,8 +434,8 @@ internal sealed class ImageClassifierEngine : IDisposable
             }
 
             _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
-            var schedule = new Schedules(_totalSteps, _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, 0, 1, 0, 0, 0, 0, 0);
-            var groups = BuildParameterGroups(_model, _s.LayerDecay, _s.WeightDecay);
+            var schedule = Schedules.ForFineTuning(_totalSteps, _s);
+            var groups = BuildParameterGroups(_model, _s.LayerDecayFor(_model.Encoder.Depth), _s.WeightDecay);
             using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
             using var optimizer = new OwnedAdamW(
                 groups.Select(g => new OwnedAdamW.ParamGroup(g.Parameters.Select(p => p.Parameter), _s.LearningRate * g.LearningRateScale, g.WeightDecay, Beta1, Beta2, Epsilon)));
@@ -554,7 +554,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         private string Fingerprint() => string.Join('|', new object?[]
         {
             _numClasses, _model.IsLinearProbe, _model.SourceBlock, _s.BatchSize, _s.MaxEpochs, _totalSteps, _s.Seed,
-            _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, _s.WeightDecay, _s.LayerDecay, _s.DropPathRate, _s.LabelSmoothing,
+            _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, _s.WeightDecay, _s.LayerDecayFor(_model.Encoder.Depth), _s.DropPathRate, _s.LabelSmoothing,
             _s.MixupAlpha, _s.CutmixAlpha, _s.Augment, _s.EarlyStoppingPatience, _s.EarlyStoppingMinDelta, _s.ReturnBestModel, _validation is not null,
         }.Select(o => Convert.ToString(o, System.Globalization.CultureInfo.InvariantCulture)));
 

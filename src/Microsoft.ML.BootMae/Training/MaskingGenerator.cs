@@ -11,7 +11,7 @@ internal sealed class MaskingGenerator
     private readonly double logAspectMin = Math.Log(MinAspect);
     private readonly double logAspectMax = Math.Log(1 / MinAspect);
 
-    public MaskingGenerator(int gridSize, MaskingStrategy strategy, int seed, double maskRatio = 0.75, int? jitter = null, int maxTries = 100)
+    public MaskingGenerator(int gridSize, BootMaeMasking strategy, int seed, double maskRatio = 0.75, int? jitter = null, int maxTries = 100)
     {
         if (gridSize < 2)
         {
@@ -32,10 +32,10 @@ internal sealed class MaskingGenerator
     }
 
     // The generator a run with these settings uses: MAE mode always masks at random (spec §8).
-    public static MaskingGenerator ForSettings(BootMaeArchitecture architecture, BootMaeModelSettings settings, int seed)
+    public static MaskingGenerator ForSettings(BootMaeArchitecture architecture, BootMaePretrainerSettings settings, int seed)
         => new(
             architecture.GridSize,
-            settings.Mode == PretrainMode.Mae ? MaskingStrategy.Random : settings.Masking,
+            settings.Mode == BootMaeMode.Mae ? BootMaeMasking.Random : settings.Masking,
             seed,
             settings.MaskRatio,
             settings.MaskJitter);
@@ -44,7 +44,7 @@ internal sealed class MaskingGenerator
 
     public int NumPatches => GridSize * GridSize;
 
-    public MaskingStrategy Strategy { get; }
+    public BootMaeMasking Strategy { get; }
 
     // K: masked patches per sample (37 for 7×7, 48 for 8×8, 147 for 14×14).
     public int NumMasked { get; }
@@ -68,12 +68,12 @@ internal sealed class MaskingGenerator
     {
         int n = NumPatches;
         var shuffle = new long[batchSize * n];
-        int roll = Strategy == MaskingStrategy.Random || MaxJitter == 0 ? 0 : random.Next(MaxJitter + 1);
+        int roll = Strategy == BootMaeMasking.Random || MaxJitter == 0 ? 0 : random.Next(MaxJitter + 1);
         var order = new int[n];
         var keys = new double[n];
         for (int b = 0; b < batchSize; b++)
         {
-            if (Strategy == MaskingStrategy.Random)
+            if (Strategy == BootMaeMasking.Random)
             {
                 for (int i = 0; i < n; i++)
                 {
@@ -82,7 +82,7 @@ internal sealed class MaskingGenerator
             }
             else
             {
-                var block = BlockMask(Strategy == MaskingStrategy.Block ? NumMasked : BlockTarget);
+                var block = BlockMask(Strategy == BootMaeMasking.Block ? NumMasked : BlockTarget);
                 // mask_to_index: block-unmasked patches first in random order, then block-masked ones in random order.
                 for (int i = 0; i < n; i++)
                 {

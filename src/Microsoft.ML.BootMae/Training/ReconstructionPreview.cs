@@ -26,7 +26,7 @@ internal static class ReconstructionPreview
             var images = BootMaeEncoder.Normalize(tensor(pixels01.AsSpan(0, count * perImage).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(device), a);
             using var masks = MaskingGenerator.ForSettings(a, s, seed).Next(count, device);
             var prediction = network.Forward(images, masks).Pixels;
-            var reconstruction = s.Mode == PretrainMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
+            var reconstruction = s.Mode == BootMaeMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
             var recon01 = InputNormalization.Invert(reconstruction, a.Normalization).clamp_(TorchScalars.ZeroDouble, TorchScalars.OneDouble).cpu().contiguous().data<float>().ToArray();
             var maskValues = masks.Mask.cpu().contiguous().data<float>().ToArray();
             int n = a.NumPatches;

@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace Microsoft.ML.BootMae.Training;
 
 /// <summary>
@@ -10,8 +12,8 @@ namespace Microsoft.ML.BootMae.Training;
 /// </remarks>
 internal sealed class Schedules
 {
-    public Schedules(long totalSteps, double baseLearningRate, double minLearningRate, double warmupFraction,
-        double featureWeight, double featureRampFraction, double emaStart, double emaMid, double emaEnd,
+    private Schedules(long totalSteps, double baseLearningRate, double minLearningRate, double warmupFraction,
+        double featureWeight, double featureRampFraction, (double Start, double Mid, double End) ema,
         double emaRamp1Fraction, double emaRamp2EndFraction)
     {
         if (totalSteps <= 0)
@@ -19,9 +21,9 @@ internal sealed class Schedules
             throw new ArgumentOutOfRangeException(nameof(totalSteps), totalSteps, "A run needs at least one step.");
         }
 
-        if (!(emaStart <= emaMid && emaMid <= emaEnd))
+        if (!(ema.Start <= ema.Mid && ema.Mid <= ema.End))
         {
-            throw new ArgumentException($"EMA momenta must not decrease: start {emaStart}, mid {emaMid}, end {emaEnd}.");
+            throw new ArgumentException($"EMA momenta must not decrease: start {ema.Start}, mid {ema.Mid}, end {ema.End}.");
         }
 
         TotalSteps = totalSteps;
@@ -30,12 +32,49 @@ internal sealed class Schedules
         WarmupSteps = (long)Math.Round(Math.Clamp(warmupFraction, 0, 1) * totalSteps);
         FeatureWeight = featureWeight;
         FeatureRampSteps = Math.Max(1, (long)Math.Round(Math.Clamp(featureRampFraction, 0, 1) * totalSteps));
-        EmaStart = emaStart;
-        EmaMid = emaMid;
-        EmaEnd = emaEnd;
+        EmaStart = ema.Start;
+        EmaMid = ema.Mid;
+        EmaEnd = ema.End;
         EmaRamp1Steps = (long)Math.Round(Math.Clamp(emaRamp1Fraction, 0, 1) * totalSteps);
         EmaRamp2EndStep = Math.Max(EmaRamp1Steps, (long)Math.Round(Math.Clamp(emaRamp2EndFraction, 0, 1) * totalSteps));
     }
+
+    /// <summary>
+    /// The schedules of a pretraining run of <paramref name="totalSteps"/> steps: the peak learning rate scaled by
+    /// BatchSize/256, λ's ramp, and the EMA momenta (given ones, or scaled to the run and floored). The momenta never
+    /// decrease along the run (start ≤ mid ≤ end), so a given Mid or End below the value before it is raised to that
+    /// value; <paramref name="log"/> says so in one line.
+    /// </summary>
+    public static Schedules ForPretraining(long totalSteps, BootMaePretrainerSettings s, Action<string>? log = null)
+    {
+        var scaled = ScaledEmaMomenta(totalSteps, s.EmaMomentumFloor);
+        double start = s.EmaMomentumStart ?? scaled.Start;
+        double mid = Math.Max(start, s.EmaMomentumMid ?? scaled.Mid);
+        double end = Math.Max(mid, s.EmaMomentumEnd ?? scaled.End);
+        var raised = new List<string>(2);
+        if (s.EmaMomentumMid is { } givenMid && mid > givenMid)
+        {
+            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumMid from {0} to {1}", givenMid, mid));
+        }
+
+        if (s.EmaMomentumEnd is { } givenEnd && end > givenEnd)
+        {
+            raised.Add(string.Format(CultureInfo.InvariantCulture, "EmaMomentumEnd from {0} to {1}", givenEnd, end));
+        }
+
+        if (raised.Count > 0)
+        {
+            log?.Invoke($"Raised {string.Join(" and ", raised)}: the EMA momentum never decreases along the run (start <= mid <= end).");
+        }
+
+        double peak = s.LearningRate * s.BatchSize / 256.0;
+        return new Schedules(totalSteps, peak, peak * s.MinLearningRateFraction, s.WarmupFraction,
+            s.FeatureLossWeight, s.FeatureLossRampFraction, (start, mid, end), s.EmaRamp1Fraction, s.EmaRamp2EndFraction);
+    }
+
+    /// <summary>The learning-rate schedule of a fine-tuning run (absolute peak, no batch scaling; no λ, no EMA).</summary>
+    public static Schedules ForFineTuning(long totalSteps, FineTuneSettings s) =>
+        new(totalSteps, s.LearningRate, s.MinLearningRate, s.WarmupFraction, 0, 1, (0, 0, 0), 0, 0);
 
     public long TotalSteps { get; }
 

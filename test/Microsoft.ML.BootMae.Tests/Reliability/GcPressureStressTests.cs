@@ -34,7 +34,7 @@ public sealed class GcPressureStressTests
         // Trained before the pressure starts: the optimizer step is covered (and skipped) below.
         using var encoder = new BootMaePretrainer(Tiny, PretrainingSettings(0)).Train(source);
         using var classifier = ImageClassifierEngine.Train(encoder, 4, source, null, FineTuningSettings(0), null, null, CancellationToken.None);
-        using var network = BootMaeNetwork.Create(Tiny, new BootMaeModelSettings(), seed: 1);
+        using var network = BootMaeNetwork.Create(Tiny, OfficialSettings.Create(), seed: 1);
         using var teacher = new MomentumTeacher(network.Encoder);
         int rounds = UnderGcPressure(() =>
         {
