@@ -55,7 +55,7 @@ public sealed class SettingsDefaultsTests
         ["Architecture"] = "the random encoder when Encoder is null",
         ["Encoder"] = "ImageClassifierEngine.Train",
         ["ValidationSet"] = "ImageClassifierEngine.Train (as a DataViewImageBatchSource)",
-        ["GpuDeviceId"] = "checked by the trainer: classification trains on CUDA device 0 only",
+        ["GpuDeviceId"] = "TorchDevices.Resolve in the trainer, whose device is passed to ImageClassifierEngine.Train",
         ["NumberOfThreads"] = "TorchDevices.SetThreads, called by the trainer",
         ["CancellationToken"] = "ImageClassifierEngine.Train (through TrainingCancellation)",
         ["MetricsCallback"] = "ImageClassifierEngine.Train",

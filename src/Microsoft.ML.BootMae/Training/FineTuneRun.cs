@@ -12,9 +12,7 @@ namespace Microsoft.ML.BootMae.Training;
 /// </summary>
 internal sealed class FineTuneRun : ITrainingRun
 {
-    private const double Beta1 = 0.9;
-    private const double Beta2 = 0.999;
-    private const double Epsilon = 1e-8;
+    private const double Beta1 = 0.9, Beta2 = 0.999, Epsilon = 1e-8;
 
     private readonly ImageClassifier _model;
     private readonly int _numClasses;
@@ -27,31 +25,22 @@ internal sealed class FineTuneRun : ITrainingRun
     private TrainingLoop? _loop;
     private CancellationToken _token;
     private long _totalSteps;
-    private double _lastLearningRate;
     private string _fingerprint = "";
-    private OwnedAdamW? _optimizer;
     private Schedules? _schedule;
+    private OwnedAdamW? _optimizer;
     private List<OwnedAdamW.ParamGroup> _optimizerGroups = new();
     private List<FineTuneParameterGroup> _groups = new();
     private Generator? _dropPathGenerator;
+    private double _lastLearningRate;
 
     // The epoch's running sums (on the device; read only when reporting or checkpointing, as a read forces a GPU sync),
     // the images summed, and the sums at the last report (the window a step report averages over).
     private Tensor? _epochLoss;
     private Tensor? _epochCorrect;
-    private long _epochImages;
-    private long _inEpoch;
-    private long _windowImages;
-    private double _windowLoss, _windowCorrect;
-    private double _epochTrainLoss;
+    private long _epochImages, _inEpoch, _windowImages;
+    private double _windowLoss, _windowCorrect, _epochTrainLoss;
     private bool _smallBatchLogged;
-
-    // The NaN/Inf guard without a GPU sync per step: a non-finite loss makes the running sum non-finite for good,
-    // and the sum is read anyway at every report, checkpoint and epoch end; only then, and only when it is not
-    // finite, is each batch's loss (kept on the device) read to name the first bad step.
-    private Tensor? _batchLosses;
-    private long[] _batchSteps = Array.Empty<long>();
-    private double[] _batchLearningRates = Array.Empty<double>();
+    private FineTuneBatchLosses? _batchLosses;
     private int _epoch;
 
     // Early stopping and the best epoch.
@@ -108,9 +97,8 @@ internal sealed class FineTuneRun : ITrainingRun
 
         using var epochLoss = zeros(1, dtype: ScalarType.Float64, device: _device);
         using var epochCorrect = zeros(1, dtype: ScalarType.Int64, device: _device);
-        using var batchLosses = zeros(stepsPerEpoch, dtype: ScalarType.Float64, device: _device);
+        using var batchLosses = new FineTuneBatchLosses(stepsPerEpoch, _s.BatchSize, _device);
         (_epochLoss, _epochCorrect, _batchLosses) = (epochLoss, epochCorrect, batchLosses);
-        (_batchSteps, _batchLearningRates) = (new long[stepsPerEpoch], new double[stepsPerEpoch]);
         _fingerprint = Fingerprint();
         _loop = new TrainingLoop(new TrainingLoopSettings(_s.BatchSize, stepsPerEpoch, _totalSteps, _s.Seed, _s.MaxEpochs, _s.LogEveryNSteps,
             ReportAtFinalStep: true, LastBatchClosesEpoch: false, _s.CheckpointDirectory, _s.CheckpointEveryNSteps), this, _callback, _log);
@@ -153,7 +141,7 @@ internal sealed class FineTuneRun : ITrainingRun
         }
         finally
         {
-            DisposeAll(_best);
+            ImageClassifierEngine.DisposeSnapshot(_best);
             _best = null;
         }
     }
@@ -170,8 +158,9 @@ internal sealed class FineTuneRun : ITrainingRun
 
         _epoch = epoch;
         _inEpoch = skipped;
-        OwnedTensors.Zero(_batchLosses!);
+        _batchLosses!.Clear();
         _windowImages = 0;
+        // A resumed epoch's first window starts from the sums the checkpoint carried.
         (_windowLoss, _windowCorrect) = skipped > 0 ? (_epochLoss!.item<double>(), _epochCorrect!.item<long>()) : (0, 0);
         _smallBatchLogged = false;
     }
@@ -230,11 +219,7 @@ internal sealed class FineTuneRun : ITrainingRun
                 using var count = batch.Count.ToScalar();
                 var detached = loss.detach().to(ScalarType.Float64);
                 _epochLoss!.add_(detached.mul(count), TorchScalars.One);
-                if (_inEpoch - 1 < _batchSteps.Length)
-                {
-                    _batchLosses!.narrow(0, _inEpoch - 1, 1).copy_(detached.reshape(1));
-                    (_batchSteps[_inEpoch - 1], _batchLearningRates[_inEpoch - 1]) = (step, _lastLearningRate);
-                }
+                _batchLosses!.Record(_inEpoch - 1, detached, step, _lastLearningRate);
                 _epochCorrect!.add_(logits.argmax(1).eq(y).sum(), TorchScalars.One);
             }
         }
@@ -290,7 +275,7 @@ internal sealed class FineTuneRun : ITrainingRun
             _epochsSinceBest = 0;
             if (_s.ReturnBestModel)
             {
-                DisposeAll(_best);
+                ImageClassifierEngine.DisposeSnapshot(_best);
                 _best = null;
                 _best = ImageClassifierEngine.Snapshot(_model);
             }
@@ -347,24 +332,7 @@ internal sealed class FineTuneRun : ITrainingRun
         _best = best;
     }
 
-    private void ThrowIfNotFinite(double lossSum)
-    {
-        if (double.IsFinite(lossSum))
-        {
-            return;
-        }
-
-        // The rare path: one read of this epoch's per-batch losses finds the first bad batch. TrainingLoop adds where the
-        // last good checkpoint is.
-        var losses = _batchLosses!.cpu().data<double>().ToArray();
-        int batch = Array.FindIndex(losses, l => !double.IsFinite(l));
-        string where = batch < 0
-            ? $"in epoch {_epoch}"
-            : string.Format(CultureInfo.InvariantCulture,
-                "{0} at step {1} (epoch {2}, batch {3} of the epoch: images {4}..{5} in its reading order, learning rate {6:E2})",
-                losses[batch], _batchSteps[batch], _epoch, batch, (long)batch * _s.BatchSize, ((long)(batch + 1) * _s.BatchSize) - 1, _batchLearningRates[batch]);
-        throw new BootMaeTrainingException($"The fine-tuning loss became {where}. Lower LearningRate or check the input images (a NaN or infinite pixel gives this).");
-    }
+    private void ThrowIfNotFinite(double lossSum) => _batchLosses!.ThrowIfNotFinite(lossSum, _epoch);
 
     // Plain cross-entropy (no smoothing, as the official evaluation) and accuracy over the whole validation set.
     private double Validate(int epoch)
@@ -425,18 +393,5 @@ internal sealed class FineTuneRun : ITrainingRun
         }
 
         return labels;
-    }
-
-    private static void DisposeAll(Dictionary<string, Tensor>? tensors)
-    {
-        if (tensors is null)
-        {
-            return;
-        }
-
-        foreach (var t in tensors.Values)
-        {
-            t.Dispose();
-        }
     }
 }

@@ -209,6 +209,15 @@ internal sealed class ImageClassifierEngine : IDisposable
         return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().cpu().clone().DetachFromDisposeScope());
     }
 
+    /// <summary>Disposes the tensors of a <see cref="Snapshot"/> (null: nothing to do).</summary>
+    internal static void DisposeSnapshot(Dictionary<string, Tensor>? snapshot)
+    {
+        foreach (var t in snapshot?.Values ?? Enumerable.Empty<Tensor>())
+        {
+            t.Dispose();
+        }
+    }
+
     /// <summary>Copies <paramref name="weights"/> into <paramref name="model"/>; the keys and shapes must match exactly.</summary>
     internal static void CopyState(nn.Module model, IReadOnlyDictionary<string, Tensor> weights, string source)
     {
