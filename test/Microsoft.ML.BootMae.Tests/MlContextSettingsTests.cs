@@ -190,6 +190,47 @@ public sealed class MlContextSettingsTests
     }
 
     [TestMethod]
+    public void ClassificationTakesAnyGpuIndex()
+    {
+        // Classification resolves its device as pretraining does (TorchDevices.Resolve), so a GpuDeviceId other than 0
+        // reaches the resolver: it trains there on a GPU machine, fails with the device count for an index that does not
+        // exist, and on a machine without CUDA takes the same fallback path as pretraining.
+        BootMaeRuntime.EnsureTorchLoaded();
+        using var files = new MlNetTestData();
+        using var encoder = BootMaeEncoder.CreateRandom(MlNetTestData.Tiny8, seed: 2);
+        var ml = new MLContext(seed: 1);
+        var rows = files.ColourRows(ml, 4);
+        var lines = new List<string>();
+        var options = Classify(encoder, null, _ => { }, lines);
+        (options.MaxSteps, options.Device, options.GpuDeviceId) = (1, BootMaeDevice.Cuda, 1);
+        if (torch.cuda.is_available())
+        {
+            options.GpuDeviceId = torch.cuda.device_count() - 1;
+            using (var model = (IDisposable)ClassifyPipeline(ml, files, options).Fit(rows))
+            {
+            }
+
+            Assert.IsTrue(lines.Any(l => l.Contains($"BootMAE device: cuda:{options.GpuDeviceId} ", StringComparison.Ordinal)), string.Join("\n", lines));
+            options.GpuDeviceId = torch.cuda.device_count();
+            var missing = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => ClassifyPipeline(ml, files, options).Fit(rows));
+            StringAssert.Contains(missing.Message, $"GpuDeviceId {options.GpuDeviceId} does not exist");
+            return;
+        }
+
+        options.FallbackToCpu = false;
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => ClassifyPipeline(ml, files, options).Fit(rows));
+        StringAssert.Contains(error.Message, "CUDA is not available");
+        options.FallbackToCpu = true;
+        using (var model = (IDisposable)ClassifyPipeline(ml, files, options).Fit(rows))
+        {
+        }
+
+        Assert.IsTrue(lines.Any(l => l.Contains("falling back to the CPU", StringComparison.Ordinal)), string.Join("\n", lines));
+        Assert.IsTrue(lines.Any(l => l.Contains("BootMAE device: cpu ", StringComparison.Ordinal)), string.Join("\n", lines));
+        Assert.AreEqual(1, lines.Count(l => l.Contains("BootMAE device:", StringComparison.Ordinal)), "the engine trains on the trainer's device without resolving again");
+    }
+
+    [TestMethod]
     public void MlContextGpuWithoutFallbackFailsClearlyAndWithFallbackRunsOnTheCpu()
     {
         BootMaeRuntime.EnsureTorchLoaded();

@@ -49,14 +49,14 @@ public sealed class SettingsDefaultsTests
         ["Architecture"] = "the random encoder when Encoder is null",
         ["Encoder"] = "ImageClassifierEngine.Train",
         ["ValidationSet"] = "ImageClassifierEngine.Train (as a DataViewImageBatchSource)",
-        ["GpuDeviceId"] = "checked by the trainer: classification trains on CUDA device 0 only",
+        ["GpuDeviceId"] = "TorchDevices.Resolve in the trainer, whose device is passed to ImageClassifierEngine.Train",
     });
 
     // Settings fields the ML.NET layer replaces in the run's copy, with what it puts there.
     private static readonly Dictionary<string, string> ResolvedFineTune = new()
     {
         ["Seed"] = "Options.Seed or the MLContext's",
-        ["Device"] = "Options.Device with the MLContext's GpuDeviceId",
+        ["GpuDeviceId"] = "TorchDevices.Resolve in the trainer, whose device is passed to ImageClassifierEngine.Train",
         ["FallbackToCpu"] = "Options.FallbackToCpu or the MLContext's",
         ["Augment"] = "false: the ML.NET layer augments while decoding",
     };

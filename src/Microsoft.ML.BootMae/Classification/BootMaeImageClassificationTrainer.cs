@@ -46,11 +46,6 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
             throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
         }
 
-        if (options.GpuDeviceId is { } gpu && gpu != 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), options.GpuDeviceId, "Image classification trains on CUDA device 0 only; set GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
-        }
-
         _env = env;
         _options = options;
     }
@@ -251,13 +246,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
         int seed = BootMaeHost.ResolveSeed(options.Seed, _env);
         var device = BootMaeHost.ResolveDevice(options, _env);
-        // Logs the device, and fails now rather than after the data is read when CUDA is required and missing.
+        // Logs the device, and fails now rather than after the data is read when CUDA is required and missing (or the
+        // GpuDeviceId does not exist); the engine trains on exactly this device.
         var resolved = TorchDevices.Resolve(device, log.Info);
-        if (resolved.type == TorchSharp.DeviceType.CUDA && resolved.index > 0)
-        {
-            throw new ArgumentOutOfRangeException(nameof(input), device.GpuDeviceId,
-                $"Image classification trains on CUDA device 0 only, but {device.Origin ?? "GpuDeviceId"} selects device {device.GpuDeviceId}; set MLContext.GpuDeviceId = 0 (or make the GPU visible as device 0 with CUDA_VISIBLE_DEVICES).");
-        }
 
         TorchDevices.SetThreads(options.Training.NumberOfThreads, log.Info);
         if (options.Encoder is null)
@@ -281,7 +272,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         try
         {
             engine = ImageClassifierEngine.Train(options.Encoder ?? randomEncoder!, classes, cancellation.Watch(train),
-                validationSource is null ? null : cancellation.Watch(validationSource), RunSettings(options, seed, device), options.MetricsCallback, log.Info, cancellation.Token);
+                validationSource is null ? null : cancellation.Watch(validationSource), RunSettings(options, seed, device), options.MetricsCallback, log.Info, cancellation.Token,
+                resolved);
         }
         catch (OperationCanceledException ex) when (cancellation.ByContext)
         {
