@@ -56,7 +56,7 @@ public sealed class SettingsDefaultsTests
     private static readonly Dictionary<string, string> ResolvedFineTune = new()
     {
         ["Seed"] = "Options.Seed or the MLContext's",
-        ["GpuDeviceId"] = "TorchDevices.Resolve in the trainer, whose device is passed to ImageClassifierEngine.Train",
+        ["Device"] = "Options.Device with the MLContext's GpuDeviceId",
         ["FallbackToCpu"] = "Options.FallbackToCpu or the MLContext's",
         ["Augment"] = "false: the ML.NET layer augments while decoding",
     };
