@@ -142,6 +142,14 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <summary>Return the weights of the epoch with the lowest monitored loss instead of the last epoch's. Default <c>true</c>.</summary>
         public bool ReturnBestModel = true;
 
+        /// <summary>
+        /// <see cref="BootMaePrecision.BFloat16Mixed"/> fine-tunes in mixed precision (bfloat16 matrix products, 32-bit master
+        /// weights, optimizer state, norms and loss) where the hardware has fast bfloat16, and in 32-bit elsewhere;
+        /// <see cref="BootMaePrecision.Float32"/> and <see cref="BootMaePrecision.BFloat16"/> (which has no teacher to apply to here)
+        /// train in 32-bit. The fitted transformer predicts in 32-bit. Default <see cref="BootMaePrecision.Float32"/>.
+        /// </summary>
+        public BootMaePrecision Precision = BootMaePrecision.Float32;
+
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
 
@@ -294,6 +302,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         Seed = seed,
         Device = device.Device,
         FallbackToCpu = device.FallbackToCpu,
+        Precision = o.Precision,
         LogEveryNSteps = o.LogEveryNSteps,
         ReturnModelOnCancellation = o.ReturnModelOnCancellation,
         EarlyStoppingPatience = o.EarlyStoppingPatience,

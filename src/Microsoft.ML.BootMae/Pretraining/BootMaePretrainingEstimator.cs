@@ -184,7 +184,8 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
 
         /// <summary>
         /// <see cref="BootMaePrecision.BFloat16"/> runs the momentum teacher in bfloat16 (32-bit master weights) where the
-        /// hardware has fast bfloat16 and falls back to 32-bit elsewhere. The fitted transformer infers in 32-bit.
+        /// hardware has fast bfloat16 and falls back to 32-bit elsewhere; <see cref="BootMaePrecision.BFloat16Mixed"/> also trains
+        /// the student in mixed precision there (bfloat16 matrix products, 32-bit master weights). The fitted transformer infers in 32-bit.
         /// Default <see cref="BootMaePrecision.BFloat16"/>.
         /// </summary>
         public BootMaePrecision Precision = BootMaePrecision.BFloat16;

@@ -78,7 +78,7 @@ public sealed class BootMaePretrainer
         var device = TorchDevices.Resolve(s.Device, s.GpuDeviceId, s.FallbackToCpu, log);
         long stepsPerEpoch = (count + s.BatchSize - 1) / s.BatchSize;
         long totalSteps = Math.Min(stepsPerEpoch * s.MaxEpochs, s.MaxSteps ?? long.MaxValue);
-        bool bf16Teacher = s.Precision == BootMaePrecision.BFloat16 && TorchDevices.HasFastBFloat16(device);
+        bool bf16Teacher = s.Precision != BootMaePrecision.Float32 && TorchDevices.HasFastBFloat16(device);
         var modelSettings = ToModelSettings(s, bf16Teacher);
         var schedules = CreateSchedules(totalSteps, s, log);
         log?.Invoke(string.Format(CultureInfo.InvariantCulture,
@@ -96,6 +96,7 @@ public sealed class BootMaePretrainer
 
         Hooks?.InitializeNetwork?.Invoke(network);
         network.to(device);
+        using var mixed = MixedPrecision.Configure(network, s.Precision, device, log);
         network.train();
         using var teacher = modelSettings.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
         if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)

@@ -89,7 +89,11 @@ internal sealed class ImageClassifierEngine : IDisposable
             }
 
             model.to(device);
-            new Trainer(model, numClasses, train, validation, settings, metricsCallback, log, device).Run(cancellationToken);
+            using (MixedPrecision.Configure(model, settings.Precision, device, log))
+            {
+                new Trainer(model, numClasses, train, validation, settings, metricsCallback, log, device).Run(cancellationToken);
+            }
+
             return new ImageClassifierEngine(model, device);
         }
         catch
