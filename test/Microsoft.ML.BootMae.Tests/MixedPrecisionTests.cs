@@ -53,11 +53,12 @@ public sealed class MixedPrecisionTests
         return a.dot(b).item<double>() / Math.Max(a.norm().item<double>() * b.norm().item<double>(), 1e-300);
     }
 
-    private static void AssertActivation(Tensor expected, Tensor actual, string what)
+    private static double AssertActivation(Tensor expected, Tensor actual, string what)
     {
         Assert.AreEqual(ScalarType.Float32, actual.dtype, what + " leaves the bf16 region in fp32");
         double err = RelL2(expected, actual);
         Assert.IsLessThanOrEqualTo(ActivationRelL2, err, what + " relative L2 error");
+        return err;
     }
 
     [TestMethod]
@@ -121,11 +122,15 @@ public sealed class MixedPrecisionTests
         var images = f["in.images"];
 
         var forward = net.Forward(images, masks);
-        AssertActivation(f["out.latent"], forward.Encoder.Latent, "encoder output");
-        AssertActivation(f["out.shallow"], forward.Encoder.Shallow, "shallow feature");
-        AssertActivation(f["out.deep"], forward.Encoder.Deep, "deep feature");
-        AssertActivation(f["out.pixels"], forward.Pixels, "regressor output");
-        AssertActivation(f["out.features"], forward.Features!, "predictor output");
+        double activationError = new[]
+        {
+            AssertActivation(f["out.latent"], forward.Encoder.Latent, "encoder output"),
+            AssertActivation(f["out.shallow"], forward.Encoder.Shallow, "shallow feature"),
+            AssertActivation(f["out.deep"], forward.Encoder.Deep, "deep feature"),
+            AssertActivation(f["out.pixels"], forward.Pixels, "regressor output"),
+            AssertActivation(f["out.features"], forward.Features!, "predictor output"),
+        }.Max();
+        double lossError = 0, gradCosine = 1, updateCosine = 1;
 
         // The teacher is not the student's module: it stays fp32 here (its own bf16 twin is a separate switch).
         var target = teacher.Forward(images);
@@ -137,6 +142,7 @@ public sealed class MixedPrecisionTests
         {
             double expected = scalars.GetProperty(name).GetDouble();
             Assert.AreEqual(expected, value.item<float>(), LossRel * expected, name);
+            lossError = Math.Max(lossError, Math.Abs(value.item<float>() - expected) / expected);
         }
 
         loss.Total.backward();
@@ -159,6 +165,7 @@ public sealed class MixedPrecisionTests
             if (norm > 1e-4 * largest)
             {
                 Assert.IsGreaterThanOrEqualTo(GradCosine, Cosine(expected, p.grad), "gradient direction " + key);
+                gradCosine = Math.Min(gradCosine, Cosine(expected, p.grad));
                 Assert.AreEqual(norm, p.grad.norm().item<float>(), GradNormRel * norm, "gradient norm " + key);
             }
             else
@@ -195,11 +202,15 @@ public sealed class MixedPrecisionTests
             var g = grads[key].abs();
             using var reliable = g.ge(g.max().mul(UpdateReliableFraction));
             Assert.IsGreaterThanOrEqualTo(UpdateCosine, Cosine(reference.masked_select(reliable), update.masked_select(reliable)), "AdamW update " + key);
+            updateCosine = Math.Min(updateCosine, Cosine(reference.masked_select(reliable), update.masked_select(reliable)));
             references.Add(reference.flatten());
             updates.Add(update.flatten());
         }
 
-        Assert.IsGreaterThanOrEqualTo(UpdateCosineAll, Cosine(cat(references, 0), cat(updates, 0)), "AdamW update, all entries of all tensors");
+        double updateCosineAll = Cosine(cat(references, 0), cat(updates, 0));
+        Assert.IsGreaterThanOrEqualTo(UpdateCosineAll, updateCosineAll, "AdamW update, all entries of all tensors");
+        Console.WriteLine($"mixed vs fp32 reference: activations rel L2 ≤ {activationError:E2}, losses rel ≤ {lossError:E2}, gradient cosine ≥ {gradCosine:F5}, " +
+            $"update cosine (reliable entries) ≥ {updateCosine:F4}, all entries {updateCosineAll:F4}");
 
         teacher.Update(net.Encoder, cfg.GetProperty("ema_momentum").GetDouble());
         var teacherState = teacher.Encoder.state_dict();
