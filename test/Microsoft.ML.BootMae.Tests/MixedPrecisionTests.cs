@@ -316,6 +316,61 @@ public sealed class MixedPrecisionTests
     }
 
     [TestMethod]
+    public void TrainersHonourBFloat16MixedAndFallBackToFp32WhereBf16IsSlow()
+    {
+        var split = FashionMnistSample.LoadArrays(trainPerClass: 4, testPerClass: 1).Train;
+        var pixels = new float[split.Count * 28 * 28];
+        for (int i = 0; i < split.Count; i++)
+        {
+            split.GetImage(i).CopyTo(pixels, i * 28 * 28);
+        }
+
+        var labels = split.Labels.Select(l => (int)l).ToArray();
+        bool fast = TorchDevices.HasFastBFloat16(CPU);
+        (List<float> Pretrain, List<float> FineTune, List<string> Log) Run(BootMaePrecision precision)
+        {
+            var pre = new List<float>();
+            var fine = new List<float>();
+            var log = new List<string>();
+            var settings = new BootMaePretrainerSettings
+            {
+                MaxEpochs = 1, BatchSize = 8, LearningRate = 3e-2, Seed = 5, Device = BootMaeDevice.Cpu, Precision = precision, LogEveryNSteps = 1,
+            };
+            var hooks = new PretrainingHooks
+            {
+                AfterStep = t => Assert.AreEqual(precision == BootMaePrecision.BFloat16Mixed && fast,
+                    t.Network.modules().OfType<IMixedPrecisionModule>().All(m => m.MixedPrecision), "the student is mixed exactly where bf16 is fast"),
+            };
+            using var encoder = new BootMaePretrainer(PretrainerTests.Tiny, settings) { Hooks = hooks }
+                .Train(new InMemoryImageSource(pixels, null, split.Count, 1, 28, 11, shuffle: true), m => pre.Add(m.Loss), log.Add);
+            var tune = new FineTuneSettings
+            {
+                MaxEpochs = 1, MaxSteps = 3, BatchSize = 8, LearningRate = 2e-3, Seed = 11, Device = BootMaeDevice.Cpu, LogEveryNSteps = 1, Precision = precision,
+            };
+            using var engine = ImageClassifierEngine.Train(encoder, 10, new InMemoryImageSource(pixels, labels, split.Count, 1, 28, 7, shuffle: true), null, tune,
+                m => fine.Add(m.Loss), log.Add, CancellationToken.None);
+            Assert.IsFalse(engine.Model.modules().OfType<IMixedPrecisionModule>().Any(m => m.MixedPrecision), "the fine-tuned model predicts in fp32");
+            return (pre, fine, log);
+        }
+
+        var fp32 = Run(BootMaePrecision.Float32);
+        var mixed = Run(BootMaePrecision.BFloat16Mixed);
+        Assert.IsTrue(fp32.Pretrain.Count >= 5 && fp32.FineTune.Count >= 3, $"reports: {fp32.Pretrain.Count} pretraining, {fp32.FineTune.Count} fine-tuning");
+        if (fast)
+        {
+            Assert.IsTrue(mixed.Log.Any(l => l.StartsWith("Mixed precision:", StringComparison.Ordinal)), string.Join(" | ", mixed.Log));
+            Assert.AreEqual(fp32.Pretrain[^1], mixed.Pretrain[^1], 2e-2 * fp32.Pretrain[^1], "mixed pretraining loss near fp32");
+        }
+        else
+        {
+            // No slow bf16 work: said once per trainer, then exactly the fp32 run.
+            Assert.AreEqual(2, mixed.Log.Count(l => l.StartsWith("bf16: not fast here", StringComparison.Ordinal)), string.Join(" | ", mixed.Log));
+            CollectionAssert.AreEqual(fp32.Pretrain, mixed.Pretrain, "pretraining identical to fp32");
+            CollectionAssert.AreEqual(fp32.FineTune, mixed.FineTune, "fine-tuning identical to fp32");
+        }
+    }
+
+    [TestMethod]
     public void ConfigureUsesMixedPrecisionOnlyWhereBf16IsFast()
     {
         using var scope = NewDisposeScope();
