@@ -225,6 +225,37 @@ public sealed class MixedPrecisionTests
     }
 
     [TestMethod]
+    public void MixedMaeModeMatchesTheFp32ReferenceWithinBf16Tolerances()
+    {
+        using var scope = NewDisposeScope();
+        var f = Safetensors.Load(Path.Combine(Dir, "mae.safetensors"));
+        var boot = Safetensors.Load(Path.Combine(Dir, "bootmae.safetensors"));
+        var scalars = JsonDocument.Parse(File.ReadAllText(Path.Combine(Dir, "parity.json"))).RootElement;
+        var cfg = scalars.GetProperty("config");
+        using var net = new BootMaeNetwork(ParityTests.Architecture, new BootMaeModelSettings { Mode = PretrainMode.Mae, MaeDecoderDepth = cfg.GetProperty("mae_dec_depth").GetInt32() });
+        var weights = WithPrefix(f, "w.");
+        weights["pos_embed"] = boot["table.pos_embed"];
+        weights["decoder_pos_embed"] = boot["table.de_pos_embed"];
+        net.LoadReferenceStateDict(weights);
+        MixedPrecision.Apply(net, true);
+        var ids = boot["in.ids_shuffle"];
+        using var masks = MaskBatch.FromShuffle(ids.data<long>().ToArray(), (int)ids.shape[0], (int)ids.shape[1], cfg.GetProperty("num_keep").GetInt32());
+        var images = boot["in.images"];
+        var forward = net.Forward(images, masks);
+        AssertActivation(f["out.pred"], forward.Pixels, "MAE decoder output");
+        var loss = BootMaeLosses.Compute(net, forward, images, masks, null, null, 0);
+        double expected = scalars.GetProperty("loss_mae").GetDouble();
+        Assert.AreEqual(expected, loss.Total.item<float>(), LossRel * expected, "MAE loss");
+        loss.Total.backward();
+        var named = net.named_parameters().ToDictionary(kv => BootMaeNetwork.ToReferenceKey(kv.name), kv => kv.parameter);
+        foreach (var key in new[] { "decoder_pred.weight", "blocks.0.attn.qkv.weight" })
+        {
+            Assert.AreEqual(ScalarType.Float32, named[key].grad!.dtype, "fp32 gradient of " + key);
+            Assert.IsGreaterThanOrEqualTo(GradCosine, Cosine(f["grad." + key], named[key].grad!), "gradient direction " + key);
+        }
+    }
+
+    [TestMethod]
     public void MixedPretrainingLossFallsAndStaysCloseToFp32()
     {
         var split = FashionMnistSample.LoadArrays(trainPerClass: 8, testPerClass: 1).Train;
