@@ -337,7 +337,7 @@ public sealed class BootMaeEncoder : IDisposable
         using var scope = NewDisposeScope();
         using var mode = inference_mode();
         // Without fast bf16 (an AVX2-only CPU) libtorch's bf16 kernels are a slow generic fallback: use fp32, as documented.
-        bool bf16 = precision == BootMaePrecision.BFloat16 && Training.TorchDevices.HasFastBFloat16(Device);
+        bool bf16 = precision != BootMaePrecision.Float32 && Training.TorchDevices.HasFastBFloat16(Device);
         var module = bf16 ? GetBFloat16Module() : Module;
         var input = Normalize(tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(Device), a);
         if (bf16)

@@ -35,6 +35,15 @@ public enum BootMaePrecision
     /// <summary>bfloat16 where it is safe: the momentum teacher in pretraining, the whole encoder for inference.
     /// Master weights stay in 32-bit. Falls back to <see cref="Float32"/> on hardware without fast bfloat16.</summary>
     BFloat16,
+
+    /// <summary>
+    /// Mixed-precision training: as <see cref="BFloat16"/>, and the student (in pretraining and fine-tuning) computes its
+    /// matrix products (linear layers, attention, patch embedding, pixel head) in bfloat16 from 32-bit master weights,
+    /// whose gradients and optimizer state stay 32-bit, as do LayerNorm, softmax statistics and the losses (PyTorch's
+    /// bf16 autocast; docs/gpu.md). Falls back to <see cref="Float32"/> on hardware without fast bfloat16. For
+    /// inference (the featurizer) it means the same as <see cref="BFloat16"/>.
+    /// </summary>
+    BFloat16Mixed,
 }
 
 /// <summary>Pretraining objective: BootMAE, or plain MAE as a baseline.</summary>

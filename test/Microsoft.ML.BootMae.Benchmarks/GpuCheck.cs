@@ -45,6 +45,10 @@ internal static class GpuCheck
         var bf16 = Losses(architecture, device, BootMaePrecision.BFloat16, steps, null, resume: false, out _);
         double bf16Diff = MaxRelative(gpu, bf16);
         ok &= Check("bf16_teacher_vs_fp32_on_device", bf16Diff <= BFloat16LossTolerance && bf16.All(float.IsFinite), new { bf16_losses = bf16, max_rel_loss_diff = bf16Diff, tolerance = BFloat16LossTolerance });
+        // The mixed student (bf16 matrix products, fp32 masters) on top of the bf16 teacher; fp32 where bf16 is not fast.
+        var mixed = Losses(architecture, device, BootMaePrecision.BFloat16Mixed, steps, null, resume: false, out _);
+        double mixedDiff = MaxRelative(gpu, mixed);
+        ok &= Check("mixed_student_vs_fp32_on_device", mixedDiff <= BFloat16LossTolerance && mixed.All(float.IsFinite), new { mixed_losses = mixed, max_rel_loss_diff = mixedDiff, tolerance = BFloat16LossTolerance });
 
         // A run cancelled on the GPU after half its steps resumes on the CPU from the checkpoint that cancelling wrote,
         // and ends where the GPU run that went straight through ended.

@@ -151,7 +151,7 @@ internal static class BenchmarkCommands
 
 internal sealed record StepResult(string impl, string mode, string config, string precision, int batch, int steps, double ms_per_step_median,
     double ms_per_step_min, double images_per_s, double peak_rss_mb, double flops_per_step, double gemm_gflops_calib, double mfu,
-    double loss_first, double loss_last, int threads, string device, double teacher_flops, double gemm_bf16_gflops_calib, bool bf16_fast);
+    double loss_first, double loss_last, int threads, string device, double teacher_flops, double gemm_bf16_gflops_calib, bool bf16_fast, bool tf32 = false);
 
 internal sealed class Arguments
 {
@@ -167,6 +167,7 @@ internal sealed class Arguments
     public BootMaeDevice Device => DeviceOption ?? BootMaeDevice.Cpu;
     public BootMaePrecision Precision { get; init; } = BootMaePrecision.BFloat16;
     public double TeacherFraction { get; init; } = 1.0;
+    public bool Tf32 { get; init; }
     public int Rounds { get; init; } = 2;
     public double LearningRate { get; init; } = new BootMaePretrainerSettings().LearningRate;
     public bool NormPixTarget { get; init; } = true;
@@ -183,24 +184,29 @@ internal sealed class Arguments
     {
         "tiny28" => BootMaeArchitecture.Tiny28,
         "small32" => BootMaeArchitecture.Small32,
+        "vitb16" => BootMaeArchitecture.VitBase16,
         // The samples' default: Tiny28 cut to D 128, depth 4.
         "small28" => BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 },
-        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28 or small32."),
+        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28, small32 or vitb16."),
     };
 }
 
 /// <summary>The options of the commands that read <see cref="Arguments"/>, with the defaults they always had.</summary>
 internal sealed class ArgumentOptions
 {
-    public Option<string> Preset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape", "tiny28", "tiny28", ("tiny28", "tiny28"), ("small28", "small28"), ("small32", "small32"));
+    public Option<string> Preset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape", "tiny28", "tiny28", ("tiny28", "tiny28"), ("small28", "small28"), ("small32", "small32"), ("vitb16", "vitb16"));
     public Option<BootMaeMode> Mode { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--mode", "BootMAE or plain MAE", BootMaeMode.BootMae, "bootmae", ("bootmae", BootMaeMode.BootMae), ("mae", BootMaeMode.Mae));
     public Option<int> Batch { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--batch", "Images per step", 128);
     public Option<int> Steps { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--steps", "Timed steps", 12);
     public Option<int> Warmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first", 3, min: 0);
     public Option<int?> Threads { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--threads", "torch intra-op threads [default: torch's]");
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
-    public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision", "Teacher precision (bf16 where the CPU or GPU has it fast)", BootMaePrecision.BFloat16, "bf16",
-        ("bf16", BootMaePrecision.BFloat16), ("bfloat16", BootMaePrecision.BFloat16), ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32));
+    public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision",
+        "bf16: bf16 teacher, fp32 student; mixed: also the student's matrix products in bf16 (fp32 masters); fp32: all fp32. bf16 and mixed only where bf16 is fast, fp32 elsewhere",
+        BootMaePrecision.BFloat16, "bf16",
+        ("bf16", BootMaePrecision.BFloat16), ("bfloat16", BootMaePrecision.BFloat16), ("mixed", BootMaePrecision.BFloat16Mixed), ("bf16-mixed", BootMaePrecision.BFloat16Mixed),
+        ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32));
+    public Option<bool> Tf32 { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Bool("--tf32", "CUDA: allow TF32 for fp32 matrix products (torch.backends.cuda.matmul.allow_tf32)", false);
     public Option<double> TeacherFraction { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--teacher-fraction", "Share of the patches the teacher sees", 1.0, 0, 1);
     public Option<int> Rounds { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--rounds", "MAE-then-BootMAE rounds", 2);
     public Option<double> LearningRate { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--lr", "Base learning rate", new BootMaePretrainerSettings().LearningRate, 0);
@@ -216,7 +222,7 @@ internal sealed class ArgumentOptions
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
-    public Option[] Step => [Preset, Mode, Batch, Steps, Warmup, Threads, Device, Precision, TeacherFraction];
+    public Option[] Step => [Preset, Mode, Batch, Steps, Warmup, Threads, Device, Precision, TeacherFraction, Tf32];
 
     /// <summary>The arguments of <paramref name="command"/>; options the command does not have keep their defaults.</summary>
     public Arguments Bind(ParseResult parse, string command)
@@ -235,6 +241,7 @@ internal sealed class ArgumentOptions
             DeviceOption = Get(Device, d.DeviceOption),
             Precision = Get(Precision, d.Precision),
             TeacherFraction = Get(TeacherFraction, d.TeacherFraction),
+            Tf32 = Get(Tf32, d.Tf32),
             Rounds = Get(Rounds, d.Rounds),
             LearningRate = Get(LearningRate, d.LearningRate),
             NormPixTarget = Get(NormPix, d.NormPixTarget),
@@ -263,6 +270,14 @@ internal static class StepBenchmark
             Device = args.Device, FallbackToCpu = false, Precision = args.Precision, TeacherFraction = args.TeacherFraction, LogEveryNSteps = 1, Seed = 7,
         };
         var device = args.Device == BootMaeDevice.Cuda ? CUDA : CPU;
+        bool cuda = device.type == TorchSharp.DeviceType.CUDA;
+        bool tf32Before = cuda && TorchSharp.torch.backends.cuda.matmul.allow_tf32;
+        if (cuda)
+        {
+            // Process-wide; set for this run only (the mixed student allows it itself for its run).
+            TorchSharp.torch.backends.cuda.matmul.allow_tf32 = args.Tf32;
+        }
+
         var source = Data.Source(architecture, args.Batch * 4);
         var stamps = new List<(long Step, double Seconds, float Loss)>();
         var clock = Stopwatch.StartNew();
@@ -277,6 +292,11 @@ internal static class StepBenchmark
         {
         }
 
+        if (cuda)
+        {
+            TorchSharp.torch.backends.cuda.matmul.allow_tf32 = tf32Before;
+        }
+
         // Each report follows its step; per-step time is the gap between consecutive reports.
         var times = stamps.Zip(stamps.Skip(1)).Skip(args.Warmup - 1).Select(p => (p.Second.Seconds - p.First.Seconds) * 1000).OrderBy(t => t).ToList();
         double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
@@ -286,16 +306,28 @@ internal static class StepBenchmark
         var (gemm, gemmBf16) = _gemm ??= (GemmCalibration(device, ScalarType.Float32), fastBf16 ? GemmCalibration(device, ScalarType.BFloat16) : 0);
         if (!fastBf16)
         {
-            BFloat16Note.NotFastHere("the teacher runs in fp32 and the bf16 calibration is skipped");
+            BFloat16Note.NotFastHere(args.Precision == BootMaePrecision.BFloat16Mixed
+                ? "the mixed student and the teacher run in fp32 and the bf16 calibration is skipped"
+                : "the teacher runs in fp32 and the bf16 calibration is skipped");
         }
 
         return new StepResult("torchsharp", mode == BootMaeMode.Mae ? "mae" : "bootmae",
             $"{args.Preset} {architecture.ImageSize}x{architecture.ImageSize}x{architecture.Channels} p{architecture.PatchSize} d{architecture.EmbedDim} L{architecture.Depth} reg{architecture.RegressorDim} dec{(mode == BootMaeMode.Mae ? settings.MaeDecoderDepth : architecture.DecoderDepth)} tf{args.TeacherFraction}",
-            args.Precision == BootMaePrecision.BFloat16 && mode == BootMaeMode.BootMae && fastBf16 ? "fp32 student, bf16 teacher" : "fp32",
+            PrecisionLabel(args.Precision, mode, fastBf16, args.Tf32 && cuda),
             args.Batch, times.Count, Math.Round(median, 1), Math.Round(times[0], 1), Math.Round(args.Batch / (median / 1000), 1), PeakRssMb(),
             flops, Math.Round(gemm, 1), Math.Round(flops / (median / 1000) / (gemm * 1e9), 3),
             stamps[0].Loss, stamps[^1].Loss, get_num_threads(), device.type == TorchSharp.DeviceType.CUDA ? "cuda" : "cpu",
-            FlopCounter.Teacher(architecture, settings, args.Batch), Math.Round(gemmBf16, 1), fastBf16);
+            FlopCounter.Teacher(architecture, settings, args.Batch), Math.Round(gemmBf16, 1), fastBf16, args.Tf32 && cuda);
+    }
+
+    // What actually ran: bf16 only where it is fast (the pretrainer falls back to fp32 elsewhere, as this says).
+    internal static string PrecisionLabel(BootMaePrecision precision, BootMaeMode mode, bool fastBf16, bool tf32)
+    {
+        string fp32 = tf32 ? "fp32 (tf32)" : "fp32";
+        bool teacher = mode == BootMaeMode.BootMae && precision != BootMaePrecision.Float32 && fastBf16;
+        return precision == BootMaePrecision.BFloat16Mixed && fastBf16
+            ? teacher ? "mixed bf16 student, bf16 teacher" : "mixed bf16 student"
+            : teacher ? $"{fp32} student, bf16 teacher" : fp32;
     }
 
     // GEMM throughput of this process in one dtype: the best of several 2048³ products (8192³ on a GPU).
@@ -376,13 +408,14 @@ internal static class PhaseProfile
         var settings = new BootMaePretrainerSettings { Precision = args.Precision, TeacherFraction = args.TeacherFraction };
         // As the pretrainer decides: a bf16 teacher only where bf16 is fast (elsewhere it is libtorch's slow fallback).
         bool fastBf16 = Microsoft.ML.BootMae.Training.TorchDevices.HasFastBFloat16(CPU);
-        if (args.Precision == BootMaePrecision.BFloat16 && !fastBf16)
+        if (args.Precision != BootMaePrecision.Float32 && !fastBf16)
         {
-            BFloat16Note.NotFastHere("the teacher is profiled in fp32");
+            BFloat16Note.NotFastHere("the teacher and the student are profiled in fp32");
         }
 
-        bool bf16Teacher = args.Precision == BootMaePrecision.BFloat16 && fastBf16;
+        bool bf16Teacher = args.Precision != BootMaePrecision.Float32 && fastBf16;
         using var network = Microsoft.ML.BootMae.Modules.BootMaeNetwork.Create(a, settings, 1);
+        Microsoft.ML.BootMae.Modules.MixedPrecision.Apply(network, args.Precision == BootMaePrecision.BFloat16Mixed && fastBf16);
         using var teacher = new Microsoft.ML.BootMae.Modules.MomentumTeacher(network.Encoder, bf16Teacher);
         using var optimizer = ParameterGroups.CreateAdamW(network, 1e-4, 0.05);
         var times = new Dictionary<string, List<double>>();

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Packs the benchmarks app and the Quickstart sample, with a .NET runtime, into .devicekit/ (git-ignored) for a GPU
 # machine that has an NVIDIA driver and a CUDA build of PyTorch but no .NET SDK and no NuGet access. There,
-# `bash .devicekit/run.sh env gpucheck gpubench quickstart` runs them against PyTorch's libtorch (see docs/gpu.md).
+# `bash .devicekit/run.sh env gpucheck gpubench quickstart` runs them against PyTorch's libtorch (see docs/gpu.md);
+# `mixedbench` also times the same BootMAE step in that PyTorch (torch_bootmae_step.py, copied into the kit).
 # The libtorch files are left out of the kit: the machine's own CUDA libtorch replaces them (under 64 MB in all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,4 +30,5 @@ root=$(dirname "$(readlink -f "$(command -v dotnet)")")
 fx=$(ls -d "$root"/shared/Microsoft.NETCore.App/10.* | sort -V | tail -1)
 (cd "$root" && tar -cf - dotnet host/fxr "${fx#$root/}") | xz -T0 -6 > "$kit/dotnet.tar.xz"
 cp tools/gpu/run_kit.sh "$kit/run.sh"
+cp tools/gpu/torch_bootmae_step.py "$kit/"
 du -sh "$kit"/*

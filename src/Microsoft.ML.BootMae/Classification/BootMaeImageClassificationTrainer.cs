@@ -105,6 +105,14 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// early stopping and best-model selection use its loss. Default <c>null</c>.</summary>
         public IDataView? ValidationSet;
 
+        /// <summary>
+        /// <see cref="BootMaePrecision.BFloat16Mixed"/> fine-tunes in mixed precision (bfloat16 matrix products, 32-bit master
+        /// weights, optimizer state, norms and loss) where the hardware has fast bfloat16, and in 32-bit elsewhere;
+        /// <see cref="BootMaePrecision.Float32"/> and <see cref="BootMaePrecision.BFloat16"/> (which has no teacher to apply to here)
+        /// train in 32-bit. The fitted transformer predicts in 32-bit. Default <see cref="BootMaePrecision.Float32"/>.
+        /// </summary>
+        public BootMaePrecision Precision { get => Training.Precision; set => Training.Precision = value; }
+
         /// <summary>Images per forward pass when the fitted transformer runs. Default 32.</summary>
         public int InferenceBatchSize = Defaults.InferenceBatchSize;
 

@@ -6,7 +6,7 @@ namespace Microsoft.ML.BootMae.Modules;
 
 // BEiT-style multi-head self-attention: one fused qkv Linear without bias, plus learnable q_bias and v_bias
 // (k has no bias). Inner width = heads·(dim / heads), which can be below dim (the 504 quirk of spec §2.3).
-internal sealed class Attention : nn.Module<Tensor, Tensor>
+internal sealed class Attention : nn.Module<Tensor, Tensor>, IMixedPrecisionModule
 {
     private readonly Linear qkv;
     private readonly Parameter q_bias;
@@ -27,16 +27,18 @@ internal sealed class Attention : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public bool MixedPrecision { get; set; }
+
     public override Tensor forward(Tensor x)
     {
         long b = x.shape[0];
         long n = x.shape[1];
         var bias = cat(new[] { q_bias, zeros_like(v_bias), v_bias }, 0);
-        var qkvOut = nn.functional.linear(x, qkv.weight!, bias)
+        var qkvOut = Modules.MixedPrecision.Linear(x, qkv.weight!, bias, MixedPrecision)
             .reshape(b, n, 3, heads, headDim)
             .permute(2, 0, 3, 1, 4);
         var o = AttentionKernels.Attend(qkvOut[0], qkvOut[1], qkvOut[2]);
-        return proj.forward(o.transpose(1, 2).reshape(b, n, heads * headDim));
+        return Modules.MixedPrecision.Linear(proj, o.transpose(1, 2).reshape(b, n, heads * headDim), MixedPrecision);
     }
 
     public void Initialize(Generator generator)

@@ -7,7 +7,7 @@ namespace Microsoft.ML.BootMae.Modules;
 // Head on the pooled features (spec §6). Fine-tune: fc_norm (new LN) → Linear, weight trunc-normal std 0.02 scaled
 // by 0.001, bias 0. Linear probe (MAE main_linprobe): fc_norm (fresh and frozen, so unit affine) →
 // BatchNorm1d(affine: false, eps 1e-6) → Linear, weight trunc-normal std 0.01, bias 0.
-internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
+internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>, IMixedPrecisionModule
 {
     private readonly LayerNorm fc_norm;
     private readonly BatchNorm1d? bn;
@@ -26,6 +26,8 @@ internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
 
     public Linear Linear => head;
 
+    public bool MixedPrecision { get; set; }
+
     // features B×D → logits B×K.
     public override Tensor forward(Tensor features)
     {
@@ -35,7 +37,7 @@ internal sealed class ClassificationHead : nn.Module<Tensor, Tensor>
             x = BatchNorm(bn, x);
         }
 
-        return head.forward(x);
+        return Modules.MixedPrecision.Linear32(head, x, MixedPrecision);
     }
 
     /// <summary>

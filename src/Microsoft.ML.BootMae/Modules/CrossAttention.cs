@@ -6,7 +6,7 @@ namespace Microsoft.ML.BootMae.Modules;
 
 // Multi-head cross-attention of the decoder blocks: queries from the decoder stream (1+N tokens), keys/values from the
 // injected encoder feature (1+N_v tokens). q and kv have no Linear bias; q_bias and v_bias are added, k has none.
-internal sealed class CrossAttention : nn.Module<Tensor, Tensor, Tensor>
+internal sealed class CrossAttention : nn.Module<Tensor, Tensor, Tensor>, IMixedPrecisionModule
 {
     private readonly Linear q;
     private readonly Linear kv;
@@ -29,16 +29,18 @@ internal sealed class CrossAttention : nn.Module<Tensor, Tensor, Tensor>
         RegisterComponents();
     }
 
+    public bool MixedPrecision { get; set; }
+
     public override Tensor forward(Tensor x, Tensor context)
     {
         long b = x.shape[0];
         long n = x.shape[1];
         long m = context.shape[1];
-        var query = nn.functional.linear(x, q.weight!, q_bias).reshape(b, n, heads, headDim).transpose(1, 2);
+        var query = Modules.MixedPrecision.Linear(x, q.weight!, q_bias, MixedPrecision).reshape(b, n, heads, headDim).transpose(1, 2);
         var kvBias = cat(new[] { zeros_like(v_bias), v_bias }, 0);
-        var keyValue = nn.functional.linear(context, kv.weight!, kvBias).reshape(b, m, 2, heads, headDim).permute(2, 0, 3, 1, 4);
+        var keyValue = Modules.MixedPrecision.Linear(context, kv.weight!, kvBias, MixedPrecision).reshape(b, m, 2, heads, headDim).permute(2, 0, 3, 1, 4);
         var o = AttentionKernels.Attend(query, keyValue[0], keyValue[1]);
-        return proj.forward(o.transpose(1, 2).reshape(b, n, heads * headDim));
+        return Modules.MixedPrecision.Linear(proj, o.transpose(1, 2).reshape(b, n, heads * headDim), MixedPrecision);
     }
 
     public void Initialize(Generator generator)

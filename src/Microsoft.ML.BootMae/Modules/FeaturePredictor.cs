@@ -8,7 +8,7 @@ namespace Microsoft.ML.BootMae.Modules;
 // Feature predictor (spec §2.4): down_1, mask_token_1, decode_blocks_1, decode_norm_1, lm_head_1 (one Linear D→D).
 // Mask tokens get the encoder's table (passed to forward, not owned, so there is no duplicate key); cross-attention reads the
 // deep (pre-LN) feature.
-internal sealed class FeaturePredictor : nn.Module
+internal sealed class FeaturePredictor : nn.Module, IMixedPrecisionModule
 {
     private readonly Linear down_1;
     private readonly Parameter mask_token_1;
@@ -30,16 +30,18 @@ internal sealed class FeaturePredictor : nn.Module
 
     public IReadOnlyList<DecoderBlock> Blocks => decode_blocks_1.ToList();
 
+    public bool MixedPrecision { get; set; }
+
     // Returns the predicted features of all patches, B×N×D. encoderPositions is the encoder's 1×(1+N)×D table.
     public Tensor forward(Tensor latent, Tensor? context, MaskBatch masks, Tensor encoderPositions)
     {
-        var x = DecoderSequence.Assemble(down_1.forward(latent), mask_token_1, encoderPositions, masks);
+        var x = DecoderSequence.Assemble(Modules.MixedPrecision.Linear32(down_1, latent, MixedPrecision), mask_token_1, encoderPositions, masks);
         foreach (var block in decode_blocks_1)
         {
             x = block.forward(x, context);
         }
 
-        return lm_head_1.forward(decode_norm_1.forward(x)[.., 1..]);
+        return Modules.MixedPrecision.Linear32(lm_head_1, decode_norm_1.forward(x)[.., 1..], MixedPrecision);
     }
 
     public void Initialize(Generator generator)

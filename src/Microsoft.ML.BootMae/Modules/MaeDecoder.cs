@@ -8,7 +8,7 @@ namespace Microsoft.ML.BootMae.Modules;
 // MAE-mode decoder (spec §8): decoder_embed, mask_token, decoder_pos_embed (added to every token, cls slot included),
 // plain blocks (no cross-attention), decoder_norm, decoder_pred Linear(d_r → P²C). Output B×N×P²C in MAE's patchify
 // order (p, q, c).
-internal sealed class MaeDecoder : nn.Module<Tensor, MaskBatch, Tensor>
+internal sealed class MaeDecoder : nn.Module<Tensor, MaskBatch, Tensor>, IMixedPrecisionModule
 {
     private readonly Linear decoder_embed;
     private readonly Parameter mask_token;
@@ -32,15 +32,17 @@ internal sealed class MaeDecoder : nn.Module<Tensor, MaskBatch, Tensor>
 
     public int Depth => decoder_blocks.Count;
 
+    public bool MixedPrecision { get; set; }
+
     public override Tensor forward(Tensor latent, MaskBatch masks)
     {
-        var x = DecoderSequence.Assemble(decoder_embed.forward(latent), mask_token, null, masks).add(decoder_pos_embed, TorchScalars.One);
+        var x = DecoderSequence.Assemble(Modules.MixedPrecision.Linear32(decoder_embed, latent, MixedPrecision), mask_token, null, masks).add(decoder_pos_embed, TorchScalars.One);
         foreach (var block in decoder_blocks)
         {
             x = block.forward(x);
         }
 
-        return decoder_pred.forward(decoder_norm.forward(x)[.., 1..]);
+        return Modules.MixedPrecision.Linear32(decoder_pred, decoder_norm.forward(x)[.., 1..], MixedPrecision);
     }
 
     public void Initialize(Generator generator)

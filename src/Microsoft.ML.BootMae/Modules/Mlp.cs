@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.BootMae.Modules;
 
 // Linear → GELU (exact erf form) → Linear.
-internal sealed class Mlp : nn.Module<Tensor, Tensor>
+internal sealed class Mlp : nn.Module<Tensor, Tensor>, IMixedPrecisionModule
 {
     private readonly Linear fc1;
     private readonly Linear fc2;
@@ -17,7 +17,11 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => fc2.forward(nn.functional.gelu(fc1.forward(x)));
+    public bool MixedPrecision { get; set; }
+
+    // Mixed: GELU runs on fc1's bf16 output, so fc2 needs no cast (as under autocast).
+    public override Tensor forward(Tensor x)
+        => Modules.MixedPrecision.Linear(fc2, nn.functional.gelu(Modules.MixedPrecision.Linear(fc1, x, MixedPrecision)), MixedPrecision);
 
     public void Initialize(Generator generator)
     {

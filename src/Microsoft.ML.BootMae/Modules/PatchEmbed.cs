@@ -5,20 +5,25 @@ using static TorchSharp.torch;
 namespace Microsoft.ML.BootMae.Modules;
 
 // Conv2d with kernel = stride = patch size; tokens come out in row-major order (n = row·W + col).
-internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>
+internal sealed class PatchEmbed : nn.Module<Tensor, Tensor>, IMixedPrecisionModule
 {
     private readonly Conv2d proj;
+    private readonly int patchSize;
 
     public PatchEmbed(int channels, int embedDim, int patchSize) : base(nameof(PatchEmbed))
     {
         proj = OwnedTensors.Build(() => nn.Conv2d(channels, embedDim, patchSize, stride: patchSize));
+        this.patchSize = patchSize;
         RegisterComponents();
     }
 
     public Conv2d Projection => proj;
 
+    public bool MixedPrecision { get; set; }
+
     // images B×C×H×W → tokens B×N×D.
-    public override Tensor forward(Tensor images) => proj.forward(images).flatten(2).transpose(1, 2);
+    // Mixed: the tokens stay bf16 until the fp32 position table is added.
+    public override Tensor forward(Tensor images) => Modules.MixedPrecision.PatchConv(proj, images, patchSize, MixedPrecision).flatten(2).transpose(1, 2);
 
     public void Initialize(Generator generator)
     {

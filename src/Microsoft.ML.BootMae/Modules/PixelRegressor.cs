@@ -8,7 +8,7 @@ namespace Microsoft.ML.BootMae.Modules;
 // Pixel regressor (spec §2.3). Field names are the reference's top-level keys: down, mask_token, de_pos_embed,
 // decode_blocks, decode_norm, lm_head (lm_head.proj is the ConvTranspose2d). Mask tokens get the d_r-wide table,
 // visible tokens get no decoder PE. Cross-attention reads the shallow (pre-LN) encoder feature.
-internal sealed class PixelRegressor : nn.Module<Tensor, Tensor?, MaskBatch, Tensor>
+internal sealed class PixelRegressor : nn.Module<Tensor, Tensor?, MaskBatch, Tensor>, IMixedPrecisionModule
 {
     private readonly Linear down;
     private readonly Parameter mask_token;
@@ -32,11 +32,13 @@ internal sealed class PixelRegressor : nn.Module<Tensor, Tensor?, MaskBatch, Ten
 
     public IReadOnlyList<DecoderBlock> Blocks => decode_blocks.ToList();
 
+    public bool MixedPrecision { get; set; }
+
     // latent: final-LN encoder output B×(1+N_v)×D; context: shallow feature or null when injection is off.
     // Returns the predicted image B×C×H×W.
     public override Tensor forward(Tensor latent, Tensor? context, MaskBatch masks)
     {
-        var x = DecoderSequence.Assemble(down.forward(latent), mask_token, de_pos_embed, masks);
+        var x = DecoderSequence.Assemble(Modules.MixedPrecision.Linear32(down, latent, MixedPrecision), mask_token, de_pos_embed, masks);
         foreach (var block in decode_blocks)
         {
             x = block.forward(x, context);

@@ -77,7 +77,7 @@ public sealed class BootMaePretrainer
         var device = TorchDevices.Resolve(s.Device, s.GpuDeviceId, s.FallbackToCpu, log);
         long stepsPerEpoch = (count + s.BatchSize - 1) / s.BatchSize;
         long totalSteps = Math.Min(stepsPerEpoch * s.MaxEpochs, s.MaxSteps ?? long.MaxValue);
-        bool bf16Teacher = s.Precision == BootMaePrecision.BFloat16 && TorchDevices.HasFastBFloat16(device);
+        bool bf16Teacher = s.Precision != BootMaePrecision.Float32 && TorchDevices.HasFastBFloat16(device);
         var schedules = Schedules.ForPretraining(totalSteps, s, log);
         log?.Invoke(string.Format(CultureInfo.InvariantCulture,
             "BootMAE pretraining ({0}): {1} images, batch {2}, {3} steps ({4} per epoch), peak lr {5:E2}, teacher {6}{7}.",
@@ -94,6 +94,7 @@ public sealed class BootMaePretrainer
 
         Hooks?.InitializeNetwork?.Invoke(network);
         network.to(device);
+        using var mixed = MixedPrecision.Configure(network, s.Precision, device, log);
         network.train();
         using var teacher = s.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
         if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)

@@ -149,7 +149,8 @@ public sealed class BootMaePretrainerSettings
     public double EmaRamp2EndFraction = 0.5;
 
     /// <summary><see cref="BootMaePrecision.BFloat16"/> (default) runs the teacher in bfloat16 (fp32 master weights) where the hardware
-    /// has fast bfloat16 (CUDA, or CPUs with AVX-512 BF16/AMX), and falls back to fp32 elsewhere.</summary>
+    /// has fast bfloat16 (CUDA, or CPUs with AVX-512 BF16/AMX), and falls back to fp32 elsewhere. <see cref="BootMaePrecision.BFloat16Mixed"/>
+    /// also trains the student in mixed precision there (bf16 matrix products, fp32 masters; docs/gpu.md).</summary>
     public BootMaePrecision Precision = BootMaePrecision.BFloat16;
 
     // ---- Losses and their targets ----

@@ -109,6 +109,9 @@ public sealed class FineTuneSettings
     /// <summary>Where to train. Default <see cref="BootMaeDevice.Auto"/>.</summary>
     public BootMaeDevice Device { get; set; } = BootMaeDevice.Auto;
 
+    /// <summary><see cref="BootMaePrecision.BFloat16Mixed"/>: mixed-precision training where bf16 is fast; anything else trains in fp32. Default Float32.</summary>
+    public BootMaePrecision Precision { get; set; } = BootMaePrecision.Float32;
+
     /// <summary>With <see cref="BootMaeDevice.Cuda"/> and no usable GPU, train on the CPU instead of failing. Default true.</summary>
     public bool FallbackToCpu { get; set; } = true;
 

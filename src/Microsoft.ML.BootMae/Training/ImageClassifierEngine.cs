@@ -77,7 +77,11 @@ internal sealed class ImageClassifierEngine : IDisposable
             }
 
             model.to(device);
-            new FineTuneRun(model, numClasses, train, validation, settings, metricsCallback, log, device).Run(cancellationToken);
+            using (MixedPrecision.Configure(model, settings.Precision, device, log))
+            {
+                new FineTuneRun(model, numClasses, train, validation, settings, metricsCallback, log, device).Run(cancellationToken);
+            }
+
             return new ImageClassifierEngine(model, device);
         }
         catch
