@@ -101,7 +101,7 @@ public sealed class BootMaeEncoder : IDisposable
         var module = new VisionTransformerEncoder(header.Architecture);
         try
         {
-            LoadWeights(module, weights, strict: true, source: "the encoder file");
+            EncoderWeights.Load(module, weights, strict: true, source: "the encoder file");
             return new BootMaeEncoder(module, header.Architecture);
         }
         catch
@@ -203,7 +203,7 @@ public sealed class BootMaeEncoder : IDisposable
                 {
                     var (weights, _) = PyTorchWeights.ToEncoderKeys(raw);
                     EncoderImport.FitPositionTable(weights, architecture, path, log);
-                    LoadWeights(module, weights, strict: true, source: $"'{path}'");
+                    EncoderWeights.Load(module, weights, strict: true, source: $"'{path}'");
                 }
 
                 return new BootMaeEncoder(module, architecture);
@@ -294,14 +294,7 @@ public sealed class BootMaeEncoder : IDisposable
     public BootMaeEncoder Clone()
     {
         using var use = _gate.Enter(this);
-        var module = new VisionTransformerEncoder(Architecture);
-        using (var scope = NewDisposeScope())
-        {
-            var weights = Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
-            LoadWeights(module, weights, strict: true, source: "the source encoder");
-        }
-
-        return new BootMaeEncoder(module.to(Device), Architecture);
+        return new BootMaeEncoder(EncoderWeights.Copy(Module, Architecture, "the source encoder").to(Device), Architecture);
     }
 
     /// <inheritdoc />
@@ -333,13 +326,12 @@ public sealed class BootMaeEncoder : IDisposable
             throw new ArgumentOutOfRangeException(nameof(sourceBlock), sourceBlock, $"SourceBlock must be in [0, {a.Depth - 1}] for this {a.Depth}-block encoder.");
         }
 
-        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
         using var scope = NewDisposeScope();
         using var mode = inference_mode();
         // Without fast bf16 (an AVX2-only CPU) libtorch's bf16 kernels are a slow generic fallback: use fp32, as documented.
         bool bf16 = precision == BootMaePrecision.BFloat16 && Training.TorchDevices.HasFastBFloat16(Device);
         var module = bf16 ? GetBFloat16Module() : Module;
-        var input = Normalize(tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(Device), a);
+        var input = InputNormalization.Input(pixels01, count, a, Device);
         if (bf16)
         {
             input = input.to(ScalarType.BFloat16);
@@ -377,48 +369,13 @@ public sealed class BootMaeEncoder : IDisposable
     internal static string Describe(BootMaeArchitecture a) =>
         $"ImageSize {a.ImageSize}, PatchSize {a.PatchSize}, Channels {a.Channels}, EmbedDim {a.EmbedDim}, Depth {a.Depth}, MlpRatio {a.MlpRatio}";
 
-    internal static void LoadWeights(VisionTransformerEncoder module, IReadOnlyDictionary<string, Tensor> weights, bool strict, string source)
-    {
-        var own = module.state_dict();
-        var missing = own.Keys.Where(k => !weights.ContainsKey(k)).ToList();
-        var unexpected = weights.Keys.Where(k => !own.ContainsKey(k)).ToList();
-        if (strict && (missing.Count > 0 || unexpected.Count > 0))
-        {
-            throw new InvalidDataException(
-                $"{source} does not match this encoder architecture. Missing: [{string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? ", …" : "")}]. " +
-                $"Unexpected: [{string.Join(", ", unexpected.Take(8))}{(unexpected.Count > 8 ? ", …" : "")}]. Check ImageSize, PatchSize, Channels, EmbedDim and Depth.");
-        }
-
-        using var _ = no_grad();
-        foreach (var (key, target) in own)
-        {
-            if (!weights.TryGetValue(key, out var value))
-            {
-                continue;
-            }
-
-            if (!value.shape.SequenceEqual(target.shape))
-            {
-                throw new InvalidDataException(
-                    $"{source}: '{key}' has shape [{string.Join(", ", value.shape)}] but this architecture needs [{string.Join(", ", target.shape)}]. Check ImageSize, PatchSize, Channels, EmbedDim and Depth.");
-            }
-
-            target.copy_(value);
-        }
-    }
-
     private VisionTransformerEncoder GetBFloat16Module()
     {
         lock (_bf16Gate)
         {
             if (_bf16Module is null)
             {
-                var copy = new VisionTransformerEncoder(Architecture);
-                using (var scope = NewDisposeScope())
-                {
-                    LoadWeights(copy, Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "the encoder");
-                }
-
+                var copy = EncoderWeights.Copy(Module, Architecture, "the encoder");
                 copy.to(Device).to(ScalarType.BFloat16).eval();
                 _bf16Module = copy;
             }
@@ -427,11 +384,11 @@ public sealed class BootMaeEncoder : IDisposable
         }
     }
 
+    // Encoder files may go to a folder that does not exist yet.
     private static void WriteAtomically(string path, Action<Stream> write)
     {
-        var full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        DurableFiles.WriteAtomically(full, write);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        DurableFiles.WriteAtomically(path, write);
     }
 
     private static void DisposeAll(Dictionary<string, Tensor> tensors)

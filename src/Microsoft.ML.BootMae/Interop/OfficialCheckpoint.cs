@@ -269,7 +269,7 @@ internal static class OfficialCheckpoint
             var source = state.Ema ?? state.Model;
             var encoderKeys = teacher.Encoder.state_dict().Keys.ToHashSet(StringComparer.Ordinal);
             var weights = source.Where(kv => encoderKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
-            BootMaeEncoder.LoadWeights(teacher.Encoder, weights, strict: true, source: $"'{path}' ({(state.Ema is null ? "model" : "model_ema")})");
+            EncoderWeights.Load(teacher.Encoder, weights, strict: true, source: $"'{path}' ({(state.Ema is null ? "model" : "model_ema")})");
             teacher.SyncAfterLoad();
             teacherNote = state.Ema is null ? "no model_ema in the file, so the teacher starts as the student's encoder" : "teacher from model_ema";
         }

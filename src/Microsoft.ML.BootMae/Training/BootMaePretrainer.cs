@@ -90,8 +90,7 @@ public sealed class BootMaePretrainer
         using var network = BootMaeNetwork.Create(a, modelSettings, s.Seed);
         if (s.InitialEncoder is { } initial)
         {
-            using var scope = NewDisposeScope();
-            BootMaeEncoder.LoadWeights(network.Encoder, initial.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "InitialEncoder");
+            EncoderWeights.CopyInto(initial.Module, network.Encoder, "InitialEncoder");
         }
 
         Hooks?.InitializeNetwork?.Invoke(network);
@@ -100,11 +99,7 @@ public sealed class BootMaePretrainer
         using var teacher = modelSettings.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
         if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)
         {
-            using (var scope = NewDisposeScope())
-            {
-                BootMaeEncoder.LoadWeights(teacher.Encoder, s.TeacherEncoder!.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "TeacherEncoder");
-            }
-
+            EncoderWeights.CopyInto(s.TeacherEncoder!.Module, teacher.Encoder, "TeacherEncoder");
             teacher.SyncAfterLoad();
         }
 
@@ -402,8 +397,7 @@ public sealed class BootMaePretrainer
             }
 
             double lambda = _schedules.FeatureLossWeight(step);
-            int perImage = a.Channels * a.ImageSize * a.ImageSize;
-            var pixels01 = tensor(batch.Pixels.AsSpan(0, batch.Count * perImage).ToArray(), new long[] { batch.Count, a.Channels, a.ImageSize, a.ImageSize }).to(_device);
+            var pixels01 = InputNormalization.Pixels(batch.Pixels, batch.Count, a, _device);
             if (Settings.Augment)
             {
                 // Drawn from the seed and step, so a resumed run sees the same views.
@@ -411,7 +405,7 @@ public sealed class BootMaePretrainer
                     DataViews.ImageAugmentation.For(a).MinScale);
             }
 
-            var images = BootMaeEncoder.Normalize(pixels01, a);
+            var images = InputNormalization.Apply(pixels01, a.Normalization);
             var hooks = _owner.Hooks;
             using var masks = hooks?.Masks is { } injected
                 ? injected(step, batch.Count, _device)
@@ -594,12 +588,7 @@ public sealed class BootMaePretrainer
 
         private BootMaeEncoder ExtractEncoder()
         {
-            var module = new VisionTransformerEncoder(_network.Architecture);
-            using (var scope = NewDisposeScope())
-            {
-                BootMaeEncoder.LoadWeights(module, _network.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "the trained student");
-            }
-
+            var module = EncoderWeights.Copy(_network.Encoder, _network.Architecture, "the trained student");
             return new BootMaeEncoder(module.to(_device), _network.Architecture);
         }
     }

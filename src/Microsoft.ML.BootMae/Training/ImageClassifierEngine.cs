@@ -109,7 +109,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         using var mode = inference_mode();
-        var logits = _model.forward(ToInput(pixels01, count, Architecture, _device));
+        var logits = _model.forward(InputNormalization.Input(pixels01, count, Architecture, _device));
         return nn.functional.softmax(logits, 1).cpu().contiguous().data<float>().ToArray();
     }
 
@@ -125,22 +125,8 @@ internal sealed class ImageClassifierEngine : IDisposable
     public BootMaeEncoder ExtractEncoder()
     {
         using var use = _gate.Enter(this);
-        var module = new VisionTransformerEncoder(Architecture);
-        try
-        {
-            using (var scope = NewDisposeScope())
-            {
-                var weights = _model.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
-                BootMaeEncoder.LoadWeights(module, weights, strict: true, source: "the classifier's encoder");
-            }
-
-            return new BootMaeEncoder(module.to(_device), Architecture);
-        }
-        catch
-        {
-            module.Dispose();
-            throw;
-        }
+        var module = EncoderWeights.Copy(_model.Encoder, Architecture, "the classifier's encoder");
+        return new BootMaeEncoder(module.to(_device), Architecture);
     }
 
     /// <summary>Writes the classifier (header and weights) and leaves the stream open.</summary>
@@ -282,12 +268,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         var model = new ImageClassifier(encoder, numClasses, linearProbe, sourceBlock);
         try
         {
-            using (var scope = NewDisposeScope())
-            {
-                var weights = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
-                BootMaeEncoder.LoadWeights(encoder, weights, strict: true, source: "the encoder");
-            }
-
+            EncoderWeights.CopyInto(source, encoder, "the encoder");
             // Decide what trains. The fixed sin-cos PE never does; the final LN is replaced by identity, so it gets no gradient.
             foreach (var (name, parameter) in model.named_parameters())
             {
@@ -322,18 +303,6 @@ internal sealed class ImageClassifierEngine : IDisposable
             default:
                 return cuda.is_available() ? CUDA : CPU;
         }
-    }
-
-    private static Tensor ToInput(float[] pixels01, int count, BootMaeArchitecture a, Device device)
-    {
-        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
-        if (count < 0 || pixels01.LongLength < count * perImage)
-        {
-            throw new ArgumentException($"{count} images of {a.Channels}×{a.ImageSize}×{a.ImageSize} need {count * perImage} floats, but {pixels01.LongLength} were given.", nameof(pixels01));
-        }
-
-        var input = tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize });
-        return BootMaeEncoder.Normalize(input.to(device), a);
     }
 
     private static Dictionary<string, Tensor> Snapshot(nn.Module model)
@@ -677,7 +646,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                 dropPathGenerator.manual_seed(Seeds.Derive(_s.Seed, _step, stream: 2));
                 using (var scope = NewDisposeScope())
                 {
-                    var x = ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
+                    var x = InputNormalization.Input(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
                     var y = tensor(labels, new long[] { batch.Count }).to(_device);
                     if (_s.Augment)
                     {
@@ -754,7 +723,7 @@ internal sealed class ImageClassifierEngine : IDisposable
                     var labels = CheckLabels(batch, "validation");
                     using var scope = NewDisposeScope();
                     var y = tensor(labels, new long[] { batch.Count }).to(_device);
-                    var logits = _model.forward(ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device));
+                    var logits = _model.forward(InputNormalization.Input(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device));
                     lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
                     correct += logits.argmax(1).eq(y).sum().item<long>();
                     images += batch.Count;

@@ -102,8 +102,8 @@ internal static class PictureKit
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100)
             ?? throw new InvalidOperationException("SkiaSharp could not encode the picture as PNG.");
-        using var file = File.Create(fullPath);
-        data.SaveTo(file);
+        // Atomic: the reconstruction preview replaces its picture every epoch while a viewer may be reading it.
+        Persistence.DurableFiles.WriteAtomically(fullPath, data.SaveTo);
         return fullPath;
     }
 
