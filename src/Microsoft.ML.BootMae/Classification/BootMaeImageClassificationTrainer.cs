@@ -40,9 +40,10 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
     {
         ArgumentNullException.ThrowIfNull(options);
         options.ValidateCommon(options.MaxEpochs, options.BatchSize, options.InferenceBatchSize);
-        if (options.Encoder is { } encoder && options.Architecture is { } architecture && encoder.Architecture != architecture)
+        // Classification uses the encoder only, so Architecture's decoder members do not matter (the encoder's shape is used).
+        if (options.Encoder is { } encoder && options.Architecture is { } architecture)
         {
-            throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
+            BootMaeEncoderShape.RequireFits(encoder.Architecture, architecture, "Encoder", "Architecture (leave it null to use the encoder's)", nameof(options));
         }
 
         if (options.GpuDeviceId is { } gpu && gpu != 0)

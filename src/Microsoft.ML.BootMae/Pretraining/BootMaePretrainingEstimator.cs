@@ -45,9 +45,9 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
             throw new ArgumentOutOfRangeException(nameof(options), options.ReconstructionPreviewCount, "ReconstructionPreviewCount must be positive.");
         }
 
-        if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
+        if (options.InitialEncoder is { } initial && options.Architecture is { } architecture)
         {
-            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
+            BootMaeEncoderShape.RequireFits(initial.Architecture, architecture, "InitialEncoder", "Architecture (leave it null to use the encoder's)", nameof(options));
         }
 
         // The engine's own checks, now rather than after the data has been read (the seed and device do not matter here).

@@ -36,14 +36,15 @@ public sealed class BootMaePretrainer
         ArgumentNullException.ThrowIfNull(settings);
         architecture.Validate();
         settings.Validate();
-        if (settings.InitialEncoder is { } initial && initial.Architecture != architecture)
+        // Only the encoder's shape must match: the decoders are built for this run whatever the encoder was pretrained with.
+        if (settings.InitialEncoder is { } initial)
         {
-            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but the run uses {architecture}.", nameof(settings));
+            BootMaeEncoderShape.RequireFits(initial.Architecture, architecture, "InitialEncoder", "the run's encoder", nameof(settings));
         }
 
-        if (settings.TeacherEncoder is { } frozen && frozen.Architecture != architecture)
+        if (settings.TeacherEncoder is { } frozen)
         {
-            throw new ArgumentException($"TeacherEncoder has architecture {frozen.Architecture}, but the run uses {architecture}.", nameof(settings));
+            BootMaeEncoderShape.RequireFits(frozen.Architecture, architecture, "TeacherEncoder", "the run's encoder", nameof(settings));
         }
 
         _architecture = architecture;
