@@ -43,7 +43,7 @@ internal static class ReconstructionPreview
                 patchMasks.Add(maskValues.AsSpan(i * n, n).ToArray().Select(v => v > 0.5f).ToArray());
             }
 
-            return BootMaePictures.ReconstructionGrid(originals, patchMasks, reconstructions, a.Channels, a.ImageSize, a.ImageSize, a.PatchSize, path, title);
+            return BootMaePictures.ReconstructionGrid(originals, patchMasks, reconstructions, a, path, new BootMaePictureOptions { Title = title });
         }
         finally
         {
