@@ -3,7 +3,6 @@ using System.Collections.Specialized;
 using System.Globalization;
 using Microsoft.ML.BootMae.Modules;
 using Microsoft.ML.BootMae.Training;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Interop;
@@ -93,7 +92,7 @@ internal static class OfficialOptimizerState
                 var v = OfficialCheckpoint.HostCopy(expAvgSq);
                 flat[OfficialCheckpoint.ExpAvgPrefix + name] = m;
                 flat[OfficialCheckpoint.ExpAvgSqPrefix + name] = v;
-                flat[OfficialCheckpoint.StepPrefix + name] = torch.tensor(step);
+                flat[OfficialCheckpoint.StepPrefix + name] = tensor(step);
                 if (step > 0)
                 {
                     // torch keeps no state for a parameter that never had a gradient. An int step is what torch 1.7 (the

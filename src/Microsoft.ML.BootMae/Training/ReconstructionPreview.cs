@@ -1,6 +1,5 @@
 using Microsoft.ML.BootMae.Modules;
 using Microsoft.ML.BootMae.Visualization;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Training;

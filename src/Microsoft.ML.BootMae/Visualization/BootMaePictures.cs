@@ -15,9 +15,6 @@ namespace Microsoft.ML.BootMae.Visualization;
 /// </remarks>
 public static class BootMaePictures
 {
-    private const float Margin = 20;
-    private const float Gap = 12;
-    private const float TitleSize = 20;
     private const float HeaderSize = 15;
 
     /// <summary>
@@ -303,47 +300,47 @@ public static class BootMaePictures
     {
         using var headerPaint = PictureKit.TextPaint(HeaderSize, bold: true);
         using var labelPaint = PictureKit.TextPaint(HeaderSize - 1);
-        using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
+        using var titlePaint = PictureKit.TextPaint(PictureKit.TitleSize, bold: true);
 
         // Columns widen to fit their header, so long titles never run into the next column.
         var columnWidth = Math.Max(tileWidth, headers.Max(h => headerPaint.MeasureText(h)) + 8);
-        var labelWidth = rowLabels is null ? 0 : rowLabels.Max(l => labelPaint.MeasureText(l ?? string.Empty)) + Gap;
-        var gridWidth = labelWidth + (headers.Length * columnWidth) + ((headers.Length - 1) * Gap);
+        var labelWidth = rowLabels is null ? 0 : rowLabels.Max(l => labelPaint.MeasureText(l ?? string.Empty)) + PictureKit.Gap;
+        var gridWidth = labelWidth + (headers.Length * columnWidth) + ((headers.Length - 1) * PictureKit.Gap);
         var titleWidth = title is null ? 0 : titlePaint.MeasureText(title);
-        var width = (Margin * 2) + Math.Max(gridWidth, titleWidth);
-        var titleHeight = title is null ? 0 : TitleSize + 14;
+        var width = (PictureKit.Margin * 2) + Math.Max(gridWidth, titleWidth);
+        var titleHeight = title is null ? 0 : PictureKit.TitleSize + 14;
         var headerHeight = HeaderSize + 10;
-        var height = (Margin * 2) + titleHeight + headerHeight + (rows * tileHeight) + ((rows - 1) * Gap);
+        var height = (PictureKit.Margin * 2) + titleHeight + headerHeight + (rows * tileHeight) + ((rows - 1) * PictureKit.Gap);
 
         using var surface = SKSurface.Create(new SKImageInfo((int)Math.Ceiling(width), (int)Math.Ceiling(height)));
         var canvas = surface.Canvas;
         canvas.Clear(PictureKit.Background);
-        var left = Margin + ((width - (Margin * 2) - gridWidth) / 2);
+        var left = PictureKit.Margin + ((width - (PictureKit.Margin * 2) - gridWidth) / 2);
         if (title is not null)
         {
-            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
+            PictureKit.DrawCentered(canvas, title, width / 2, PictureKit.Margin + PictureKit.TitleSize, titlePaint);
         }
 
-        var top = Margin + titleHeight;
+        var top = PictureKit.Margin + titleHeight;
         for (var column = 0; column < headers.Length; column++)
         {
-            var centerX = left + labelWidth + (column * (columnWidth + Gap)) + (columnWidth / 2);
+            var centerX = left + labelWidth + (column * (columnWidth + PictureKit.Gap)) + (columnWidth / 2);
             PictureKit.DrawCentered(canvas, headers[column], centerX, top + HeaderSize, headerPaint);
         }
 
         top += headerHeight;
         for (var row = 0; row < rows; row++)
         {
-            var y = top + (row * (tileHeight + Gap));
+            var y = top + (row * (tileHeight + PictureKit.Gap));
             if (rowLabels is not null)
             {
                 var label = rowLabels[row] ?? string.Empty;
-                canvas.DrawText(label, left + labelWidth - Gap - labelPaint.MeasureText(label), y + (tileHeight / 2) + (HeaderSize / 3), labelPaint);
+                canvas.DrawText(label, left + labelWidth - PictureKit.Gap - labelPaint.MeasureText(label), y + (tileHeight / 2) + (HeaderSize / 3), labelPaint);
             }
 
             for (var column = 0; column < headers.Length; column++)
             {
-                var x = left + labelWidth + (column * (columnWidth + Gap)) + ((columnWidth - tileWidth) / 2);
+                var x = left + labelWidth + (column * (columnWidth + PictureKit.Gap)) + ((columnWidth - tileWidth) / 2);
                 var target = SKRect.Create(x, y, tileWidth, tileHeight);
                 drawTile(canvas, row, column, target);
                 PictureKit.DrawFrame(canvas, target);

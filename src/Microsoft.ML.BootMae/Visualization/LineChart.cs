@@ -15,11 +15,8 @@ namespace Microsoft.ML.BootMae.Visualization;
 /// </summary>
 internal static class LineChart
 {
-    private const float Margin = 20;
-    private const float Gap = 12;
-    private const float TitleSize = 20;
-    private const float PanelWidth = 500;
-    private const float PanelHeight = 380;
+    // Every panel's size in pixels.
+    private static readonly SKSize PanelSize = new(500, 380);
 
     /// <summary>One curve: its legend name, colour and one y value per x (NaN where not logged: a gap).</summary>
     public sealed record Curve(string Name, SKColor Color, double[] Values);
@@ -34,20 +31,20 @@ internal static class LineChart
     /// <summary>Draws <paramref name="panels"/> side by side (500 × 380 each) under an optional title and saves the PNG.</summary>
     public static string SaveRow(double[] xs, string xLabel, IReadOnlyList<Panel> panels, string path, string? title)
     {
-        var top = Margin + (title is null ? 0 : TitleSize + 14);
-        var width = (Margin * 2) + (panels.Count * PanelWidth) + ((panels.Count - 1) * Gap);
-        using var surface = SKSurface.Create(new SKImageInfo((int)width, (int)(top + PanelHeight + Margin)));
+        var top = PictureKit.Margin + (title is null ? 0 : PictureKit.TitleSize + 14);
+        var width = (PictureKit.Margin * 2) + (panels.Count * PanelSize.Width) + ((panels.Count - 1) * PictureKit.Gap);
+        using var surface = SKSurface.Create(new SKImageInfo((int)width, (int)(top + PanelSize.Height + PictureKit.Margin)));
         var canvas = surface.Canvas;
         canvas.Clear(PictureKit.Background);
         if (title is not null)
         {
-            using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
-            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
+            using var titlePaint = PictureKit.TextPaint(PictureKit.TitleSize, bold: true);
+            PictureKit.DrawCentered(canvas, title, width / 2, PictureKit.Margin + PictureKit.TitleSize, titlePaint);
         }
 
         for (var i = 0; i < panels.Count; i++)
         {
-            Draw(canvas, SKRect.Create(Margin + (i * (PanelWidth + Gap)), top, PanelWidth, PanelHeight), panels[i], xs, xLabel);
+            Draw(canvas, SKRect.Create(PictureKit.Margin + (i * (PanelSize.Width + PictureKit.Gap)), top, PanelSize.Width, PanelSize.Height), panels[i], xs, xLabel);
         }
 
         return PictureKit.Save(surface, path);
