@@ -143,49 +143,6 @@ public sealed class TrainingProgress
         }
     }
 
-    /// <summary>The pretraining reports as points for <see cref="BootMaePictures.TrainingCurves"/>.</summary>
-    /// <remarks>
-    /// A step report carries the mean since the start of its epoch; each point here is the mean over the steps since
-    /// the previous report instead, so the curve does not jump at epoch boundaries. Runs too short for any step
-    /// report give one point per epoch.
-    /// </remarks>
-    public IReadOnlyList<TrainingCurvePoint> CurvePoints()
-    {
-        var train = _reports.Where(r => r.Dataset == BootMaeDataset.Train).ToArray();
-        if (!train.Any(r => !r.IsEpochEnd))
-        {
-            return train.Select(r => Point(r, r.Loss, r.PixelLoss, r.FeatureLoss)).ToArray();
-        }
-
-        var points = new List<TrainingCurvePoint>();
-        long epochStart = 0;
-        BootMaeTrainingMetrics? previous = null;
-        foreach (var r in train)
-        {
-            if (r.IsEpochEnd)
-            {
-                epochStart = r.Step;
-                previous = null;
-                continue;
-            }
-
-            double n = r.Step - epochStart, before = previous is null ? 0 : previous.Step - epochStart;
-            if (n <= before)
-            {
-                continue;
-            }
-
-            double? Window(float? now, float? then) => now is { } x ? ((x * n) - ((then ?? 0) * before)) / (n - before) : null;
-            points.Add(Point(r, Window(r.Loss, previous?.Loss)!.Value, Window(r.PixelLoss, previous?.PixelLoss), Window(r.FeatureLoss, previous?.FeatureLoss)));
-            previous = r;
-        }
-
-        return points;
-    }
-
-    private static TrainingCurvePoint Point(BootMaeTrainingMetrics r, double loss, double? pixel, double? feature) =>
-        new(r.Step, loss, pixel ?? double.NaN, feature ?? double.NaN, r.LearningRate, r.EmaMomentum ?? double.NaN);
-
     /// <summary>Formats a duration as h:mm:ss or m:ss.</summary>
     public static string Clock(TimeSpan t) => t.TotalHours >= 1
         ? t.ToString(@"h\:mm\:ss", CultureInfo.InvariantCulture)

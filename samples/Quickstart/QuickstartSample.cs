@@ -141,7 +141,7 @@ public static class QuickstartSample
         var encoder = pretrained.LastTransformer.Encoder;
         var encoderPath = Path.Combine(outputDirectory, "encoder.bootmae");
         encoder.Save(encoderPath);
-        var curves = BootMaePictures.TrainingCurves(pretrainProgress.CurvePoints(), Path.Combine(outputDirectory, "pretraining-curves.png"), "BootMAE pretraining");
+        var curves = BootMaePictures.TrainingCurves(pretrainProgress.Reports, Path.Combine(outputDirectory, "pretraining-curves.png"), "BootMAE pretraining");
         output.WriteLine($"  {pretrainProgress.Steps} steps in {TrainingProgress.Clock(pretrainTime)}; encoder saved to {encoderPath}");
         if (pretrainProgress.Reports.LastOrDefault() is { PixelLoss: { } pixel, PixelLossZeroBaseline: { } zero } last)
         {
@@ -316,8 +316,8 @@ public static class QuickstartSample
         var path = BootMaePictures.MaskComparison(images,
             BootMaeMasks.Sample(architecture, BootMaeMasking.Random, images.Length, settings.Seed),
             BootMaeMasks.Sample(architecture, BootMaeMasking.BlockFill, images.Length, settings.Seed),
-            architecture.Channels, architecture.ImageSize, architecture.ImageSize, architecture.PatchSize,
-            Path.Combine(outputDirectory, "masks.png"), "Random vs block-wise masking (75% of the patches)", labels);
+            architecture, Path.Combine(outputDirectory, "masks.png"),
+            new BootMaePictureOptions { Title = "Random vs block-wise masking (75% of the patches)", RowLabels = labels });
         output.WriteLine($"Masks: {path}");
     }
 

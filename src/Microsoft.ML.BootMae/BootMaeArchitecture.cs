@@ -66,6 +66,13 @@ public sealed record BootMaeArchitecture
     /// <summary>The deep injection block with the default applied.</summary>
     public int DeepBlockIndex => DeepBlock ?? Depth - 1;
 
+    /// <summary>
+    /// The members an encoder's weights fix (everything but the decoders'): compare these, not whole architectures, to
+    /// tell whether an encoder can serve a network. Not serialised (it is derived).
+    /// </summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public BootMaeEncoderShape EncoderShape => new(this);
+
     /// <summary>ViT-Tiny/16 at 224² (D 192, depth 12, 3 heads) with the paper's decoders (regressor 512 wide).</summary>
     public static BootMaeArchitecture VitTiny16 { get; } = new()
     {

@@ -615,30 +615,12 @@ internal static class PretrainRun
             Mode = args.Mode, MaxEpochs = args.Epochs, BatchSize = args.Batch, Device = BootMaeDevice.Auto, Precision = args.Precision,
             CheckpointDirectory = args.CheckpointDirectory, LogEveryNSteps = 20, Seed = 1, ReconstructionPreviewPath = args.PreviewPath,
         };
-        var curve = new List<Microsoft.ML.BootMae.Visualization.TrainingCurvePoint>();
+        var reports = new List<BootMaeTrainingMetrics>();
         Console.WriteLine($"Pretraining {args.Mode} on {source.Count} embedded Fashion-MNIST images, preset {args.Preset}, {args.Epochs} epochs, batch {args.Batch}.");
-        // Reports carry averages since the start of their epoch; the curve plots the average of each interval instead.
-        BootMaeTrainingMetrics? previous = null;
-        long epochStart = 0;
         using var encoder = new BootMaePretrainer(architecture, settings).Train(source, m =>
         {
-            long before = previous is null || previous.Epoch != m.Epoch ? 0 : previous.Step - epochStart;
-            long upTo = m.Step - epochStart;
-            double Interval(double? now, double? then) => now is not { } n ? double.NaN
-                : before == 0 || then is not { } t ? n : ((n * upTo) - (t * before)) / (upTo - before);
-            if (upTo > before)
-            {
-                curve.Add(new(m.Step, Interval(m.Loss, previous?.Loss), Interval(m.PixelLoss, previous?.PixelLoss),
-                    Interval(m.FeatureLoss, previous?.FeatureLoss), m.LearningRate, m.EmaMomentum ?? double.NaN));
-            }
-
-            previous = m;
-            if (m.IsEpochEnd)
-            {
-                epochStart = m.Step;
-                previous = null;
-            }
-
+            // The curve turns these epoch-to-date means into means over each interval between reports.
+            reports.Add(m);
             if (m.IsEpochEnd)
             {
                 // Finish the live progress line first.
@@ -658,7 +640,7 @@ internal static class PretrainRun
 
         if (args.CurvePath is not null)
         {
-            Console.WriteLine($"Training curves: {Microsoft.ML.BootMae.Visualization.BootMaePictures.TrainingCurves(curve, args.CurvePath, $"BootMAE pretraining, {args.Preset}")}");
+            Console.WriteLine($"Training curves: {Microsoft.ML.BootMae.Visualization.BootMaePictures.TrainingCurves(reports, args.CurvePath, $"BootMAE pretraining, {args.Preset}")}");
         }
     }
 }

@@ -178,19 +178,4 @@ public sealed class SampleSmokeTests
         StringAssert.Contains(Message(new ByoiSettings()), "--images DIR is required");
         StringAssert.Contains(Assert.ThrowsExactly<SampleUsageException>(() => SampleArchitectures.FromName("huge")).Message, "small28");
     }
-
-    [TestMethod]
-    public void CurvePointsTurnEpochToDateMeansIntoWindowMeans()
-    {
-        var progress = new TrainingProgress(TextWriter.Null, "test", epochs: 2, batchSize: 8);
-        BootMaeTrainingMetrics M(long step, float loss, bool end = false) => new() { Step = step, Loss = loss, PixelLoss = loss, IsEpochEnd = end, TotalSteps = 20 };
-        progress.Report(M(5, 2.0f));
-        progress.Report(M(10, 1.5f));
-        progress.Report(M(10, 1.5f, end: true));
-        progress.Report(M(15, 0.8f));
-        var points = progress.CurvePoints();
-        CollectionAssert.AreEqual(new long[] { 5, 10, 15 }, points.Select(p => p.Step).ToArray());
-        CollectionAssert.AreEqual(new[] { 2.0, 1.0, 0.8 }, points.Select(p => Math.Round(p.TotalLoss, 5)).ToArray());
-        Assert.IsTrue(double.IsNaN(points[0].FeatureLoss) && points[2].PixelLoss is > 0.79 and < 0.81);
-    }
 }

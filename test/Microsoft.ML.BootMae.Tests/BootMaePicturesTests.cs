@@ -105,6 +105,49 @@ public sealed class BootMaePicturesTests
     }
 
     [TestMethod]
+    public void ArchitectureOverloadsDrawWhatTheLongFormsDraw()
+    {
+        // The short forms take the geometry from an architecture and the layout from BootMaePictureOptions.
+        var (images, labels) = Images(2);
+        var masks = images.Select((_, i) => RandomMask(i, 0.5)).ToArray();
+        var architecture = new BootMaeArchitecture { ImageSize = Side, PatchSize = Patch, Channels = 1, EmbedDim = 16, Depth = 1, Heads = 1 };
+        var options = new BootMaePictureOptions { Title = "short", RowLabels = labels, TileSize = 64 };
+
+        var shortGrid = BootMaePictures.ReconstructionGrid(images, masks, images, architecture, Path.Combine(directory, "short-grid.png"), options);
+        var longGrid = BootMaePictures.ReconstructionGrid(images, masks, images, 1, Side, Side, Patch, Path.Combine(directory, "long-grid.png"), "short", labels, 64);
+        CollectionAssert.AreEqual(File.ReadAllBytes(longGrid), File.ReadAllBytes(shortGrid));
+        var shortMasks = BootMaePictures.MaskComparison(images, masks, masks, architecture, Path.Combine(directory, "short-masks.png"));
+        var longMasks = BootMaePictures.MaskComparison(images, masks, masks, 1, Side, Side, Patch, Path.Combine(directory, "long-masks.png"));
+        CollectionAssert.AreEqual(File.ReadAllBytes(longMasks), File.ReadAllBytes(shortMasks));
+        var wrong = Assert.ThrowsExactly<ArgumentException>(() => BootMaePictures.MaskComparison(images, masks, masks, architecture with { PatchSize = Side }, Path.Combine(directory, "x.png")));
+        Assert.AreEqual("randomMasks", wrong.ParamName, "masks of another grid are refused");
+    }
+
+    [TestMethod]
+    public void CurvesFromReportsUseTheMeanSinceThePreviousReport()
+    {
+        // Reports hold epoch-to-date means; a point is the mean of the steps since the previous report of its epoch.
+        static BootMaeTrainingMetrics M(long step, float loss, bool end = false, BootMaeDataset dataset = BootMaeDataset.Train) =>
+            new() { Step = step, Loss = loss, PixelLoss = loss, IsEpochEnd = end, TotalSteps = 20, Dataset = dataset, LearningRate = step, EmaMomentum = 0.99 };
+        var reports = new[] { M(5, 2.0f), M(10, 1.5f), M(12, 1.4f, end: true), M(12, 9f, end: true, BootMaeDataset.Validation), M(17, 0.8f), M(20, 0.7f, end: true) };
+
+        var points = TrainingCurvePoint.FromReports(reports);
+
+        CollectionAssert.AreEqual(new long[] { 5, 10, 12, 17, 20 }, points.Select(p => p.Step).ToArray(), "validation reports are left out");
+        // (1.5·10 − 2·5) / 5 = 1; (1.4·12 − 1.5·10) / 2 = 0.9; the next epoch starts afresh; (0.7·8 − 0.8·5) / 3 = 0.5333.
+        CollectionAssert.AreEqual(new[] { 2.0, 1.0, 0.9, 0.8, 0.53333 }, points.Select(p => Math.Round(p.TotalLoss, 5)).ToArray());
+        Assert.IsTrue(points.All(p => double.IsNaN(p.FeatureLoss) && p.EmaMomentum == 0.99 && p.LearningRate == p.Step), "missing values are NaN, others copied");
+        var epochsOnly = TrainingCurvePoint.FromReports([M(12, 1.4f, end: true), M(24, 1.1f, end: true)]);
+        CollectionAssert.AreEqual(new[] { 1.4, 1.1 }, epochsOnly.Select(p => Math.Round(p.TotalLoss, 5)).ToArray(), "without step reports, one point per epoch");
+
+        var path = BootMaePictures.TrainingCurves(reports, Path.Combine(directory, "reports.png"), "from reports");
+        using var bitmap = Decode(path, expectedHeight: 20 + 34 + 380 + 20);
+        Assert.Contains(new SKColor(0x1F, 0x77, 0xB4), Colours(bitmap));
+        var none = Assert.ThrowsExactly<ArgumentException>(() => BootMaePictures.TrainingCurves([M(3, 1f, dataset: BootMaeDataset.Validation)], path));
+        Assert.AreEqual("reports", none.ParamName);
+    }
+
+    [TestMethod]
     public void BadArgumentsAreRejected()
     {
         var (images, _) = Images(2);
@@ -119,7 +162,7 @@ public sealed class BootMaePicturesTests
         Assert.AreEqual("patchSize", patch.ParamName);
         var channels = Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => BootMaePictures.ReconstructionGrid(images, masks, images, 2, Side, Side, Patch, file));
         Assert.AreEqual("channels", channels.ParamName);
-        var empty = Assert.ThrowsExactly<ArgumentException>(() => BootMaePictures.TrainingCurves([], file));
+        var empty = Assert.ThrowsExactly<ArgumentException>(() => BootMaePictures.TrainingCurves(Array.Empty<TrainingCurvePoint>(), file));
         Assert.AreEqual("points", empty.ParamName);
         var blank = Assert.ThrowsExactly<ArgumentException>(() => BootMaePictures.TrainingCurves(Curve(3), " "));
         Assert.AreEqual("path", blank.ParamName);

@@ -403,6 +403,22 @@ public sealed class InvariantTests
         Assert.AreEqual(expected, loss, 1e-5f * expected);
     }
 
+    // The reconstruction preview maps predictions back with the losses' own statistics: the inverse of each target.
+    [TestMethod]
+    public void PreviewInvertsEachPixelTarget()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(4);
+        var images = rand(new long[] { Batch, 3, 8, 8 }, generator: g) * 2 - 1;
+        var bootMae = BootMaeLosses.PixelTarget(images, 4, normalize: true, epsilon: 1e-5);
+        TensorAssert.Close(images, BootMaeLosses.FromPixelTarget(bootMae, images, 4, normalize: true, epsilon: 1e-5), 1e-5, 1e-5, "per-channel target");
+        TensorAssert.Equal(images, BootMaeLosses.FromPixelTarget(images, images, 4, normalize: false, epsilon: 1e-5), "raw target");
+        var (mean, std) = BootMaeLosses.MaePatchStatistics(BootMaeLosses.Patchify(images, 4));
+        var mae = (BootMaeLosses.Patchify(images, 4) - mean) / std;
+        TensorAssert.Close(images, BootMaeLosses.FromMaeTarget(mae, images, 2, 4, normalize: true), 1e-5, 1e-5, "whole-patch target");
+        TensorAssert.Equal(images, BootMaeLosses.FromMaeTarget(BootMaeLosses.Patchify(images, 4), images, 2, 4, normalize: false), "raw MAE target");
+    }
+
     // Teacher fraction (paper Table 5): L_P only on the sampled masked subset.
     [TestMethod]
     public void TeacherFractionRestrictsFeatureLossToTheSubset()

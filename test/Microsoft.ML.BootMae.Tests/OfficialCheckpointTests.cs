@@ -213,7 +213,7 @@ public sealed class OfficialCheckpointTests
             checkedMoments++;
         }
 
-        Assert.AreEqual(OfficialCheckpoint.TrainableNames(Tiny).Count, checkedMoments);
+        Assert.AreEqual(OfficialLayout.TrainableNames(Tiny).Count, checkedMoments);
         Assert.IsTrue(log.Any(l => l.Contains("teacher from model_ema", StringComparison.Ordinal)), string.Join("\n", log));
     }
 

@@ -41,9 +41,10 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         ArgumentNullException.ThrowIfNull(options);
         options.ValidateCommon(options.InferenceBatchSize);
         options.Training.Validate(options.Encoder?.Architecture ?? options.Architecture);
-        if (options.Encoder is { } encoder && options.Architecture is { } architecture && encoder.Architecture != architecture)
+        // Classification uses the encoder only, so Architecture's decoder members do not matter (the encoder's shape is used).
+        if (options.Encoder is { } encoder && options.Architecture is { } architecture)
         {
-            throw new ArgumentException($"Encoder has architecture {encoder.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
+            BootMaeEncoderShape.RequireFits(encoder.Architecture, architecture, "Encoder", "Architecture (leave it null to use the encoder's)", nameof(options));
         }
 
         _env = env;

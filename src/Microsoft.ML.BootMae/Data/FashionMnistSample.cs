@@ -181,10 +181,9 @@ public static class FashionMnistSample
             return;
         }
 
-        // Write beside the target and rename, so readers and concurrent writers never see a partial file.
-        var temporary = path + "." + Guid.NewGuid().ToString("N") + ".tmp";
-        File.WriteAllBytes(temporary, content);
-        File.Move(temporary, path, overwrite: true);
+        // Written beside the target and renamed, so readers and concurrent writers never see a partial file; not flushed
+        // to the disk (thousands of small files that Materialize makes again if a crash loses them).
+        Persistence.DurableFiles.WriteAtomically(path, stream => stream.Write(content), durable: false);
     }
 
     private static Stream OpenResource(string name) =>

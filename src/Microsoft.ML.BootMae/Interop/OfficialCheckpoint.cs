@@ -34,104 +34,17 @@ internal static class OfficialCheckpoint
 
     private const string ModelPrefix = "model.";
     private const string EmaPrefix = "model_ema.";
-    private const string ExpAvgPrefix = "optimizer.exp_avg.";
-    private const string ExpAvgSqPrefix = "optimizer.exp_avg_sq.";
-    private const string StepPrefix = "optimizer.step.";
+    internal const string ExpAvgPrefix = "optimizer.exp_avg.";
+    internal const string ExpAvgSqPrefix = "optimizer.exp_avg_sq.";
+    internal const string StepPrefix = "optimizer.step.";
     private const string EpochKey = "epoch";
     private const string PositionKey = "bootmae.position";
 
-    private static readonly string[] AttentionNames = { "q_bias", "v_bias", "qkv.weight", "proj.weight", "proj.bias" };
-    private static readonly string[] CrossAttentionNames = { "q_bias", "v_bias", "q.weight", "kv.weight", "proj.weight", "proj.bias" };
-
-    /// <summary>
-    /// The trainable parameters of the official model in <c>named_parameters()</c> order: the module's own parameters
-    /// first (cls_token, mask_token, mask_token_1; the sin-cos tables are frozen), then its children in the order its
-    /// <c>__init__</c> assigns them. The official optimizer numbers its parameters in this order, group by group.
-    /// </summary>
-    public static IReadOnlyList<string> TrainableNames(BootMaeArchitecture a)
-    {
-        var names = new List<string> { "cls_token", "mask_token", "mask_token_1" };
-        names.AddRange(WeightAndBias("patch_embed.proj"));
-        for (int i = 0; i < a.Depth; i++)
-        {
-            names.AddRange(BlockNames($"blocks.{i}."));
-        }
-
-        names.AddRange(WeightAndBias("norm"));
-        for (int i = 0; i < a.DecoderDepth; i++)
-        {
-            names.AddRange(DecodeBlockNames($"decode_blocks.{i}."));
-        }
-
-        names.AddRange(WeightAndBias("decode_norm"));
-        names.AddRange(WeightAndBias("down"));
-        names.AddRange(WeightAndBias("lm_head.proj"));
-        for (int i = 0; i < a.DecoderDepth; i++)
-        {
-            names.AddRange(DecodeBlockNames($"decode_blocks_1.{i}."));
-        }
-
-        names.AddRange(WeightAndBias("down_1"));
-        names.AddRange(WeightAndBias("decode_norm_1"));
-        names.AddRange(WeightAndBias("lm_head_1"));
-        return names;
-    }
-
-    /// <summary>The official model's <c>state_dict()</c> keys in order (the two frozen sin-cos tables come first).</summary>
-    public static IReadOnlyList<string> StateKeys(BootMaeArchitecture a)
-        => new[] { "pos_embed", "de_pos_embed" }.Concat(TrainableNames(a)).ToList();
-
-    /// <summary>The official registered model name for this architecture (<c>--model</c>), or null when none fits.</summary>
-    public static string? OfficialModelName(BootMaeArchitecture a)
-    {
-        static bool Same(BootMaeArchitecture x, BootMaeArchitecture y) => x with { DeepBlock = x.DeepBlockIndex } == y with { DeepBlock = y.DeepBlockIndex };
-        return Same(a, BootMaeArchitecture.VitBase16) ? "bootmae_base" : Same(a, BootMaeArchitecture.VitLarge16) ? "bootmae_large" : null;
-    }
-
     /// <summary>
     /// Throws <see cref="InvalidOperationException"/> unless <paramref name="network"/> has exactly the official model's
-    /// state_dict: BootMAE mode, cross-attention in every decoder block (InjectRegressor and InjectPredictor on), decoder
-    /// heads equal to the encoder's, and the shallow injection block not after the deep one.
+    /// state_dict (see <see cref="OfficialLayout.Check"/>): only then can its run be exported or resumed from an official checkpoint.
     /// </summary>
-    public static void CheckLayout(BootMaeNetwork network)
-    {
-        var a = network.Architecture;
-        var problems = new List<string>();
-        if (network.Regressor is null || network.Predictor is null)
-        {
-            problems.Add("the run is in MAE mode (the official model is BootMAE's pixel regressor + feature predictor)");
-        }
-        else if (network.Regressor.Blocks.Concat(network.Predictor.Blocks).Any(b => !b.HasCrossAttention))
-        {
-            problems.Add("InjectRegressor or InjectPredictor is off (every official decoder block has cross-attention)");
-        }
-
-        if (a.RegressorHeads != a.Heads || a.PredictorHeads != a.Heads)
-        {
-            problems.Add($"RegressorHeads = {a.RegressorHeads} and PredictorHeads = {a.PredictorHeads} differ from Heads = {a.Heads} (the official decoders use the encoder's head count)");
-        }
-
-        if (a.ShallowBlock > a.DeepBlockIndex)
-        {
-            problems.Add($"ShallowBlock {a.ShallowBlock} comes after the deep block {a.DeepBlockIndex} (the official fea_list hands out features in block order)");
-        }
-
-        if (problems.Count == 0)
-        {
-            var own = network.ReferenceStateDict().Keys.ToHashSet(StringComparer.Ordinal);
-            var official = StateKeys(a);
-            if (!own.SetEquals(official))
-            {
-                problems.Add($"its state_dict keys differ from the official ones (only ours: [{string.Join(", ", own.Except(official).Take(5))}]; only official: [{string.Join(", ", official.Except(own).Take(5))}])");
-            }
-        }
-
-        if (problems.Count > 0)
-        {
-            throw new InvalidOperationException(
-                "This pretraining network cannot be expressed as the official BootMAE VisionTransformerForMaskedImageModeling: " + string.Join("; ", problems) + ".");
-        }
-    }
+    public static void CheckLayout(BootMaeNetwork network) => OfficialLayout.Check(network);
 
     /// <summary>
     /// Writes <paramref name="destination"/> (<c>.pth</c>, torch.save's zip format through TorchSharp.PyBridge) and its
@@ -172,7 +85,7 @@ internal static class OfficialCheckpoint
         using var scope = NewDisposeScope();
         var studentState = student.ReferenceStateDict();
         var teacherState = teacher?.state_dict();
-        var keys = StateKeys(a);
+        var keys = OfficialLayout.StateKeys(a);
         var model = new OrderedDictionary(keys.Count);
         var ema = new OrderedDictionary(keys.Count);
         var flat = new Dictionary<string, Tensor>(StringComparer.Ordinal);
@@ -186,7 +99,7 @@ internal static class OfficialCheckpoint
             flat[EmaPrefix + key] = e;
         }
 
-        var optimizerState = ExportOptimizer(a, student, optimizer, studentState, flat, out int withState);
+        var optimizerState = OfficialOptimizerState.Export(a, student, optimizer, studentState, flat, out int withState);
 
         // The official 'epoch' is the last finished one; --resume starts at epoch + 1. A checkpoint taken inside an epoch
         // therefore resumes there at the start of that epoch.
@@ -224,7 +137,7 @@ internal static class OfficialCheckpoint
                 position.StepInEpoch, position.Epoch));
         }
 
-        if (OfficialModelName(a) is null)
+        if (OfficialLayout.ModelName(a) is null)
         {
             log?.Invoke($"No official registered model has this architecture ({a}); run_pretraining.py --model only builds bootmae_base and bootmae_large, so register one with the configuration in args['bootmae'].");
         }
@@ -269,7 +182,7 @@ internal static class OfficialCheckpoint
             var source = state.Ema ?? state.Model;
             var encoderKeys = teacher.Encoder.state_dict().Keys.ToHashSet(StringComparer.Ordinal);
             var weights = source.Where(kv => encoderKeys.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
-            BootMaeEncoder.LoadWeights(teacher.Encoder, weights, strict: true, source: $"'{path}' ({(state.Ema is null ? "model" : "model_ema")})");
+            EncoderWeights.Load(teacher.Encoder, weights, strict: true, source: $"'{path}' ({(state.Ema is null ? "model" : "model_ema")})");
             teacher.SyncAfterLoad();
             teacherNote = state.Ema is null ? "no model_ema in the file, so the teacher starts as the student's encoder" : "teacher from model_ema";
         }
@@ -277,7 +190,7 @@ internal static class OfficialCheckpoint
         int moments = 0;
         if (state.Optimizer is { } saved)
         {
-            var index = OurOptimizerIndex(student);
+            var index = OfficialOptimizerState.OurIndex(student);
             foreach (var (name, (step, expAvg, expAvgSq)) in saved)
             {
                 if (!index.TryGetValue(name, out int i))
@@ -337,7 +250,7 @@ internal static class OfficialCheckpoint
             exact = new[] { "step", "epoch", "step_in_epoch", "total_steps" }.Select(k => Convert.ToInt64(p[k], CultureInfo.InvariantCulture)).ToArray();
         }
 
-        var optimizer = root["optimizer"] is IDictionary opt ? OptimizerFromTorch(opt, path, model) : null;
+        var optimizer = root["optimizer"] is IDictionary opt ? OfficialOptimizerState.FromTorch(opt, path, model) : null;
         return new State(model, ema, optimizer, epoch, exact);
     }
 
@@ -382,163 +295,6 @@ internal static class OfficialCheckpoint
         return new State(model, ema.Count > 0 ? ema : null, optimizer, epoch, exact);
     }
 
-    // The official optimizer's state_dict: param_groups[g]['params'] are ids numbered over the groups in order, each group
-    // listing its parameters in named_parameters order; state[id] holds step, exp_avg, exp_avg_sq.
-    private static Dictionary<string, (long, Tensor, Tensor)> OptimizerFromTorch(IDictionary optimizer, string path, IReadOnlyDictionary<string, Tensor> model)
-    {
-        if (optimizer["param_groups"] is not IList groups || optimizer["state"] is not IDictionary state)
-        {
-            throw new InvalidDataException($"'{path}': 'optimizer' is not a torch optimizer state_dict (no 'param_groups' list or 'state' dictionary).");
-        }
-
-        var expected = OfficialGroups(OfficialArchitectureNames(model), name => model[name].dim()).Select(g => g.Names).ToList();
-        var found = groups.Cast<object>().Select(g => g is IDictionary d && d["params"] is IList ids ? ids.Cast<object>().ToList() : null).ToList();
-        if (found.Any(g => g is null) || found.Count != expected.Count || found.Zip(expected).Any(x => x.First!.Count != x.Second.Count))
-        {
-            throw new InvalidDataException(
-                $"'{path}': the optimizer has parameter groups of sizes [{string.Join(", ", found.Select(g => g?.Count ?? -1))}], but the official create_adamw_optimizer " +
-                $"makes [{string.Join(", ", expected.Select(g => g.Count))}] (no-decay, decay) for this model. It was saved from another optimizer or model.");
-        }
-
-        var result = new Dictionary<string, (long, Tensor, Tensor)>(StringComparer.Ordinal);
-        for (int g = 0; g < expected.Count; g++)
-        {
-            for (int j = 0; j < expected[g].Count; j++)
-            {
-                string name = expected[g][j];
-                var id = found[g]![j];
-                if (!state.Contains(id) || state[id] is not IDictionary entry)
-                {
-                    continue; // a parameter that never had a gradient has no state
-                }
-
-                if (entry["exp_avg"] is not Tensor m || entry["exp_avg_sq"] is not Tensor v)
-                {
-                    throw new InvalidDataException($"'{path}': the optimizer state of '{name}' (id {id}) has no exp_avg / exp_avg_sq tensors; is it AdamW's?");
-                }
-
-                long step = entry["step"] switch
-                {
-                    Tensor t => (long)t.to(ScalarType.Float64).item<double>(),
-                    { } number => Convert.ToInt64(number, CultureInfo.InvariantCulture),
-                    null => throw new InvalidDataException($"'{path}': the optimizer state of '{name}' (id {id}) has no step."),
-                };
-                if (!m.shape.SequenceEqual(model[name].shape) || !v.shape.SequenceEqual(model[name].shape))
-                {
-                    throw new InvalidDataException($"'{path}': the optimizer moments for '{name}' have shape [{string.Join(", ", m.shape)}], the parameter [{string.Join(", ", model[name].shape)}].");
-                }
-
-                result[name] = (step, m, v);
-            }
-        }
-
-        return result;
-    }
-
-    // The trainable names of the official model that a file's 'model' holds, in order (depths read from its keys).
-    private static IReadOnlyList<string> OfficialArchitectureNames(IReadOnlyDictionary<string, Tensor> model)
-    {
-        static int Count(IEnumerable<string> keys, string prefix) => keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal))
-            .Select(k => int.Parse(k[prefix.Length..].Split('.')[0], CultureInfo.InvariantCulture)).DefaultIfEmpty(-1).Max() + 1;
-
-        var depth = Count(model.Keys, "blocks.");
-        var decoderDepth = Count(model.Keys, "decode_blocks.");
-        var names = TrainableNames(new BootMaeArchitecture { Depth = Math.Max(depth, 1), DecoderDepth = Math.Max(decoderDepth, 1) });
-        var missing = names.Where(n => !model.ContainsKey(n)).ToList();
-        if (depth < 1 || decoderDepth < 1 || missing.Count > 0)
-        {
-            throw new InvalidDataException($"The checkpoint's 'model' is not the official VisionTransformerForMaskedImageModeling (missing [{string.Join(", ", missing.Take(5))}]).");
-        }
-
-        return names;
-    }
-
-    // The official get_parameter_groups without layer decay: no_decay = 1-D, *.bias, or in no_weight_decay() (pos_embed,
-    // cls_token); groups in order of their first parameter, so [no_decay, decay] as cls_token comes first.
-    private static List<(bool NoDecay, List<string> Names)> OfficialGroups(IReadOnlyList<string> trainable, Func<string, long> dims)
-    {
-        var groups = new List<(bool NoDecay, List<string> Names)>();
-        foreach (var name in trainable)
-        {
-            bool noDecay = dims(name) == 1 || name.EndsWith(".bias", StringComparison.Ordinal) || name is "pos_embed" or "cls_token";
-            int g = groups.FindIndex(x => x.NoDecay == noDecay);
-            if (g < 0)
-            {
-                groups.Add((noDecay, new List<string>()));
-                g = groups.Count - 1;
-            }
-
-            groups[g].Names.Add(name);
-        }
-
-        return groups;
-    }
-
-    private static OrderedDictionary ExportOptimizer(BootMaeArchitecture a, BootMaeNetwork student, OwnedAdamW optimizer,
-        IReadOnlyDictionary<string, Tensor> studentState, Dictionary<string, Tensor> flat, out int withState)
-    {
-        var index = OurOptimizerIndex(student);
-        int decayCount = optimizer.ParamGroups[0].Parameters.Count;
-        var state = new OrderedDictionary();
-        var paramGroups = new ArrayList();
-        int id = 0;
-        withState = 0;
-        foreach (var (noDecay, names) in OfficialGroups(TrainableNames(a), name => studentState[name].dim()))
-        {
-            var ids = new ArrayList();
-            foreach (var name in names)
-            {
-                int i = index[name];
-                if ((i >= decayCount) != noDecay)
-                {
-                    // Our split (ParameterGroups.IsNoDecay) must be the official one, or the moments would go on under another weight decay.
-                    throw new InvalidOperationException($"'{name}' is in the {(noDecay ? "decay" : "no-decay")} group here but in the other one in the official optimizer.");
-                }
-
-                var (step, expAvg, expAvgSq) = optimizer.StateOf(i);
-                var m = HostCopy(expAvg);
-                var v = HostCopy(expAvgSq);
-                flat[ExpAvgPrefix + name] = m;
-                flat[ExpAvgSqPrefix + name] = v;
-                flat[StepPrefix + name] = torch.tensor(step);
-                if (step > 0)
-                {
-                    // torch keeps no state for a parameter that never had a gradient. An int step is what torch 1.7 (the
-                    // official setup) stores; newer torch turns it into a tensor when it loads the state.
-                    state.Add(id, new OrderedDictionary { { "step", step }, { "exp_avg", m }, { "exp_avg_sq", v } });
-                    withState++;
-                }
-
-                ids.Add(id++);
-            }
-
-            var group = optimizer.ParamGroups[noDecay ? 1 : 0];
-            paramGroups.Add(new OrderedDictionary
-            {
-                { "lr", group.LearningRate },
-                { "betas", new object[] { group.Beta1, group.Beta2 } },
-                { "eps", group.Epsilon },
-                { "weight_decay", group.WeightDecay },
-                { "amsgrad", false },
-                { "maximize", false },
-                { "foreach", null },
-                { "capturable", false },
-                { "lr_scale", 1.0 }, // train_one_epoch sets lr = schedule · lr_scale
-                { "params", ids },
-            });
-        }
-
-        return new OrderedDictionary { { "state", state }, { "param_groups", paramGroups } };
-    }
-
-    // Reference (official) name → index of that parameter's state in our optimizer (decay group, then no-decay group).
-    private static Dictionary<string, int> OurOptimizerIndex(BootMaeNetwork student)
-    {
-        var (decay, noDecay) = ParameterGroups.Split(student);
-        return decay.Concat(noDecay).Select((x, i) => (Name: BootMaeNetwork.ToReferenceKey(x.Name), i))
-            .ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
-    }
-
     private static OrderedDictionary Args(BootMaeArchitecture a, double weightDecay, TrainingPosition position)
     {
         var fea = new ArrayList { a.ShallowBlock };
@@ -549,7 +305,7 @@ internal static class OfficialCheckpoint
 
         return new OrderedDictionary
         {
-            { "model", OfficialModelName(a) ?? "custom (see bootmae)" },
+            { "model", OfficialLayout.ModelName(a) ?? "custom (see bootmae)" },
             { "input_size", a.ImageSize },
             { "weight_decay", weightDecay },
             { "opt_betas", new ArrayList { ParameterGroups.Beta1, ParameterGroups.Beta2 } },
@@ -623,7 +379,7 @@ internal static class OfficialCheckpoint
     }
 
     // Float32, contiguous, on the CPU and owned by the caller's scope: what both writers need.
-    private static Tensor HostCopy(Tensor t) => t.detach().to(ScalarType.Float32).cpu().contiguous().clone();
+    internal static Tensor HostCopy(Tensor t) => t.detach().to(ScalarType.Float32).cpu().contiguous().clone();
 
     // The args dict as JSON for the .safetensors metadata.
     private static object? ToPlain(object? value) => value switch
@@ -632,13 +388,4 @@ internal static class OfficialCheckpoint
         ArrayList l => l.Cast<object?>().Select(ToPlain).ToList(),
         _ => value,
     };
-
-    private static IEnumerable<string> WeightAndBias(string prefix) => new[] { prefix + ".weight", prefix + ".bias" };
-
-    private static IEnumerable<string> BlockNames(string p)
-        => WeightAndBias(p + "norm1").Concat(AttentionNames.Select(n => p + "attn." + n)).Concat(WeightAndBias(p + "norm2"))
-            .Concat(WeightAndBias(p + "mlp.fc1")).Concat(WeightAndBias(p + "mlp.fc2"));
-
-    private static IEnumerable<string> DecodeBlockNames(string p)
-        => BlockNames(p).Concat(WeightAndBias(p + "norm3")).Concat(WeightAndBias(p + "norm4")).Concat(CrossAttentionNames.Select(n => p + "c_attn." + n));
 }

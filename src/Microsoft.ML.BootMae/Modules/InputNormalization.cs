@@ -13,6 +13,23 @@ internal static class InputNormalization
     // handed to libtorch, so its finalizer is harmless.
     private static readonly ConcurrentDictionary<double, Scalar> Scalars = new();
 
+    // The first count images of planar [0, 1] floats (count·C·H·W values in a's layout) as a count×C×H×W tensor on
+    // device, not normalised (pretraining augments it first).
+    public static Tensor Pixels(float[] pixels01, int count, BootMaeArchitecture a, Device device)
+    {
+        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
+        if (count < 0 || pixels01.LongLength < count * perImage)
+        {
+            throw new ArgumentException($"{count} images of {a.Channels}×{a.ImageSize}×{a.ImageSize} need {count * perImage} floats, but {pixels01.LongLength} were given.", nameof(pixels01));
+        }
+
+        return tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(device);
+    }
+
+    // The network input: Pixels normalised as a's weights expect.
+    public static Tensor Input(float[] pixels01, int count, BootMaeArchitecture a, Device device)
+        => Apply(Pixels(pixels01, count, a, device), a.Normalization);
+
     // B×C×H×W pixels in [0, 1] → (x − mean[c]) / std[c], as a new tensor.
     public static Tensor Apply(Tensor pixels01, BootMaeNormalization n)
     {

@@ -91,36 +91,9 @@ internal static class ElfVersionPatcher
 
         var flags = BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(match.FlagsOffset));
         BinaryPrimitives.WriteUInt16LittleEndian(bytes.AsSpan(match.FlagsOffset), (ushort)(flags | VerFlagWeak));
-        WriteAtomically(path, bytes);
+        // Staged beside the library and renamed over it with its permissions, so a process loading it meanwhile sees the old or the new file.
+        Persistence.DurableFiles.WriteAtomically(path, stream => stream.Write(bytes), keepUnixFileMode: true);
         return ElfPatchOutcome.Patched;
-    }
-
-    private static void WriteAtomically(string path, byte[] bytes)
-    {
-        var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        var temp = Path.Combine(directory, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
-            {
-                stream.Write(bytes);
-                stream.Flush(flushToDisk: true);
-            }
-
-            if (!OperatingSystem.IsWindows())
-            {
-                File.SetUnixFileMode(temp, File.GetUnixFileMode(path));
-            }
-
-            File.Move(temp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(temp))
-            {
-                File.Delete(temp);
-            }
-        }
     }
 
     private sealed record RequirementLocation(ElfVersionRequirement Requirement, int FlagsOffset);

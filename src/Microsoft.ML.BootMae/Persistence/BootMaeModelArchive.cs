@@ -1,6 +1,5 @@
 using System.IO.Compression;
 using System.Reflection;
-using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.ML.Data;
@@ -173,8 +172,8 @@ internal static class BootMaeModelArchive
                     return catalog.Load(seekable, out inputSchema);
                 }
 
-                var manifest = ReadManifest(manifestEntry, description);
-                Verify(zip, manifest, description);
+                var manifest = BootMaeArchiveManifest.Read(manifestEntry, description);
+                BootMaeArchiveManifest.Verify(zip, manifest, description);
                 seekable.Position = start;
                 ITransformer loaded;
                 LoadScope.Value = true;
@@ -201,124 +200,6 @@ internal static class BootMaeModelArchive
         finally
         {
             copy?.Dispose();
-        }
-    }
-
-    private static JsonObject ReadManifest(ZipArchiveEntry entry, string description)
-    {
-        try
-        {
-            if (entry.Length > MaxManifestBytes)
-            {
-                throw new InvalidDataException($"{ManifestEntry} declares {entry.Length} bytes, more than the {MaxManifestBytes} a manifest may have");
-            }
-
-            // The declared size can lie; read at most one byte past the cap.
-            using var s = entry.Open();
-            var bytes = new MemoryStream();
-            var buffer = new byte[81920];
-            int n;
-            while ((n = s.Read(buffer, 0, buffer.Length)) > 0)
-            {
-                bytes.Write(buffer, 0, n);
-                if (bytes.Length > MaxManifestBytes)
-                {
-                    throw new InvalidDataException($"{ManifestEntry} holds more than the {MaxManifestBytes} bytes a manifest may have");
-                }
-            }
-
-            var manifest = JsonNode.Parse(bytes.ToArray()) as JsonObject ?? throw new InvalidDataException("the manifest is not a JSON object");
-            var format = (int?)manifest["format"] ?? 0;
-            if (format != FormatVersion)
-            {
-                throw new InvalidDataException($"manifest format {format} is not supported by this version (which reads format {FormatVersion}); update Microsoft.ML.BootMae");
-            }
-
-            CheckShape(manifest);
-            return manifest;
-        }
-        catch (Exception ex) when (ex is JsonException or InvalidOperationException or FormatException or InvalidDataException)
-        {
-            throw new InvalidDataException($"The model {description} has an unreadable BootMAE manifest ({ex.Message}); the file is damaged.", ex);
-        }
-    }
-
-    // Every field the loader reads, with its JSON type, so later casts cannot throw NullReference or InvalidCast.
-    private static void CheckShape(JsonObject manifest)
-    {
-        if (manifest["entries"] is not JsonObject entries)
-        {
-            throw new InvalidDataException("field 'entries' is missing or not an object");
-        }
-
-        foreach (var (name, hash) in entries)
-        {
-            if (hash is not JsonValue value || !value.TryGetValue<string>(out _))
-            {
-                throw new InvalidDataException($"field 'entries.{name}' is not a SHA-256 string");
-            }
-        }
-
-        if (manifest["stages"] is not JsonArray stages)
-        {
-            throw new InvalidDataException("field 'stages' is missing or not an array");
-        }
-
-        for (int i = 0; i < stages.Count; i++)
-        {
-            if (stages[i] is not JsonObject stage)
-            {
-                throw new InvalidDataException($"field 'stages[{i}]' is not an object");
-            }
-
-            foreach (var field in new[] { "kind", "entry", "sha256" })
-            {
-                if (stage[field] is not JsonValue value || !value.TryGetValue<string>(out _))
-                {
-                    throw new InvalidDataException($"field 'stages[{i}].{field}' is missing or not a string");
-                }
-            }
-
-            if (stage["config"] is not JsonObject)
-            {
-                throw new InvalidDataException($"field 'stages[{i}].config' is missing or not an object");
-            }
-        }
-    }
-
-    private static void Verify(ZipArchive zip, JsonObject manifest, string description)
-    {
-        var expected = new Dictionary<string, string>();
-        foreach (var (name, hash) in (JsonObject)manifest["entries"]!)
-        {
-            expected[name] = (string)hash!;
-        }
-
-        foreach (var stage in (JsonArray)manifest["stages"]!)
-        {
-            expected[(string)stage!["entry"]!] = (string)stage["sha256"]!;
-        }
-
-        foreach (var (name, hash) in expected)
-        {
-            var entry = zip.GetEntry(name) ?? throw new InvalidDataException(
-                $"The model {description} is damaged: its entry '{name}' is missing (truncated or edited file). Save the model again with SaveBootMae.");
-            string actual;
-            try
-            {
-                using var s = entry.Open();
-                actual = Convert.ToHexString(SHA256.HashData(s));
-            }
-            catch (InvalidDataException ex)
-            {
-                throw new InvalidDataException($"The model {description} is damaged: entry '{name}' cannot be read ({ex.Message}).", ex);
-            }
-
-            if (!string.Equals(actual, hash, StringComparison.OrdinalIgnoreCase))
-            {
-                throw new InvalidDataException(
-                    $"The model {description} is damaged: the SHA-256 of entry '{name}' does not match its manifest (the file was truncated or modified after saving). Save the model again with SaveBootMae.");
-            }
         }
     }
 
@@ -432,60 +313,6 @@ internal static class BootMaeModelArchive
         catch (UnauthorizedAccessException)
         {
             // Same.
-        }
-    }
-
-    /// <summary>Write-through stream that counts and hashes what passes.</summary>
-    private sealed class HashingStream : Stream
-    {
-        private readonly Stream _inner;
-        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        private long _length;
-
-        internal HashingStream(Stream inner) => _inner = inner;
-
-        public override bool CanRead => false;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => true;
-
-        public override long Length => _length;
-
-        public override long Position
-        {
-            get => _length;
-            set => throw new NotSupportedException();
-        }
-
-        internal string HashHex() => Convert.ToHexString(_hash.GetCurrentHash());
-
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-
-        public override void Write(ReadOnlySpan<byte> buffer)
-        {
-            _hash.AppendData(buffer);
-            _inner.Write(buffer);
-            _length += buffer.Length;
-        }
-
-        public override void Flush() => _inner.Flush();
-
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing)
-            {
-                _inner.Dispose();
-                _hash.Dispose();
-            }
-
-            base.Dispose(disposing);
         }
     }
 }

@@ -172,27 +172,45 @@ internal static class DurableFiles
     }
 
     /// <summary>
-    /// Writes <paramref name="fullPath"/> atomically: <paramref name="write"/> fills a staging file beside it, which is
-    /// flushed to the disk and then renamed over the target, so a crash leaves either the old file or the new one,
-    /// never a half-written one (a leftover staging file is swept by the next write to the same place). The folder
-    /// must exist.
+    /// Writes <paramref name="path"/> atomically: <paramref name="write"/> fills a staging file beside it, which is
+    /// renamed over the target, so a reader or a crash sees either the old file or the new one, never a half-written
+    /// one. The folder must exist. This is the library's one staged-file write (encoders, model zips, ONNX files,
+    /// official checkpoints, pictures, the sample's files, the patched native library).
     /// </summary>
-    internal static void WriteAtomically(string fullPath, Action<Stream> write)
+    /// <param name="path">The target file.</param>
+    /// <param name="write">Fills the staging stream (opened read-write: a zip written in Create mode may read back what it wrote).</param>
+    /// <param name="durable">When true (the default) a leftover staging file of an earlier crashed write is swept first, and the
+    /// file and then the rename are flushed to the disk before returning. False keeps only the atomic rename, for many small
+    /// files that can be made again (the sample's PNGs), where a sweep and two fsyncs per file would dominate.</param>
+    /// <param name="keepUnixFileMode">Gives the new file the existing target's Unix permissions (an executable or shared library).</param>
+    internal static void WriteAtomically(string path, Action<Stream> write, bool durable = true, bool keepUnixFileMode = false)
     {
+        var fullPath = Path.GetFullPath(path);
         var directory = Path.GetDirectoryName(fullPath)!;
-        SweepStale(directory, Regex.Escape(Path.GetFileName(fullPath)));
+        if (durable)
+        {
+            SweepStale(directory, Regex.Escape(Path.GetFileName(fullPath)));
+        }
+
         var temp = StagingPath(fullPath);
         try
         {
-            // ReadWrite: a zip written in Create mode may read back what it wrote.
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.ReadWrite))
             {
                 write(stream);
-                stream.Flush(flushToDisk: true);
+                stream.Flush(flushToDisk: durable);
+            }
+
+            if (keepUnixFileMode && !OperatingSystem.IsWindows())
+            {
+                File.SetUnixFileMode(temp, File.GetUnixFileMode(fullPath));
             }
 
             File.Move(temp, fullPath, overwrite: true);
-            FlushDirectory(directory);
+            if (durable)
+            {
+                FlushDirectory(directory);
+            }
         }
         finally
         {

@@ -36,9 +36,9 @@ public sealed class BootMaePretrainingEstimator : IEstimator<BootMaeEncoderTrans
         ArgumentNullException.ThrowIfNull(options);
         options.ValidateCommon(options.InferenceBatchSize);
         options.Training.Validate();
-        if (options.InitialEncoder is { } initial && options.Architecture is { } architecture && initial.Architecture != architecture)
+        if (options.InitialEncoder is { } initial && options.Architecture is { } architecture)
         {
-            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but Architecture is {architecture}; leave Architecture null to use the encoder's.", nameof(options));
+            BootMaeEncoderShape.RequireFits(initial.Architecture, architecture, "InitialEncoder", "Architecture (leave it null to use the encoder's)", nameof(options));
         }
 
         _env = env;

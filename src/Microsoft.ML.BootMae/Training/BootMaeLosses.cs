@@ -32,6 +32,20 @@ internal static class BootMaeLosses
         return images.reshape(b, c, h, patchSize, w, patchSize).sub(mean).div_(std).reshape(b, c, h * patchSize, w * patchSize);
     }
 
+    // The inverse of PixelTarget for a prediction in its space: x̂·std + mean with each patch's statistics from images,
+    // back in image layout B×C×H×W (for pictures; the identity when the target is not normalised).
+    public static Tensor FromPixelTarget(Tensor prediction, Tensor images, int patchSize, bool normalize, double epsilon)
+    {
+        if (!normalize)
+        {
+            return prediction;
+        }
+
+        long b = images.shape[0], c = images.shape[1], h = images.shape[2] / patchSize, w = images.shape[3] / patchSize;
+        var (mean, std) = PatchStatistics(images, patchSize, epsilon);
+        return (prediction.reshape(b, c, h, patchSize, w, patchSize) * std).add(mean, TorchScalars.One).reshape(b, c, h * patchSize, w * patchSize);
+    }
+
     // w = m·(1 + AvgPool3×3(m)) on the patch grid (stride 1, zero padding 1, always dividing by 9); w = m when off.
     // mask: B×N (1 = masked). Returns B×N.
     public static Tensor WeightMask(Tensor mask, int gridSize, bool weighted)
@@ -132,16 +146,44 @@ internal static class BootMaeLosses
             .reshape(b, h * w, patchSize * patchSize * c);
     }
 
+    // The inverse of Patchify: B×N×(P·P·C) → B×C×H×W.
+    public static Tensor Unpatchify(Tensor patches, int channels, int gridSize, int patchSize)
+    {
+        long b = patches.shape[0], g = gridSize, p = patchSize, c = channels;
+        return patches.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p);
+    }
+
+    // MAE's whole-patch statistics of patchified pixels B×N×P²C: mean and sqrt(unbiased variance + 1e-6), each B×N×1.
+    // Shared by MAE's target and the reconstruction preview.
+    public static (Tensor Mean, Tensor Std) MaePatchStatistics(Tensor patches)
+    {
+        var mean = patches.mean(new long[] { -1 }, keepdim: true);
+        var variance = patches.var(-1, unbiased: true, keepdim: true);
+        using var eps = 1e-6.ToScalar();
+        return (mean, variance.add_(eps, TorchScalars.One).sqrt_());
+    }
+
+    // The inverse of MAE's target for a prediction B×N×P²C in its space, back in image layout B×C×H×W (for pictures).
+    public static Tensor FromMaeTarget(Tensor prediction, Tensor images, int gridSize, int patchSize, bool normalize)
+    {
+        var patches = prediction;
+        if (normalize)
+        {
+            var (mean, std) = MaePatchStatistics(Patchify(images, patchSize));
+            patches = (prediction * std).add(mean, TorchScalars.One);
+        }
+
+        return Unpatchify(patches, (int)images.shape[1], gridSize, patchSize);
+    }
+
     // MAE loss: whole-patch normalisation (unbiased variance, eps 1e-6), per-patch MSE, masked mean. prediction B×N×P²C.
     public static Tensor MaeLoss(Tensor prediction, Tensor images, Tensor mask, int patchSize, bool normalize)
     {
         var target = Patchify(images, patchSize);
         if (normalize)
         {
-            var mean = target.mean(new long[] { -1 }, keepdim: true);
-            var variance = target.var(-1, unbiased: true, keepdim: true);
-            using var eps = 1e-6.ToScalar();
-            target = (target - mean) / variance.add_(eps, TorchScalars.One).sqrt_();
+            var (mean, std) = MaePatchStatistics(target);
+            target = (target - mean) / std;
         }
 
         var perPatch = (prediction - target).pow(TorchScalars.Two).mean(new long[] { -1 });

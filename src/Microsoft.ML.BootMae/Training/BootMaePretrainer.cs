@@ -35,14 +35,15 @@ public sealed class BootMaePretrainer
         ArgumentNullException.ThrowIfNull(settings);
         architecture.Validate();
         settings.Validate();
-        if (settings.InitialEncoder is { } initial && initial.Architecture != architecture)
+        // Only the encoder's shape must match: the decoders are built for this run whatever the encoder was pretrained with.
+        if (settings.InitialEncoder is { } initial)
         {
-            throw new ArgumentException($"InitialEncoder has architecture {initial.Architecture}, but the run uses {architecture}.", nameof(settings));
+            BootMaeEncoderShape.RequireFits(initial.Architecture, architecture, "InitialEncoder", "the run's encoder", nameof(settings));
         }
 
-        if (settings.TeacherEncoder is { } frozen && frozen.Architecture != architecture)
+        if (settings.TeacherEncoder is { } frozen)
         {
-            throw new ArgumentException($"TeacherEncoder has architecture {frozen.Architecture}, but the run uses {architecture}.", nameof(settings));
+            BootMaeEncoderShape.RequireFits(frozen.Architecture, architecture, "TeacherEncoder", "the run's encoder", nameof(settings));
         }
 
         _architecture = architecture;
@@ -88,8 +89,7 @@ public sealed class BootMaePretrainer
         using var network = BootMaeNetwork.Create(a, s, s.Seed);
         if (s.InitialEncoder is { } initial)
         {
-            using var scope = NewDisposeScope();
-            BootMaeEncoder.LoadWeights(network.Encoder, initial.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "InitialEncoder");
+            EncoderWeights.CopyInto(initial.Module, network.Encoder, "InitialEncoder");
         }
 
         Hooks?.InitializeNetwork?.Invoke(network);
@@ -99,11 +99,7 @@ public sealed class BootMaePretrainer
         using var teacher = s.UsesFeatureLoss ? new MomentumTeacher(network.Encoder, bf16Teacher) : null;
         if (teacher is not null && s.Teacher == BootMaeTeacher.Frozen)
         {
-            using (var scope = NewDisposeScope())
-            {
-                BootMaeEncoder.LoadWeights(teacher.Encoder, s.TeacherEncoder!.Module.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "TeacherEncoder");
-            }
-
+            EncoderWeights.CopyInto(s.TeacherEncoder!.Module, teacher.Encoder, "TeacherEncoder");
             teacher.SyncAfterLoad();
         }
 

@@ -195,7 +195,7 @@ internal sealed class FineTuneRun : ITrainingRun
         _dropPathGenerator!.manual_seed(Seeds.Derive(_s.Seed, step, stream: 2));
         using (var scope = NewDisposeScope())
         {
-            var x = ImageClassifierEngine.ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
+            var x = InputNormalization.Input(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device);
             var y = tensor(labels, new long[] { batch.Count }).to(_device);
             if (_s.Augment)
             {
@@ -349,7 +349,7 @@ internal sealed class FineTuneRun : ITrainingRun
                 var labels = CheckLabels(batch, "validation");
                 using var scope = NewDisposeScope();
                 var y = tensor(labels, new long[] { batch.Count }).to(_device);
-                var logits = _model.forward(ImageClassifierEngine.ToInput(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device));
+                var logits = _model.forward(InputNormalization.Input(batch.Pixels, batch.Count, _model.Encoder.Architecture, _device));
                 lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
                 correct += logits.argmax(1).eq(y).sum().item<long>();
                 images += batch.Count;

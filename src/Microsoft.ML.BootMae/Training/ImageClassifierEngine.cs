@@ -101,7 +101,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         using var use = _gate.Enter(this);
         using var scope = NewDisposeScope();
         using var mode = inference_mode();
-        var logits = _model.forward(ToInput(pixels01, count, Architecture, _device));
+        var logits = _model.forward(InputNormalization.Input(pixels01, count, Architecture, _device));
         return nn.functional.softmax(logits, 1).cpu().contiguous().data<float>().ToArray();
     }
 
@@ -117,22 +117,8 @@ internal sealed class ImageClassifierEngine : IDisposable
     public BootMaeEncoder ExtractEncoder()
     {
         using var use = _gate.Enter(this);
-        var module = new VisionTransformerEncoder(Architecture);
-        try
-        {
-            using (var scope = NewDisposeScope())
-            {
-                var weights = _model.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
-                BootMaeEncoder.LoadWeights(module, weights, strict: true, source: "the classifier's encoder");
-            }
-
-            return new BootMaeEncoder(module.to(_device), Architecture);
-        }
-        catch
-        {
-            module.Dispose();
-            throw;
-        }
+        var module = EncoderWeights.Copy(_model.Encoder, Architecture, "the classifier's encoder");
+        return new BootMaeEncoder(module.to(_device), Architecture);
     }
 
     /// <summary>Writes the classifier (header and weights) and leaves the stream open.</summary>
@@ -177,11 +163,7 @@ internal sealed class ImageClassifierEngine : IDisposable
         var model = new ImageClassifier(encoder, numClasses, linearProbe, sourceBlock);
         try
         {
-            using (var scope = NewDisposeScope())
-            {
-                var weights = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu());
-                BootMaeEncoder.LoadWeights(encoder, weights, strict: true, source: "the encoder");
-            }
+            EncoderWeights.CopyInto(source, encoder, "the encoder");
 
             ClassifierFreezePolicy.Apply(model);
             return model;
@@ -191,19 +173,6 @@ internal sealed class ImageClassifierEngine : IDisposable
             model.Dispose();
             throw;
         }
-    }
-
-    /// <summary>[count, C, H, W] pixels in [0, 1] as the encoder's normalised input on <paramref name="device"/>.</summary>
-    internal static Tensor ToInput(float[] pixels01, int count, BootMaeArchitecture a, Device device)
-    {
-        long perImage = (long)a.Channels * a.ImageSize * a.ImageSize;
-        if (count < 0 || pixels01.LongLength < count * perImage)
-        {
-            throw new ArgumentException($"{count} images of {a.Channels}×{a.ImageSize}×{a.ImageSize} need {count * perImage} floats, but {pixels01.LongLength} were given.", nameof(pixels01));
-        }
-
-        var input = tensor(pixels01.AsSpan(0, checked((int)(count * perImage))).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize });
-        return BootMaeEncoder.Normalize(input.to(device), a);
     }
 
     /// <summary>A CPU copy of <paramref name="model"/>'s state_dict, outside any dispose scope (the caller disposes it).</summary>

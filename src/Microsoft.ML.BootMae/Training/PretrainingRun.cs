@@ -92,8 +92,7 @@ internal sealed class PretrainingRun : ITrainingRun, IDisposable
         }
 
         double lambda = _schedules.FeatureLossWeight(step);
-        int perImage = a.Channels * a.ImageSize * a.ImageSize;
-        var pixels01 = tensor(batch.Pixels.AsSpan(0, batch.Count * perImage).ToArray(), new long[] { batch.Count, a.Channels, a.ImageSize, a.ImageSize }).to(_device);
+        var pixels01 = InputNormalization.Pixels(batch.Pixels, batch.Count, a, _device);
         if (_settings.Augment)
         {
             // Drawn from the seed and step, so a resumed run sees the same views.
@@ -101,7 +100,7 @@ internal sealed class PretrainingRun : ITrainingRun, IDisposable
                 DataViews.ImageAugmentation.For(a).MinScale);
         }
 
-        var images = BootMaeEncoder.Normalize(pixels01, a);
+        var images = InputNormalization.Apply(pixels01, a.Normalization);
         using var masks = _hooks?.Masks is { } injected
             ? injected(step, batch.Count, _device)
             : MaskingGenerator.ForSettings(a, _settings, Seeds.Derive(_settings.Seed, step, stream: 1)).Next(batch.Count, _device);
@@ -293,12 +292,7 @@ internal sealed class PretrainingRun : ITrainingRun, IDisposable
 
     private BootMaeEncoder ExtractEncoder()
     {
-        var module = new VisionTransformerEncoder(_network.Architecture);
-        using (var scope = NewDisposeScope())
-        {
-            BootMaeEncoder.LoadWeights(module, _network.Encoder.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.cpu()), strict: true, source: "the trained student");
-        }
-
+        var module = EncoderWeights.Copy(_network.Encoder, _network.Architecture, "the trained student");
         return new BootMaeEncoder(module.to(_device), _network.Architecture);
     }
 }

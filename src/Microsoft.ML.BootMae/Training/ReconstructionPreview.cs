@@ -1,6 +1,5 @@
 using Microsoft.ML.BootMae.Modules;
 using Microsoft.ML.BootMae.Visualization;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Microsoft.ML.BootMae.Training;
@@ -23,10 +22,13 @@ internal static class ReconstructionPreview
             using var scope = NewDisposeScope();
             using var guard = no_grad();
             int perImage = a.Channels * a.ImageSize * a.ImageSize;
-            var images = BootMaeEncoder.Normalize(tensor(pixels01.AsSpan(0, count * perImage).ToArray(), new long[] { count, a.Channels, a.ImageSize, a.ImageSize }).to(device), a);
+            var images = InputNormalization.Input(pixels01, count, a, device);
             using var masks = MaskingGenerator.ForSettings(a, s, seed).Next(count, device);
             var prediction = network.Forward(images, masks).Pixels;
-            var reconstruction = s.Mode == BootMaeMode.Mae ? FromMaePatches(prediction, images, a, s.NormPixTarget) : FromPerChannelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
+            // Back from the loss's target space with the loss's own statistics of each original patch.
+            var reconstruction = s.Mode == BootMaeMode.Mae
+                ? BootMaeLosses.FromMaeTarget(prediction, images, a.GridSize, a.PatchSize, s.NormPixTarget)
+                : BootMaeLosses.FromPixelTarget(prediction, images, a.PatchSize, s.NormPixTarget, s.PixelTargetEpsilon);
             var recon01 = InputNormalization.Invert(reconstruction, a.Normalization).clamp_(TorchScalars.ZeroDouble, TorchScalars.OneDouble).cpu().contiguous().data<float>().ToArray();
             var maskValues = masks.Mask.cpu().contiguous().data<float>().ToArray();
             int n = a.NumPatches;
@@ -40,41 +42,11 @@ internal static class ReconstructionPreview
                 patchMasks.Add(maskValues.AsSpan(i * n, n).ToArray().Select(v => v > 0.5f).ToArray());
             }
 
-            return BootMaePictures.ReconstructionGrid(originals, patchMasks, reconstructions, a.Channels, a.ImageSize, a.ImageSize, a.PatchSize, path, title);
+            return BootMaePictures.ReconstructionGrid(originals, patchMasks, reconstructions, a, path, new BootMaePictureOptions { Title = title });
         }
         finally
         {
             network.train(wasTraining);
         }
-    }
-
-    // BootMAE: B×C×H×W in the per-patch, per-channel normalised space of the loss's own pixel target.
-    private static Tensor FromPerChannelTarget(Tensor prediction, Tensor images, int p, bool normalized, double epsilon)
-    {
-        if (!normalized)
-        {
-            return prediction;
-        }
-
-        long b = images.shape[0], c = images.shape[1], h = images.shape[2] / p, w = images.shape[3] / p;
-        var (mean, std) = BootMaeLosses.PatchStatistics(images, p, epsilon);
-        return (prediction.reshape(b, c, h, p, w, p) * std).add(mean, TorchScalars.One).reshape(b, c, h * p, w * p);
-    }
-
-    // MAE: B×N×P²C patches normalised over the whole patch (unbiased variance, eps 1e-6).
-    private static Tensor FromMaePatches(Tensor prediction, Tensor images, BootMaeArchitecture a, bool normalized)
-    {
-        var patches = prediction;
-        if (normalized)
-        {
-            var target = BootMaeLosses.Patchify(images, a.PatchSize);
-            var mean = target.mean(new long[] { -1 }, keepdim: true);
-            using var eps = 1e-6.ToScalar();
-            var std = target.var(new long[] { -1 }, unbiased: true, keepdim: true).add(eps, TorchScalars.One).sqrt();
-            patches = (prediction * std).add(mean, TorchScalars.One);
-        }
-
-        long b = images.shape[0], g = a.GridSize, p = a.PatchSize, c = a.Channels;
-        return patches.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p);
     }
 }

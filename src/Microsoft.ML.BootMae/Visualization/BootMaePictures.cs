@@ -1,9 +1,4 @@
 using System.Globalization;
-using OxyPlot;
-using OxyPlot.Axes;
-using OxyPlot.Legends;
-using OxyPlot.Series;
-using OxyPlot.SkiaSharp;
 using SkiaSharp;
 
 namespace Microsoft.ML.BootMae.Visualization;
@@ -20,14 +15,33 @@ namespace Microsoft.ML.BootMae.Visualization;
 /// </remarks>
 public static class BootMaePictures
 {
-    private const float Margin = 20;
-    private const float Gap = 12;
-    private const float TitleSize = 20;
     private const float HeaderSize = 15;
 
     /// <summary>
+    /// Draws one row per image of <paramref name="architecture"/>'s input shape: the original, the masked input (masked
+    /// patches grey), the pixel reconstruction, and the reconstruction with the visible patches pasted back, as in the MAE
+    /// paper's figures.
+    /// </summary>
+    /// <param name="images">Original images, each Channels × ImageSize × ImageSize values in [0, 1].</param>
+    /// <param name="masks">One mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="reconstructions">The regressor's pixel predictions, one per image, same shape as the images.</param>
+    /// <param name="architecture">Gives the channels, the image side and the patch size.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="options">Title, row labels and tile size; <c>null</c> for none and the default size.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException">An argument is null, empty, or of the wrong count or length.</exception>
+    public static string ReconstructionGrid(IReadOnlyList<float[]> images, IReadOnlyList<bool[]> masks, IReadOnlyList<float[]> reconstructions,
+        BootMaeArchitecture architecture, string path, BootMaePictureOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        return ReconstructionGrid(images, masks, reconstructions, architecture.Channels, architecture.ImageSize, architecture.ImageSize, architecture.PatchSize,
+            path, options?.Title, options?.RowLabels, options?.TileSize);
+    }
+
+    /// <summary>
     /// Draws one row per image: the original, the masked input (masked patches grey), the pixel reconstruction, and
-    /// the reconstruction with the visible patches pasted back, as in the MAE paper's figures.
+    /// the reconstruction with the visible patches pasted back, as in the MAE paper's figures. For images of an
+    /// architecture's input shape the overload taking a <see cref="BootMaeArchitecture"/> and <see cref="BootMaePictureOptions"/> is shorter.
     /// </summary>
     /// <param name="images">Original images, each <paramref name="channels"/> × <paramref name="height"/> × <paramref name="width"/> values in [0, 1].</param>
     /// <param name="masks">One mask per image over the (height / patchSize) × (width / patchSize) patch grid, row-major, <c>true</c> = masked.</param>
@@ -95,8 +109,30 @@ public static class BootMaePictures
     }
 
     /// <summary>
+    /// Draws one row per image of <paramref name="architecture"/>'s input shape: the original, the image under a random
+    /// mask and under a block-wise mask (as in BootMAE's Fig. 2, e.g. from <see cref="BootMaeMasks.Sample"/>), masked
+    /// patches grey; the headers give each kind's mean masking ratio.
+    /// </summary>
+    /// <param name="images">Images, each Channels × ImageSize × ImageSize values in [0, 1].</param>
+    /// <param name="randomMasks">One random mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="blockMasks">One block-wise mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
+    /// <param name="architecture">Gives the channels, the image side and the patch size.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="options">Title, row labels and tile size; <c>null</c> for none and the default size.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException">An argument is null, empty, or of the wrong count or length.</exception>
+    public static string MaskComparison(IReadOnlyList<float[]> images, IReadOnlyList<bool[]> randomMasks, IReadOnlyList<bool[]> blockMasks,
+        BootMaeArchitecture architecture, string path, BootMaePictureOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        return MaskComparison(images, randomMasks, blockMasks, architecture.Channels, architecture.ImageSize, architecture.ImageSize, architecture.PatchSize,
+            path, options?.Title, options?.RowLabels, options?.TileSize);
+    }
+
+    /// <summary>
     /// Draws one row per image: the original, the image under a random mask and under a block-wise mask (as in
-    /// BootMAE's Fig. 2), masked patches grey; the headers give each kind's mean masking ratio.
+    /// BootMAE's Fig. 2), masked patches grey; the headers give each kind's mean masking ratio. For images of an
+    /// architecture's input shape the overload taking a <see cref="BootMaeArchitecture"/> and <see cref="BootMaePictureOptions"/> is shorter.
     /// </summary>
     /// <param name="images">Images, each <paramref name="channels"/> × <paramref name="height"/> × <paramref name="width"/> values in [0, 1].</param>
     /// <param name="randomMasks">One random mask per image over the patch grid, row-major, <c>true</c> = masked.</param>
@@ -151,6 +187,31 @@ public static class BootMaePictures
     }
 
     /// <summary>
+    /// Draws three line charts against the training step from the reports of a run (what
+    /// <see cref="BootMaePretrainerSettings"/>'s or the ML.NET Options' <c>MetricsCallback</c> received): the losses (total,
+    /// pixel, feature), the learning rate and the EMA momentum. See <see cref="TrainingCurves(IReadOnlyList{TrainingCurvePoint}, string, string?)"/>
+    /// for the picture.
+    /// </summary>
+    /// <param name="reports">The reports in the order received; validation reports are left out. A report holds the means
+    /// since its epoch began, so each point is the mean over the steps since the previous report of its epoch (the curve
+    /// does not jump at epoch starts); a run without step reports gives one point per epoch.</param>
+    /// <param name="path">PNG file to write; its folder is created if missing.</param>
+    /// <param name="title">Optional title above the charts.</param>
+    /// <returns>The full path of the PNG written.</returns>
+    /// <exception cref="ArgumentException"><paramref name="reports"/> holds no training report, or <paramref name="path"/> is blank.</exception>
+    public static string TrainingCurves(IEnumerable<BootMaeTrainingMetrics> reports, string path, string? title = null)
+    {
+        ArgumentNullException.ThrowIfNull(reports);
+        var points = TrainingCurvePoint.FromReports(reports);
+        if (points.Count == 0)
+        {
+            throw new ArgumentException("reports must hold at least one training (not validation) report.", nameof(reports));
+        }
+
+        return TrainingCurves(points, path, title);
+    }
+
+    /// <summary>
     /// Draws three line charts against the training step: the losses (total, pixel, feature), the learning rate and
     /// the EMA momentum, each with axes, ticks, labels and, for the losses, a legend. The charts are drawn with OxyPlot
     /// (OxyPlot.SkiaSharp); for other charts of the same metrics, see <see cref="BootMaeTensorBoard"/>.
@@ -174,39 +235,19 @@ public static class BootMaePictures
 
         PictureKit.CheckPath(path, nameof(path));
         var sorted = points.OrderBy(p => p.Step).ToArray();
-        var steps = sorted.Select(p => (double)p.Step).ToArray();
+        LineChart.Panel Panel(string panelTitle, string yLabel, params (string Name, SKColor Color, Func<TrainingCurvePoint, double> Value)[] curves)
+            => new(panelTitle, yLabel, curves.Select(c => new LineChart.Curve(c.Name, c.Color, sorted.Select(c.Value).ToArray())).ToArray());
 
-        const float panelWidth = 500;
-        const float panelHeight = 380;
-        var top = Margin + (title is null ? 0 : TitleSize + 14);
-        const float width = (Margin * 2) + (3 * panelWidth) + (2 * Gap);
-        using var surface = SKSurface.Create(new SKImageInfo((int)width, (int)(top + panelHeight + Margin)));
-        var canvas = surface.Canvas;
-        canvas.Clear(PictureKit.Background);
-        if (title is not null)
+        var panels = new[]
         {
-            using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
-            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
-        }
-
-        var panels = new (string Title, string YLabel, Series[] Series)[]
-        {
-            ("Loss", "loss", [
-                new("total", new SKColor(0x22, 0x22, 0x22), sorted.Select(p => p.TotalLoss).ToArray()),
-                new("pixel", new SKColor(0x1F, 0x77, 0xB4), sorted.Select(p => p.PixelLoss).ToArray()),
-                new("feature", new SKColor(0xFF, 0x7F, 0x0E), sorted.Select(p => p.FeatureLoss).ToArray()),
-            ]),
-            ("Learning rate", "learning rate", [new("lr", new SKColor(0x2C, 0xA0, 0x2C), sorted.Select(p => p.LearningRate).ToArray())]),
-            ("EMA momentum", "momentum", [new("ema", new SKColor(0x94, 0x67, 0xBD), sorted.Select(p => p.EmaMomentum).ToArray())]),
+            Panel("Loss", "loss",
+                ("total", new SKColor(0x22, 0x22, 0x22), p => p.TotalLoss),
+                ("pixel", new SKColor(0x1F, 0x77, 0xB4), p => p.PixelLoss),
+                ("feature", new SKColor(0xFF, 0x7F, 0x0E), p => p.FeatureLoss)) with { Legend = true },
+            Panel("Learning rate", "learning rate", ("lr", new SKColor(0x2C, 0xA0, 0x2C), p => p.LearningRate)),
+            Panel("EMA momentum", "momentum", ("ema", new SKColor(0x94, 0x67, 0xBD), p => p.EmaMomentum)),
         };
-
-        for (var i = 0; i < panels.Length; i++)
-        {
-            var bounds = SKRect.Create(Margin + (i * (panelWidth + Gap)), top, panelWidth, panelHeight);
-            Chart.Draw(canvas, bounds, panels[i].Title, panels[i].YLabel, steps, panels[i].Series, legend: i == 0);
-        }
-
-        return PictureKit.Save(surface, path);
+        return LineChart.SaveRow(sorted.Select(p => (double)p.Step).ToArray(), "step", panels, path, title);
     }
 
     private static void CheckRowLabels(IReadOnlyList<string>? rowLabels, int count)
@@ -259,47 +300,47 @@ public static class BootMaePictures
     {
         using var headerPaint = PictureKit.TextPaint(HeaderSize, bold: true);
         using var labelPaint = PictureKit.TextPaint(HeaderSize - 1);
-        using var titlePaint = PictureKit.TextPaint(TitleSize, bold: true);
+        using var titlePaint = PictureKit.TextPaint(PictureKit.TitleSize, bold: true);
 
         // Columns widen to fit their header, so long titles never run into the next column.
         var columnWidth = Math.Max(tileWidth, headers.Max(h => headerPaint.MeasureText(h)) + 8);
-        var labelWidth = rowLabels is null ? 0 : rowLabels.Max(l => labelPaint.MeasureText(l ?? string.Empty)) + Gap;
-        var gridWidth = labelWidth + (headers.Length * columnWidth) + ((headers.Length - 1) * Gap);
+        var labelWidth = rowLabels is null ? 0 : rowLabels.Max(l => labelPaint.MeasureText(l ?? string.Empty)) + PictureKit.Gap;
+        var gridWidth = labelWidth + (headers.Length * columnWidth) + ((headers.Length - 1) * PictureKit.Gap);
         var titleWidth = title is null ? 0 : titlePaint.MeasureText(title);
-        var width = (Margin * 2) + Math.Max(gridWidth, titleWidth);
-        var titleHeight = title is null ? 0 : TitleSize + 14;
+        var width = (PictureKit.Margin * 2) + Math.Max(gridWidth, titleWidth);
+        var titleHeight = title is null ? 0 : PictureKit.TitleSize + 14;
         var headerHeight = HeaderSize + 10;
-        var height = (Margin * 2) + titleHeight + headerHeight + (rows * tileHeight) + ((rows - 1) * Gap);
+        var height = (PictureKit.Margin * 2) + titleHeight + headerHeight + (rows * tileHeight) + ((rows - 1) * PictureKit.Gap);
 
         using var surface = SKSurface.Create(new SKImageInfo((int)Math.Ceiling(width), (int)Math.Ceiling(height)));
         var canvas = surface.Canvas;
         canvas.Clear(PictureKit.Background);
-        var left = Margin + ((width - (Margin * 2) - gridWidth) / 2);
+        var left = PictureKit.Margin + ((width - (PictureKit.Margin * 2) - gridWidth) / 2);
         if (title is not null)
         {
-            PictureKit.DrawCentered(canvas, title, width / 2, Margin + TitleSize, titlePaint);
+            PictureKit.DrawCentered(canvas, title, width / 2, PictureKit.Margin + PictureKit.TitleSize, titlePaint);
         }
 
-        var top = Margin + titleHeight;
+        var top = PictureKit.Margin + titleHeight;
         for (var column = 0; column < headers.Length; column++)
         {
-            var centerX = left + labelWidth + (column * (columnWidth + Gap)) + (columnWidth / 2);
+            var centerX = left + labelWidth + (column * (columnWidth + PictureKit.Gap)) + (columnWidth / 2);
             PictureKit.DrawCentered(canvas, headers[column], centerX, top + HeaderSize, headerPaint);
         }
 
         top += headerHeight;
         for (var row = 0; row < rows; row++)
         {
-            var y = top + (row * (tileHeight + Gap));
+            var y = top + (row * (tileHeight + PictureKit.Gap));
             if (rowLabels is not null)
             {
                 var label = rowLabels[row] ?? string.Empty;
-                canvas.DrawText(label, left + labelWidth - Gap - labelPaint.MeasureText(label), y + (tileHeight / 2) + (HeaderSize / 3), labelPaint);
+                canvas.DrawText(label, left + labelWidth - PictureKit.Gap - labelPaint.MeasureText(label), y + (tileHeight / 2) + (HeaderSize / 3), labelPaint);
             }
 
             for (var column = 0; column < headers.Length; column++)
             {
-                var x = left + labelWidth + (column * (columnWidth + Gap)) + ((columnWidth - tileWidth) / 2);
+                var x = left + labelWidth + (column * (columnWidth + PictureKit.Gap)) + ((columnWidth - tileWidth) / 2);
                 var target = SKRect.Create(x, y, tileWidth, tileHeight);
                 drawTile(canvas, row, column, target);
                 PictureKit.DrawFrame(canvas, target);
@@ -307,75 +348,5 @@ public static class BootMaePictures
         }
 
         return PictureKit.Save(surface, path);
-    }
-
-    private sealed record Series(string Name, SKColor Color, double[] Values);
-
-    /// <summary>One line chart drawn by OxyPlot into a panel of the canvas: axes, ticks, grid, curves and an optional legend.</summary>
-    private static class Chart
-    {
-        public static void Draw(SKCanvas canvas, SKRect bounds, string title, string yLabel, double[] xs, Series[] series, bool legend)
-        {
-            var font = PictureKit.Regular.FamilyName;
-            var ink = Oxy(PictureKit.Ink);
-            var grid = OxyColor.FromRgb(0xE6, 0xE6, 0xE6);
-            var model = new PlotModel
-            {
-                Title = title, TitleFontSize = 16, DefaultFont = font, DefaultFontSize = 12, TextColor = ink, Background = OxyColors.White,
-                PlotAreaBorderColor = ink, PlotAreaBorderThickness = new OxyThickness(1, 0, 0, 1), Padding = new OxyThickness(8, 6, 14, 6),
-            };
-            model.Axes.Add(new LinearAxis
-            {
-                Position = AxisPosition.Bottom, Title = "step", TitleFontSize = 13, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = grid,
-                TicklineColor = ink, AxislineColor = ink, MinimumPadding = 0, MaximumPadding = 0, StringFormat = "#,0.##",
-            });
-            model.Axes.Add(new LinearAxis
-            {
-                Position = AxisPosition.Left, Title = yLabel, TitleFontSize = 13, MajorGridlineStyle = LineStyle.Solid, MajorGridlineColor = grid,
-                TicklineColor = ink, AxislineColor = ink, MinimumPadding = 0.05, MaximumPadding = 0.05, LabelFormatter = Tick,
-            });
-
-            foreach (var s in series.Where(s => s.Values.Any(double.IsFinite)))
-            {
-                var line = new LineSeries
-                {
-                    Title = s.Name, Color = Oxy(s.Color), StrokeThickness = 2, LineJoin = LineJoin.Round,
-
-                    // A lone point (one step logged) would not show as a line, so mark it.
-                    MarkerType = s.Values.Count(double.IsFinite) == 1 ? MarkerType.Circle : MarkerType.None, MarkerFill = Oxy(s.Color), MarkerSize = 3,
-                };
-
-                // Undefined points (NaN values) break the line, so a value not logged leaves a gap.
-                line.Points.AddRange(xs.Select((x, i) => double.IsFinite(x) && double.IsFinite(s.Values[i]) ? new DataPoint(x, s.Values[i]) : DataPoint.Undefined));
-                model.Series.Add(line);
-            }
-
-            if (legend && model.Series.Count > 0)
-            {
-                model.Legends.Add(new Legend
-                {
-                    LegendPosition = LegendPosition.TopRight, LegendPlacement = LegendPlacement.Inside, LegendBackground = OxyColor.FromAColor(230, OxyColors.White),
-                    LegendBorder = Oxy(PictureKit.FrameGrey), LegendFontSize = 12, LegendSymbolLength = 20,
-                });
-            }
-
-            // Text shaping would need HarfBuzz's native library, which SkiaSharp's Linux assets do not bring; plain
-            // Latin labels do not need it.
-            using var context = new SkiaRenderContext { RenderTarget = RenderTarget.PixelGraphic, SkCanvas = canvas, UseTextShaping = false };
-            canvas.Save();
-            canvas.ClipRect(bounds);
-            canvas.Translate(bounds.Left, bounds.Top);
-            ((IPlotModel)model).Update(true);
-            ((IPlotModel)model).Render(context, new OxyRect(0, 0, bounds.Width, bounds.Height));
-            canvas.Restore();
-        }
-
-        // Plain decimals, and scientific notation for learning rates and other tiny or huge values.
-        private static string Tick(double value) =>
-            value == 0 ? "0"
-            : Math.Abs(value) < 1e-3 || Math.Abs(value) >= 1e6 ? value.ToString("0.##E+0", CultureInfo.InvariantCulture)
-            : value.ToString("#,0.#####", CultureInfo.InvariantCulture);
-
-        private static OxyColor Oxy(SKColor color) => OxyColor.FromArgb(color.Alpha, color.Red, color.Green, color.Blue);
     }
 }

@@ -6,6 +6,11 @@ namespace Microsoft.ML.BootMae.Visualization;
 /// <summary>Shared drawing helpers: fonts, text, image tiles, argument checks and PNG output.</summary>
 internal static class PictureKit
 {
+    // Spacing of every picture: outer margin, gap between tiles or panels, and the title's text size.
+    public const float Margin = 20;
+    public const float Gap = 12;
+    public const float TitleSize = 20;
+
     public static readonly SKColor Background = SKColors.White;
     public static readonly SKColor Ink = new(0x22, 0x22, 0x22);
     public static readonly SKColor MaskGrey = new(0x80, 0x80, 0x80);
@@ -102,8 +107,8 @@ internal static class PictureKit
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100)
             ?? throw new InvalidOperationException("SkiaSharp could not encode the picture as PNG.");
-        using var file = File.Create(fullPath);
-        data.SaveTo(file);
+        // Atomic: the reconstruction preview replaces its picture every epoch while a viewer may be reading it.
+        Persistence.DurableFiles.WriteAtomically(fullPath, data.SaveTo);
         return fullPath;
     }
 

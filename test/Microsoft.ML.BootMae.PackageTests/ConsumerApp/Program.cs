@@ -59,9 +59,7 @@ using (var featurizer = bytes.Fit(rows))
 
 // 6. Training curves (OxyPlot on the package's SkiaSharp 2.88, in the process that ImageAnalytics used above) and
 //    the TensorBoard sink (TorchSharp's SummaryWriter).
-var curves = BootMaePictures.TrainingCurves(
-    metrics.Select(m => new TrainingCurvePoint(m.Step, m.Loss, m.PixelLoss ?? double.NaN, m.FeatureLoss ?? double.NaN, m.LearningRate, m.EmaMomentum ?? double.NaN)).ToList(),
-    Path.Combine(work, "curves.png"));
+var curves = BootMaePictures.TrainingCurves(metrics, Path.Combine(work, "curves.png"));
 var sink = BootMaeTensorBoard.Sink(Path.Combine(work, "runs"));
 metrics.ForEach(sink);
 Console.WriteLine($"curves: {new FileInfo(curves).Length > 0}, tensorboard files: {Directory.GetFiles(Path.Combine(work, "runs"), "events.out.tfevents.*").Length}");
