@@ -110,13 +110,13 @@ public sealed class CommandLineTests
         Assert.DoesNotContain("reliability-probe", output);
         StringAssert.Contains(RunBenchmark("pretrain", "--help").Output, "--checkpoint-dir <DIR>");
         StringAssert.Contains(RunBenchmark("compare", "--help").Output, "--rounds <N>");
-        StringAssert.Contains(RunBenchmark("step", "--help").Output, "--precision <bf16|bfloat16|fp32|float32>");
+        StringAssert.Contains(RunBenchmark("step", "--help").Output, "--precision <bf16|bfloat16|mixed|bf16-mixed|fp32|float32>");
     }
 
     [TestMethod]
     [DataRow("nope", "'nope'")]
     [DataRow("step --batch x", "--batch needs a whole number, not 'x'")]
-    [DataRow("step --precision fp16", "use bf16, bfloat16, fp32, float32")]
+    [DataRow("step --precision fp16", "use bf16, bfloat16, mixed, bf16-mixed, fp32, float32")]
     [DataRow("probe --norm-pix maybe", "'maybe'")]
     [DataRow("evaluate --seeds 1,x", "'x' is not a whole number")]
     [DataRow("evaluate --finetune 100", "LABELS:EPOCHS")]
