@@ -218,6 +218,7 @@ internal static class Evaluation
             MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = args.FineTuneAugment,
             LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : args.ScratchLearningRate ?? 1e-3,
             DropPathRate = args.FineTuneDropPath ?? new FineTuneSettings().DropPathRate,
+            HeadWarmupFraction = args.FineTuneHeadWarmup ?? new FineTuneSettings().HeadWarmupFraction,
             LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
         };
         long steps = 0;
@@ -537,6 +538,8 @@ internal sealed class EvaluationArguments
 
     public double? FineTuneDropPath { get; set; }
 
+    public double? FineTuneHeadWarmup { get; set; }
+
     // Score on this many held-out training images instead of the test set (for choosing recipes).
     public int? Validation { get; set; }
 
@@ -620,6 +623,7 @@ internal sealed class EvaluationArguments
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
         var scratchLr = CommandLine.NullableDouble("--scratch-lr", "From-scratch fine-tuning learning rate [default: the trainer's]", 0);
         var ftDropPath = CommandLine.NullableDouble("--ft-drop-path", "Fine-tuning drop-path rate, both runs [default: the trainer's]", 0, 1);
+        var ftHeadWarmup = CommandLine.NullableDouble("--ft-head-warmup", "Share of the fine-tuning steps that train only the head (LP-FT), both runs [default: the trainer's]", 0, 0.99);
         var validation = CommandLine.NullableInt("--validation", "Score on N held-out training images instead of the test set [default: test set]");
         var loadEncoder = CommandLine.Text("--load-encoder", "PATH", "Evaluate this saved BootMAE encoder instead of pretraining one");
         var loadedSteps = CommandLine.Long("--loaded-steps", "Pretraining steps of --load-encoder, for the table", d.LoadedSteps);
@@ -632,7 +636,7 @@ internal sealed class EvaluationArguments
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
             seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, unlabelled, test, official, lr, featureNorm,
-            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, validation, loadEncoder,
+            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, ftHeadWarmup, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
         command.SetAction(parse => run(new EvaluationArguments
@@ -665,6 +669,7 @@ internal sealed class EvaluationArguments
             FineTuneAugment = CommandLine.ValueOr(parse, ftAugment, d.FineTuneAugment),
             ScratchLearningRate = parse.GetValue(scratchLr),
             FineTuneDropPath = parse.GetValue(ftDropPath),
+            FineTuneHeadWarmup = parse.GetValue(ftHeadWarmup),
             Validation = parse.GetValue(validation),
             LoadEncoder = parse.GetValue(loadEncoder),
             LoadedSteps = parse.GetValue(loadedSteps),

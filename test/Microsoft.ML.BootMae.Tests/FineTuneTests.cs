@@ -433,6 +433,43 @@ public sealed class FineTuneTests
         }
     }
 
+    [TestMethod]
+    public void HeadWarmupKeepsTheEncoderFixedThenTrainsIt()
+    {
+        // 300 images, batch 32: 10 steps per epoch, 3 epochs = 30 steps; a warm-up share of 0.4 is 12 head-only steps.
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 13);
+        var initial = Weights(encoder.Module);
+        var encoderChanged = new List<(long Step, bool Changed)>();
+        var headChanged = new List<bool>();
+        float[]? headBefore = null;
+        var settings = new FineTuneSettings
+        {
+            MaxEpochs = 3, BatchSize = 32, LearningRate = 2e-3, Seed = 11, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, HeadWarmupFraction = 0.4,
+            AfterStep = t =>
+            {
+                var parameters = t.Groups.SelectMany(g => g.Parameters).ToDictionary(p => p.Name, p => p.Parameter);
+                using var scope = NewDisposeScope();
+                bool changed = initial.Any(kv => parameters.TryGetValue("encoder." + kv.Key, out var p) && !kv.Value.SequenceEqual(p.detach().cpu().data<float>().ToArray()));
+                encoderChanged.Add((t.Step, changed));
+                var head = parameters["classifier.head.weight"].detach().cpu().data<float>().ToArray();
+                headChanged.Add(headBefore is not null && !head.SequenceEqual(headBefore));
+                headBefore = head;
+            },
+        };
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, Source(), null, settings, null, null, CancellationToken.None);
+
+        Assert.HasCount(30, encoderChanged);
+        CollectionAssert.AreEqual(Enumerable.Repeat(false, 12).ToArray(), encoderChanged.Take(12).Select(e => e.Changed).ToArray(),
+            "the encoder is bit-identical to its start during the 12 head-only steps (no update, no weight decay)");
+        Assert.IsTrue(encoderChanged[12].Changed, "the encoder trains from step 12 on");
+        Assert.IsTrue(headChanged.Skip(1).Take(11).All(c => c), "the head trains during the warm-up");
+        double accuracy = TrainingAccuracy(engine);
+        Assert.IsGreaterThan(0.3, accuracy, $"the run still learns (chance is 0.1), got {accuracy:P1}");
+        using var off = ImageClassifierEngine.Train(encoder, Classes, Source(), null, Settings(epochs: 3), null, null, CancellationToken.None);
+        CollectionAssert.AreNotEqual(Bytes(off), Bytes(engine), "the warm-up changes the run");
+    }
+
     // Validation batches with the right labels in epoch 0 and every label one class off afterwards.
     private sealed class LabelsGoWrongAfterEpoch0(IImageBatchSource inner) : IImageBatchSource
     {

@@ -40,6 +40,8 @@ internal sealed class FineTuneRun : ITrainingRun
     private long _epochImages, _inEpoch, _windowImages;
     private double _windowLoss, _windowCorrect, _epochTrainLoss;
     private bool _smallBatchLogged;
+    private long _headWarmupSteps;
+    private bool _encoderFrozen;
     private FineTuneBatchLosses? _batchLosses;
     private int _epoch;
 
@@ -84,6 +86,7 @@ internal sealed class FineTuneRun : ITrainingRun
 
         _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
         _schedule = Schedules.ForFineTuning(_totalSteps, _s);
+        _headWarmupSteps = _model.IsLinearProbe ? 0 : (long)Math.Round(_s.HeadWarmupFraction * _totalSteps);
         _groups = FineTuneParameterGroups.Build(_model, _s.LayerDecayFor(_model.Encoder.Depth), _s.WeightDecay);
         using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
         using var optimizer = new OwnedAdamW(
@@ -129,6 +132,7 @@ internal sealed class FineTuneRun : ITrainingRun
             finally
             {
                 _model.Encoder.SetDropPath(0, null);
+                FreezeEncoderDuringHeadWarmup(long.MaxValue);
                 _model.eval();
                 (_epochLoss, _epochCorrect, _batchLosses, _optimizer, _dropPathGenerator) = (null, null, null, null, null);
             }
@@ -182,6 +186,7 @@ internal sealed class FineTuneRun : ITrainingRun
         }
 
         var labels = CheckLabels(batch, "training");
+        FreezeEncoderDuringHeadWarmup(step);
         _lastLearningRate = _schedule!.LearningRate(step);
         for (int i = 0; i < _optimizerGroups.Count; i++)
         {
@@ -311,13 +316,40 @@ internal sealed class FineTuneRun : ITrainingRun
         return null;
     }
 
-    // What must not change between a checkpoint and its resume (the architecture is checked on its own).
+    // LP-FT: the encoder's trainable parameters get no gradient (so AdamW skips them: no update, no decay) until
+    // step _headWarmupSteps. Set from the step each time, so a resumed run is in the right phase.
+    private void FreezeEncoderDuringHeadWarmup(long step)
+    {
+        bool frozen = step < _headWarmupSteps;
+        if (frozen == _encoderFrozen)
+        {
+            return;
+        }
+
+        foreach (var (name, parameter) in _model.named_parameters())
+        {
+            if (name.StartsWith("encoder.", StringComparison.Ordinal) && ClassifierFreezePolicy.Trains(name, linearProbe: false))
+            {
+                parameter.requires_grad = !frozen;
+            }
+        }
+
+        _encoderFrozen = frozen;
+        if (!frozen && step != long.MaxValue)
+        {
+            _log?.Invoke($"Head warm-up done after {step} steps; the encoder trains from now on.");
+        }
+    }
+
+    // What must not change between a checkpoint and its resume (the architecture is checked on its own). The head
+    // warm-up joins the list only when it is on, so checkpoints written before it existed still resume.
     private string Fingerprint() => string.Join('|', new object?[]
     {
         _numClasses, _model.IsLinearProbe, _model.SourceBlock, _s.BatchSize, _s.MaxEpochs, _totalSteps, _s.Seed,
         _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, _s.WeightDecay, _s.LayerDecayFor(_model.Encoder.Depth), _s.DropPathRate, _s.LabelSmoothing,
         _s.MixupAlpha, _s.CutmixAlpha, _s.Augment, _s.EarlyStoppingPatience, _s.EarlyStoppingMinDelta, _s.ReturnBestModel, _validation is not null,
-    }.Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
+    }.Concat(_headWarmupSteps > 0 ? new object?[] { "head-warmup", _headWarmupSteps } : Array.Empty<object?>())
+        .Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
 
     private void Restore(string path)
     {

@@ -42,6 +42,14 @@ public sealed class FineTuneSettings
     /// <summary>Fraction of the run spent in linear warmup from 0. Default 0.1.</summary>
     public double WarmupFraction { get; set; } = 0.1;
 
+    /// <summary>
+    /// Share of the run's steps in which only the head (<c>fc_norm</c> and the Linear) trains while the encoder stays
+    /// fixed, before everything trains (linear probe, then fine-tune: LP-FT, Kumar et al. 2022). The encoder gets no
+    /// gradient and no weight decay in that phase, and its optimizer state starts when it starts training. Ignored by a
+    /// linear probe. Default 0: everything trains from the first step.
+    /// </summary>
+    public double HeadWarmupFraction { get; set; }
+
     /// <summary>AdamW weight decay on matrices (biases, norms, cls_token, pos_embed get 0). Default 0.05.</summary>
     public double WeightDecay { get; set; } = 0.05;
 
@@ -172,6 +180,7 @@ public sealed class FineTuneSettings
         Require(LearningRate > 0 && double.IsFinite(LearningRate), nameof(LearningRate), LearningRate, "must be a positive number");
         Require(MinLearningRate >= 0 && MinLearningRate <= LearningRate, nameof(MinLearningRate), MinLearningRate, "must be in [0, LearningRate]");
         Require(WarmupFraction is >= 0 and <= 1, nameof(WarmupFraction), WarmupFraction, "must be in [0, 1]");
+        Require(HeadWarmupFraction is >= 0 and < 1, nameof(HeadWarmupFraction), HeadWarmupFraction, "must be in [0, 1) (0: the encoder trains from the first step)");
         Require(WeightDecay >= 0, nameof(WeightDecay), WeightDecay, "must not be negative");
         Require(LayerDecay is null or (> 0 and <= 1), nameof(LayerDecay), LayerDecay, "must be in (0, 1], or null to choose it for the encoder");
         Require(DropPathRate is >= 0 and < 1, nameof(DropPathRate), DropPathRate, "must be in [0, 1)");
