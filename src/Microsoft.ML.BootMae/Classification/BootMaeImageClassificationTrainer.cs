@@ -156,6 +156,9 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         /// <inheritdoc cref="FineTuneSettings.WarmupFraction"/>
         public double WarmupFraction { get => Training.WarmupFraction; set => Training.WarmupFraction = value; }
 
+        /// <inheritdoc cref="FineTuneSettings.HeadWarmupFraction"/>
+        public double HeadWarmupFraction { get => Training.HeadWarmupFraction; set => Training.HeadWarmupFraction = value; }
+
         /// <inheritdoc cref="FineTuneSettings.FreezeEncoder"/>
         public bool FreezeEncoder { get => Training.FreezeEncoder; set => Training.FreezeEncoder = value; }
 
