@@ -22,4 +22,19 @@ internal static class ClassifierFreezePolicy
             parameter.requires_grad = Trains(name, model.IsLinearProbe);
         }
     }
+
+    /// <summary>
+    /// Turns training of the encoder's fine-tuned parameters on or off (the head's warm-up of LP-FT). Parameters
+    /// without a gradient are skipped by AdamW: no update and no weight decay.
+    /// </summary>
+    public static void SetEncoderTrains(ImageClassifier model, bool trains)
+    {
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            if (name.StartsWith("encoder.", StringComparison.Ordinal) && Trains(name, linearProbe: false))
+            {
+                parameter.requires_grad = trains;
+            }
+        }
+    }
 }

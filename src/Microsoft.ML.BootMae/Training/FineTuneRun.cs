@@ -316,8 +316,8 @@ internal sealed class FineTuneRun : ITrainingRun
         return null;
     }
 
-    // LP-FT: the encoder's trainable parameters get no gradient (so AdamW skips them: no update, no decay) until
-    // step _headWarmupSteps. Set from the step each time, so a resumed run is in the right phase.
+    // LP-FT: the encoder gets no gradient (AdamW skips it: no update, no decay) before step _headWarmupSteps. Decided
+    // from the step, so a resumed run is in the right phase.
     private void FreezeEncoderDuringHeadWarmup(long step)
     {
         bool frozen = step < _headWarmupSteps;
@@ -326,14 +326,7 @@ internal sealed class FineTuneRun : ITrainingRun
             return;
         }
 
-        foreach (var (name, parameter) in _model.named_parameters())
-        {
-            if (name.StartsWith("encoder.", StringComparison.Ordinal) && ClassifierFreezePolicy.Trains(name, linearProbe: false))
-            {
-                parameter.requires_grad = !frozen;
-            }
-        }
-
+        ClassifierFreezePolicy.SetEncoderTrains(_model, !frozen);
         _encoderFrozen = frozen;
         if (!frozen && step != long.MaxValue)
         {
@@ -341,15 +334,7 @@ internal sealed class FineTuneRun : ITrainingRun
         }
     }
 
-    // What must not change between a checkpoint and its resume (the architecture is checked on its own). The head
-    // warm-up joins the list only when it is on, so checkpoints written before it existed still resume.
-    private string Fingerprint() => string.Join('|', new object?[]
-    {
-        _numClasses, _model.IsLinearProbe, _model.SourceBlock, _s.BatchSize, _s.MaxEpochs, _totalSteps, _s.Seed,
-        _s.LearningRate, _s.MinLearningRate, _s.WarmupFraction, _s.WeightDecay, _s.LayerDecayFor(_model.Encoder.Depth), _s.DropPathRate, _s.LabelSmoothing,
-        _s.MixupAlpha, _s.CutmixAlpha, _s.Augment, _s.EarlyStoppingPatience, _s.EarlyStoppingMinDelta, _s.ReturnBestModel, _validation is not null,
-    }.Concat(_headWarmupSteps > 0 ? new object?[] { "head-warmup", _headWarmupSteps } : Array.Empty<object?>())
-        .Select(o => Convert.ToString(o, CultureInfo.InvariantCulture)));
+    private string Fingerprint() => _s.Fingerprint(_numClasses, _model.IsLinearProbe, _model.SourceBlock, _totalSteps, _model.Encoder.Depth, _validation is not null, _headWarmupSteps);
 
     private void Restore(string path)
     {
@@ -405,25 +390,5 @@ internal sealed class FineTuneRun : ITrainingRun
         LearningRate = _lastLearningRate,
     };
 
-    private long[] CheckLabels(ImageBatch batch, string set)
-    {
-        if (batch.Labels is null)
-        {
-            throw new InvalidOperationException($"The {set} set has no labels; classification needs a 0-based label per image.");
-        }
-
-        var labels = new long[batch.Count];
-        for (int i = 0; i < batch.Count; i++)
-        {
-            int label = batch.Labels[i];
-            if (label < 0 || label >= _numClasses)
-            {
-                throw new InvalidOperationException($"A {set} label is {label}, outside [0, {_numClasses - 1}] for {_numClasses} classes.");
-            }
-
-            labels[i] = label;
-        }
-
-        return labels;
-    }
+    private long[] CheckLabels(ImageBatch batch, string set) => BatchLabels.Check(batch, set, _numClasses);
 }

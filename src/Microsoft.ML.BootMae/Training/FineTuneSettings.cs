@@ -200,6 +200,17 @@ public sealed class FineTuneSettings
 
     /// <summary>A shallow copy (what the ML.NET trainer completes for one run).</summary>
     internal FineTuneSettings Clone() => (FineTuneSettings)MemberwiseClone();
+
+    // What must not change between a checkpoint and its resume (the architecture is checked on its own). The head
+    // warm-up joins the list only when it is on, so checkpoints written before it existed still resume.
+    internal string Fingerprint(int numClasses, bool linearProbe, int sourceBlock, long totalSteps, int depth, bool hasValidation, long headWarmupSteps) =>
+        string.Join('|', new object?[]
+        {
+            numClasses, linearProbe, sourceBlock, BatchSize, MaxEpochs, totalSteps, Seed,
+            LearningRate, MinLearningRate, WarmupFraction, WeightDecay, LayerDecayFor(depth), DropPathRate, LabelSmoothing,
+            MixupAlpha, CutmixAlpha, Augment, EarlyStoppingPatience, EarlyStoppingMinDelta, ReturnBestModel, hasValidation,
+        }.Concat(headWarmupSteps > 0 ? new object?[] { "head-warmup", headWarmupSteps } : Array.Empty<object?>())
+            .Select(o => Convert.ToString(o, System.Globalization.CultureInfo.InvariantCulture)));
 }
 
 /// <summary>One fine-tuning step as the loop ran it: the scheduled learning rate, and each AdamW group's parameters
