@@ -151,9 +151,6 @@ public sealed partial class BootMaeEncoder : IDisposable
         _bf16Module?.Dispose();
     }
 
-    /// <summary>Normalises [0, 1] pixels as <paramref name="architecture"/>'s weights expect (<see cref="BootMaeArchitecture.Normalization"/>).</summary>
-    internal static Tensor Normalize(Tensor pixels01, BootMaeArchitecture architecture) => InputNormalization.Apply(pixels01, architecture.Normalization);
-
     /// <summary>
     /// Embeds <paramref name="count"/> images given as [count, C, H, W] floats in [0, 1]; returns count×D values
     /// (count×N×D for <see cref="BootMaePooling.Tokens"/>). Safe to call from several threads at once.

@@ -165,7 +165,7 @@ public sealed class GcPressureStressTests
         for (int i = 0; i < 200; i++)
         {
             using var scope = NewDisposeScope();
-            var images = BootMaeEncoder.Normalize(tensor(pixels, new long[] { count, 1, 28, 28 }), Tiny);
+            var images = InputNormalization.Apply(tensor(pixels, new long[] { count, 1, 28, 28 }), Tiny.Normalization);
             var mask = rand(count, n).gt(half).to(ScalarType.Float32);
             var weight = BootMaeLosses.WeightMask(mask, Tiny.GridSize, weighted: true);
             var target = BootMaeLosses.PixelTarget(images, Tiny.PatchSize, normalize: true);
@@ -181,7 +181,7 @@ public sealed class GcPressureStressTests
     private static void PretrainingForwardBackward(BootMaeNetwork network, MomentumTeacher teacher, float[] pixels)
     {
         using var scope = NewDisposeScope();
-        var images = BootMaeEncoder.Normalize(tensor(pixels, new long[] { Count, 1, 28, 28 }), Tiny);
+        var images = InputNormalization.Apply(tensor(pixels, new long[] { Count, 1, 28, 28 }), Tiny.Normalization);
         using var masks = MaskingGenerator.ForSettings(Tiny, network.Settings, 5).Next(Count, CPU);
         var (target, ids) = teacher.Targets(images, masks, 1.0, new Random(5));
         var loss = BootMaeLosses.Compute(network, network.Forward(images, masks), images, masks, target, ids, 0.5, diagnostics: true);
