@@ -7,6 +7,7 @@ public sealed class QuickstartCommandLine
 {
     private readonly Option<int> _epochs = SampleCommandLine.Int("--epochs", $"Pretraining epochs (--quick: {QuickstartSettings.Quick.PretrainEpochs})", QuickstartSettings.Default.PretrainEpochs, 1, 10_000);
     private readonly Option<int> _fineTuneEpochs = SampleCommandLine.Int("--finetune-epochs", $"Fine-tuning epochs on the 1,000 labelled images (--quick: {QuickstartSettings.Quick.FineTuneEpochs})", QuickstartSettings.Default.FineTuneEpochs, 1, 10_000);
+    private readonly Option<int> _fewLabelEpochs = SampleCommandLine.Int("--few-label-epochs", $"Fine-tuning epochs on the 100 labelled images (--quick: {QuickstartSettings.Quick.FewLabelFineTuneEpochs})", QuickstartSettings.Default.FewLabelFineTuneEpochs, 1, 10_000);
     private readonly Option<string> _output = SampleCommandLine.Text("--output", "DIR", $"Pictures, model, checkpoints and data (--quick: {QuickstartSettings.Quick.OutputDirectory})", QuickstartSettings.Default.OutputDirectory);
     private readonly Option<bool> _quick = SampleCommandLine.Flag("--quick", "A smoke run of about a minute on a small subset");
     private readonly Option<bool> _noProbe = SampleCommandLine.Flag("--no-probe", "Skip the linear-probe row");
@@ -20,7 +21,7 @@ public sealed class QuickstartCommandLine
             "and compare with the same classifier trained from scratch for the same epochs and for the same total steps. " +
             "Run with: dotnet run -c Release --project samples/Quickstart [-- options]")
         {
-            _epochs, _fineTuneEpochs, _output, _quick, _noProbe, _resume,
+            _epochs, _fineTuneEpochs, _fewLabelEpochs, _output, _quick, _noProbe, _resume,
         };
     }
 
@@ -35,6 +36,7 @@ public sealed class QuickstartCommandLine
         {
             PretrainEpochs = SampleCommandLine.ValueOr(parse, _epochs, settings.PretrainEpochs),
             FineTuneEpochs = SampleCommandLine.ValueOr(parse, _fineTuneEpochs, settings.FineTuneEpochs),
+            FewLabelFineTuneEpochs = SampleCommandLine.ValueOr(parse, _fewLabelEpochs, settings.FewLabelFineTuneEpochs),
             OutputDirectory = SampleCommandLine.ValueOr(parse, _output, settings.OutputDirectory),
             LinearProbe = !parse.GetValue(_noProbe),
             Resume = parse.GetValue(_resume),

@@ -218,7 +218,7 @@ internal static class Evaluation
             MaxEpochs = epochs, BatchSize = batch, Seed = seed, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0, Augment = args.FineTuneAugment,
             LearningRate = pretrained ? args.FineTuneLearningRate ?? 1e-3 : args.ScratchLearningRate ?? 1e-3,
             DropPathRate = args.FineTuneDropPath ?? new FineTuneSettings().DropPathRate,
-            HeadWarmupFraction = args.FineTuneHeadWarmup ?? new FineTuneSettings().HeadWarmupFraction,
+            HeadWarmupFraction = args.FineTuneHeadWarmup ?? (pretrained ? null : 0),
             LayerDecay = pretrained ? args.LayerDecay ?? FineTuneSettings.AutoLayerDecay(encoder.Architecture.Depth) : 1.0, MaxSteps = maxSteps,
         };
         long steps = 0;
@@ -623,7 +623,7 @@ internal sealed class EvaluationArguments
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
         var scratchLr = CommandLine.NullableDouble("--scratch-lr", "From-scratch fine-tuning learning rate [default: the trainer's]", 0);
         var ftDropPath = CommandLine.NullableDouble("--ft-drop-path", "Fine-tuning drop-path rate, both runs [default: the trainer's]", 0, 1);
-        var ftHeadWarmup = CommandLine.NullableDouble("--ft-head-warmup", "Share of the fine-tuning steps that train only the head (LP-FT), both runs [default: the trainer's]", 0, 0.99);
+        var ftHeadWarmup = CommandLine.NullableDouble("--ft-head-warmup", "Share of the fine-tuning steps that train only the head (LP-FT), both runs [default: by labels per class for the pretrained run, 0 from scratch]", 0, 0.99);
         var validation = CommandLine.NullableInt("--validation", "Score on N held-out training images instead of the test set [default: test set]");
         var loadEncoder = CommandLine.Text("--load-encoder", "PATH", "Evaluate this saved BootMAE encoder instead of pretraining one");
         var loadedSteps = CommandLine.Long("--loaded-steps", "Pretraining steps of --load-encoder, for the table", d.LoadedSteps);

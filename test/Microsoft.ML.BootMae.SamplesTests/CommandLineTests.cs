@@ -15,7 +15,7 @@ public sealed class CommandLineTests
 {
     public static IEnumerable<object[]> Samples() =>
     [
-        ["quickstart", new[] { "--epochs", "--finetune-epochs", "--output", "--quick", "--no-probe", "--resume" }],
+        ["quickstart", new[] { "--epochs", "--finetune-epochs", "--few-label-epochs", "--output", "--quick", "--no-probe", "--resume" }],
         ["featurize", new[] { "--encoder", "--epochs", "--queries", "--output", "--quick", "--resume" }],
         ["byoi", new[] { "--images", "--mode", "--unlabeled", "--preset", "--epochs", "--batch", "--encoder", "--model", "--predict", "--make-example", "--resume" }],
         ["deploy", new[] { "--encoder", "--epochs", "--output", "--serve", "--images", "--quick" }],

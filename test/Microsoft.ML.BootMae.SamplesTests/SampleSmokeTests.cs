@@ -49,8 +49,9 @@ public sealed class SampleSmokeTests
             PretrainEpochs = 1, FineTuneEpochs = 2, FewLabelFineTuneEpochs = 2, BatchSize = 8,
         }, output);
 
-        // Fine-tune, scratch at equal epochs and scratch at equal total steps, for 20 and for 10 labels; then the probe.
-        Assert.HasCount(7, results, output.ToString());
+        // Fine-tune, scratch at equal epochs and scratch at equal total steps, for 20 and for 10 labels; then the probes of
+        // the pretrained and of a random encoder.
+        Assert.HasCount(8, results, output.ToString());
         var byRow = results.ToDictionary(r => (r.Method, r.LabelsUsed));
         foreach (int labels in new[] { 20, 10 })
         {
@@ -65,6 +66,9 @@ public sealed class SampleSmokeTests
         // a count of the 20 test images.
         Assert.IsTrue(results.All(r => r.Accuracy is >= 0 and <= 1 && Math.Abs((r.Accuracy * 20) - Math.Round(r.Accuracy * 20)) < 1e-9), output.ToString());
         StringAssert.Contains(output.ToString(), "What the numbers mean");
+        StringAssert.Contains(output.ToString(), "linear probe: the pretrained features score");
+        Assert.AreEqual(byRow[("BootMAE pretrain + fine-tune", 20)].Steps - byRow[("From scratch, same epochs", 20)].Steps, byRow[("BootMAE pretrain + linear probe", 20)].Steps,
+            "the probe's steps are the pretraining's: the linear model is fitted by L-BFGS, not by steps");
         foreach (var file in new[] { "masks.png", "reconstructions.png", "pretraining-curves.png", "model.zip", "encoder.bootmae" })
         {
             Assert.IsTrue(File.Exists(Path.Combine(_folder, file)), file);

@@ -470,6 +470,46 @@ public sealed class FineTuneTests
         CollectionAssert.AreNotEqual(Bytes(off), Bytes(engine), "the warm-up changes the run");
     }
 
+    [TestMethod]
+    [DataRow(100, 10, 0.3, DisplayName = "10 per class: the measured few-label case")]
+    [DataRow(200, 10, 0.3, DisplayName = "20 per class: the last that warms up")]
+    [DataRow(201, 10, 0.0, DisplayName = "just over 20 per class")]
+    [DataRow(1000, 10, 0.0, DisplayName = "100 per class: the measured case where it hurt")]
+    [DataRow(0, 10, 0.0, DisplayName = "no images")]
+    public void AutomaticHeadWarmupOnlyWithFewLabelsPerClass(int images, int classes, double expected)
+    {
+        Assert.AreEqual(expected, FineTuneSettings.AutoHeadWarmupFraction(images, classes));
+        Assert.AreEqual(expected, new FineTuneSettings().HeadWarmupFractionFor(images, classes), "null is the automatic choice");
+        Assert.AreEqual(0.1, new FineTuneSettings { HeadWarmupFraction = 0.1 }.HeadWarmupFractionFor(images, classes), "a set value wins");
+    }
+
+    [TestMethod]
+    public void AutomaticHeadWarmupFixesTheEncoderForThirtyPercentOfAFewLabelRun()
+    {
+        // 100 images of 10 classes (10 per class), batch 20: 5 steps per epoch, 4 epochs = 20 steps; 0.3 of them = 6 head-only steps.
+        var data = Data.Value;
+        var source = new InMemoryImageSource(data.Pixels.AsSpan(0, 100 * 28 * 28).ToArray(), data.Labels.Take(100).ToArray(), 100, 1, 28, 7, shuffle: true);
+        using var encoder = BootMaeEncoder.CreateRandom(Tiny, seed: 13);
+        var initial = Weights(encoder.Module);
+        var encoderChanged = new List<bool>();
+        var settings = new FineTuneSettings
+        {
+            MaxEpochs = 4, BatchSize = 20, LearningRate = 2e-3, Seed = 11, Device = BootMaeDevice.Cpu, LogEveryNSteps = 0,
+            AfterStep = t =>
+            {
+                var parameters = t.Groups.SelectMany(g => g.Parameters).ToDictionary(p => p.Name, p => p.Parameter);
+                using var scope = NewDisposeScope();
+                encoderChanged.Add(initial.Any(kv => parameters.TryGetValue("encoder." + kv.Key, out var p) && !kv.Value.SequenceEqual(p.detach().cpu().data<float>().ToArray())));
+            },
+        };
+
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, source, null, settings, null, null, CancellationToken.None);
+
+        Assert.HasCount(20, encoderChanged);
+        CollectionAssert.AreEqual(new[] { false, false, false, false, false, false, true }, encoderChanged.Take(7).ToArray(),
+            "the default (null) warms the head up for 6 of the 20 steps with 10 labels per class");
+    }
+
     // Validation batches with the right labels in epoch 0 and every label one class off afterwards.
     private sealed class LabelsGoWrongAfterEpoch0(IImageBatchSource inner) : IImageBatchSource
     {

@@ -148,6 +148,10 @@ public sealed class SettingsDefaultsTests
             "with a pretrained encoder, a null LayerDecay is chosen for its depth by the engine");
         Assert.AreEqual(1.0, BootMaeImageClassificationTrainer.RunSettings(new(), 1, BootMaeHost.ResolveDevice(options, env: null)).LayerDecay,
             "a random encoder gets no layer decay");
+        Assert.IsNull(BootMaeImageClassificationTrainer.RunSettings(new() { Encoder = encoder }, 1, BootMaeHost.ResolveDevice(options, env: null)).HeadWarmupFraction,
+            "with a pretrained encoder, a null HeadWarmupFraction is chosen from the labels per class by the engine");
+        Assert.AreEqual(0.0, BootMaeImageClassificationTrainer.RunSettings(new(), 1, BootMaeHost.ResolveDevice(options, env: null)).HeadWarmupFraction,
+            "a random encoder gets no head warm-up");
     }
 
     private static Dictionary<string, string> With(Dictionary<string, string> shared, Dictionary<string, string> own) =>

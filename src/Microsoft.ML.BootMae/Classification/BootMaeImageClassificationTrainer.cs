@@ -157,7 +157,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         public double WarmupFraction { get => Training.WarmupFraction; set => Training.WarmupFraction = value; }
 
         /// <inheritdoc cref="FineTuneSettings.HeadWarmupFraction"/>
-        public double HeadWarmupFraction { get => Training.HeadWarmupFraction; set => Training.HeadWarmupFraction = value; }
+        public double? HeadWarmupFraction { get => Training.HeadWarmupFraction; set => Training.HeadWarmupFraction = value; }
 
         /// <inheritdoc cref="FineTuneSettings.FreezeEncoder"/>
         public bool FreezeEncoder { get => Training.FreezeEncoder; set => Training.FreezeEncoder = value; }
@@ -301,7 +301,8 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
 
     // The settings of one run: a copy of Options.Training completed with what the ML.NET layer resolves (the MLContext's
     // seed and device), with the engine's on-device augmentation off, as this layer augments while decoding, and without
-    // layer decay when the encoder is the random one this layer creates (its lower blocks hold nothing worth keeping).
+    // layer decay or head warm-up when the encoder is the random one this layer creates (its lower blocks hold nothing
+    // worth keeping, and its features nothing worth a linear head).
     internal static FineTuneSettings RunSettings(Options o, int seed, DeviceRequest device)
     {
         var run = o.Training.Clone();
@@ -312,6 +313,7 @@ public sealed class BootMaeImageClassificationTrainer : IEstimator<BootMaeImageC
         if (o.Encoder is null)
         {
             run.LayerDecay ??= 1.0;
+            run.HeadWarmupFraction ??= 0;
         }
 
         return run;

@@ -86,7 +86,7 @@ internal sealed class FineTuneRun : ITrainingRun
 
         _totalSteps = Math.Min(stepsPerEpoch * _s.MaxEpochs, _s.MaxSteps ?? long.MaxValue);
         _schedule = Schedules.ForFineTuning(_totalSteps, _s);
-        _headWarmupSteps = _model.IsLinearProbe ? 0 : (long)Math.Round(_s.HeadWarmupFraction * _totalSteps);
+        _headWarmupSteps = _model.IsLinearProbe ? 0 : (long)Math.Round(_s.HeadWarmupFractionFor(_train.Count ?? (stepsPerEpoch * _s.BatchSize), _numClasses) * _totalSteps);
         _groups = FineTuneParameterGroups.Build(_model, _s.LayerDecayFor(_model.Encoder.Depth), _s.WeightDecay);
         using var dropPathGenerator = new Generator((ulong)Seeds.Derive(_s.Seed, 0, stream: 2));
         using var optimizer = new OwnedAdamW(
