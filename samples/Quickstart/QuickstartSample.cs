@@ -159,6 +159,12 @@ public static class QuickstartSample
         output.WriteLine("[2/5] Fine-tuning the pretrained encoder");
         foreach (var set in labelSets)
         {
+            if (FineTuneSettings.AutoHeadWarmupFraction(set.Count, labelledRows.Select(r => r.Label).Distinct().Count()) is > 0 and var warmup)
+            {
+                output.WriteLine(string.Format(CultureInfo.InvariantCulture,
+                    "  {0:N0} labels: the head trains alone for the first {1:P0} of the steps, then everything (the trainer's automatic head warm-up for few labels per class)", set.Count, warmup));
+            }
+
             var (model, progress, time) = TrainClassifier(ml, files, set.Data, settings, output, cancellation, $"finetune-{set.Count}", set.Epochs, set.Batch, o => o.Encoder = encoder);
             using (model)
             {

@@ -503,9 +503,11 @@ public sealed class FineTuneTests
             },
         };
 
-        using var engine = ImageClassifierEngine.Train(encoder, Classes, source, null, settings, null, null, CancellationToken.None);
+        var log = new List<string>();
+        using var engine = ImageClassifierEngine.Train(encoder, Classes, source, null, settings, null, log.Add, CancellationToken.None);
 
         Assert.HasCount(20, encoderChanged);
+        Assert.IsTrue(log.Any(l => l.Contains("the first 6 steps train only the head (HeadWarmupFraction automatic", StringComparison.Ordinal)), string.Join("\n", log));
         CollectionAssert.AreEqual(new[] { false, false, false, false, false, false, true }, encoderChanged.Take(7).ToArray(),
             "the default (null) warms the head up for 6 of the 20 steps with 10 labels per class");
     }

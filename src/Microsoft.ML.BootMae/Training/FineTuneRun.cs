@@ -117,7 +117,8 @@ internal sealed class FineTuneRun : ITrainingRun
             }
 
             _log?.Invoke($"{(_model.IsLinearProbe ? "Linear probe" : "Fine-tuning")} of a {_model.Encoder.Depth}-block encoder on features of block {_model.SourceBlock}: " +
-                $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {_groups.Sum(g => g.Parameters.Count)} trained tensors in {_groups.Count} groups, device {_device.type}.");
+                $"{_totalSteps} steps ({stepsPerEpoch} per epoch), {_groups.Sum(g => g.Parameters.Count)} trained tensors in {_groups.Count} groups, device {_device.type}" +
+                (_headWarmupSteps > 0 ? $"; the first {_headWarmupSteps} steps train only the head (HeadWarmupFraction{(_s.HeadWarmupFraction is null ? " automatic: few labels per class" : string.Empty)})." : "."));
             try
             {
                 // A checkpoint taken after the last step but before its epoch was validated still has that epoch to
