@@ -158,9 +158,10 @@ public static class QuickstartSample
         var fineTuneSteps = new Dictionary<int, long>();
         output.WriteLine();
         output.WriteLine("[2/5] Fine-tuning the pretrained encoder");
+        int classes = labelledRows.Select(r => r.Label).Distinct().Count();
         foreach (var set in labelSets)
         {
-            if (FineTuneSettings.AutoHeadWarmupFraction(set.Count, labelledRows.Select(r => r.Label).Distinct().Count()) is > 0 and var warmup)
+            if (FineTuneSettings.AutoHeadWarmupFraction(set.Count, classes) is > 0 and var warmup)
             {
                 output.WriteLine(string.Format(CultureInfo.InvariantCulture,
                     "  {0:N0} labels: the head trains alone for the first {1:P0} of the steps, then everything (the trainer's automatic head warm-up for few labels per class)", set.Count, warmup));
