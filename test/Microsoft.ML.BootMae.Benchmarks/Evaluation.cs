@@ -342,7 +342,7 @@ internal static class Evaluation
             return new ProbeResult(double.NaN, Score(all, test, null), null, []);
         }
 
-        // The labelled draw is in index order, so every fifth image is a held-out set of about 40 per class.
+        // Every fifth training row is held out: of the evaluation's labelled draw, which is in index order, about 40 per class.
         var fit = View(trainFeatures, trainLabels, i => i % 5 != 0);
         var heldOut = View(trainFeatures, trainLabels, i => i % 5 == 0);
         var curve = ProbeL2Grid.Select(l2 => (L2: l2, HeldOut: Score(fit, heldOut, l2))).ToList();
