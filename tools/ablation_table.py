@@ -9,7 +9,8 @@ order = [("random", "random encoder, no pretraining (reference)"),
          ("noinject", "no feature injection into either decoder (Table 2)"),
          ("pixel-random", "pixel only, random masking (Table 3)"),
          ("feature-random", "feature only, random masking (Table 3)"),
-         ("frac25", "teacher sees 25% of the patches (Table 5)")]
+         ("frac25", "teacher sees 25% of the patches (Table 5)"),
+         ("emafloor0", "EMA momentum without the floor (the run-scaled schedule alone, as before issue 9)")]
 print("| configuration | best block, seed 1 / seed 2 | mean, best block | mean, last block |")
 print("|---|---|--:|--:|")
 for key, label in order:
