@@ -1,4 +1,5 @@
-# The ablation table of docs/results.md from the rows of `evaluate` runs named <config>-s<seed>.jsonl (usage: python3 tools/ablation_table.py [folder]).
+# The ablation table of docs/results.md from the rows of `evaluate` runs named <config>-s<seed>.jsonl
+# (usage: python3 tools/ablation_table.py [folder] [config,config,...]; without a list, every configuration below that has rows).
 import json, re, glob, os, statistics as st
 import sys
 D = sys.argv[1] if len(sys.argv) > 1 else "docs/data/evaluation/ablations"
@@ -10,7 +11,16 @@ order = [("random", "random encoder, no pretraining (reference)"),
          ("pixel-random", "pixel only, random masking (Table 3)"),
          ("feature-random", "feature only, random masking (Table 3)"),
          ("frac25", "teacher sees 25% of the patches (Table 5)"),
-         ("emafloor0", "EMA momentum without the floor (the run-scaled schedule alone, as before issue 9)")]
+         ("emafloor0", "EMA momentum without the floor (the run-scaled schedule alone)"),
+         ("normpix", "`--norm-pix false` (un-normalised pixel target)"),
+         ("pixeps", "`--pix-eps 0.01`"),
+         ("lr6e3", "`--lr 6e-3` (4× the default base rate)"),
+         ("lr3e3", "`--lr 3e-3` (2× the default base rate)"),
+         ("mask06", "`--mask-ratio 0.6`"),
+         ("lambda2", "`--feature-weight 2` (λ 2)")]
+if len(sys.argv) > 2:
+    chosen = sys.argv[2].split(",")
+    order = [(k, label) for k in chosen for key, label in order if key == k]
 print("| configuration | best block, seed 1 / seed 2 | mean, best block | mean, last block |")
 print("|---|---|--:|--:|")
 for key, label in order:
