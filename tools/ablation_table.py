@@ -1,8 +1,9 @@
 # The ablation table of docs/results.md from the rows of `evaluate` runs named <config>-s<seed>.jsonl
-# (usage: python3 tools/ablation_table.py [folder] [config,config,...]; without a list, every configuration below that has rows).
+# (usage: python3 tools/ablation_table.py [folder,folder,...] [config,config,...]; a configuration's rows are read from the
+# first folder that has them; without a list, every configuration below that has rows).
 import json, re, glob, os, statistics as st
 import sys
-D = sys.argv[1] if len(sys.argv) > 1 else "docs/data/evaluation/ablations"
+folders = (sys.argv[1] if len(sys.argv) > 1 else "docs/data/evaluation/ablations").split(",")
 order = [("random", "random encoder, no pretraining (reference)"),
          ("base", "BootMAE (pixel + feature, block masking, injection on, teacher sees 100%)"),
          ("pixel", "pixel target only (Table 1: no bootstrapped feature prediction)"),
@@ -19,15 +20,15 @@ order = [("random", "random encoder, no pretraining (reference)"),
          ("mask06", "`--mask-ratio 0.6`"),
          ("lambda2", "`--feature-weight 2` (λ 2)")]
 if len(sys.argv) > 2:
-    chosen = sys.argv[2].split(",")
-    order = [(k, label) for k in chosen for key, label in order if key == k]
+    labels = dict(order)
+    order = [(key, labels[key]) for key in sys.argv[2].split(",")]
 print("| configuration | best block, seed 1 / seed 2 | mean, best block | mean, last block |")
 print("|---|---|--:|--:|")
 for key, label in order:
     best, last = {}, {}
     for s in (1, 2):
-        f = f"{D}/{key}-s{s}.jsonl"
-        if not os.path.exists(f): continue
+        f = next((f"{d}/{key}-s{s}.jsonl" for d in folders if os.path.exists(f"{d}/{key}-s{s}.jsonl")), None)
+        if f is None: continue
         for line in open(f):
             r = json.loads(line)
             (best if "best" in r["evaluation"] else last)[s] = (r["accuracy"], r["evaluation"])
