@@ -40,7 +40,7 @@ internal static class Evaluation
         }
 
         var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit, args.Validation);
-        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} {data.ScoredSet} images. CPU: {CpuModel()}.");
+        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} {data.ScoredSet} images. CPU: {CpuModel()}; pretraining precision: {PrecisionNote(args)}.");
         var rows = new List<EvaluationRow>();
         void Add(EvaluationRow row)
         {
@@ -164,6 +164,7 @@ internal static class Evaluation
         s.TeacherFraction = args.TeacherFraction ?? s.TeacherFraction;
         s.MaskRatio = args.MaskRatio ?? s.MaskRatio;
         s.FeatureLossWeight = args.FeatureWeight ?? s.FeatureLossWeight;
+        s.Precision = args.Precision ?? s.Precision;
         return s;
     }
 
@@ -370,6 +371,14 @@ internal static class Evaluation
         }
 
         return sb.ToString();
+    }
+
+    // What the pretraining will run, so that logs from different CPUs can be told apart.
+    private static string PrecisionNote(EvaluationArguments args)
+    {
+        var precision = args.Precision ?? new BootMaePretrainerSettings().Precision;
+        bool fast = Training.TorchDevices.HasFastBFloat16(TorchSharp.torch.CPU);
+        return precision == BootMaePrecision.Float32 || !fast ? "fp32" : precision == BootMaePrecision.BFloat16Mixed ? "mixed bf16 student, bf16 teacher (BootMAE)" : "fp32 student, bf16 teacher (BootMAE)";
     }
 
     private static string CpuModel()
@@ -582,6 +591,9 @@ internal sealed class EvaluationArguments
 
     public double? FeatureWeight { get; set; }
 
+    // Null: the pretrainer's default (a bf16 teacher where bf16 is fast, else fp32).
+    public BootMaePrecision? Precision { get; set; }
+
     public double? LayerDecay { get; set; }
 
     public double? FineTuneLearningRate { get; set; }
@@ -674,6 +686,8 @@ internal sealed class EvaluationArguments
         var teacherFraction = CommandLine.NullableDouble("--teacher-fraction", "Share of the patches the teacher sees [default: the recipe's]", 0, 1);
         var maskRatio = CommandLine.NullableDouble("--mask-ratio", "Share of the patches masked [default: the recipe's]", 0, 1);
         var featureWeight = CommandLine.NullableDouble("--feature-weight", "Final weight of the feature loss [default: the recipe's]", 0);
+        var precision = CommandLine.NullableChoice("--precision", "Pretraining precision: bf16 teacher, mixed (student too) or fp32; bf16 only where it is fast [default: the recipe's]",
+            ("bf16", BootMaePrecision.BFloat16), ("mixed", BootMaePrecision.BFloat16Mixed), ("fp32", BootMaePrecision.Float32));
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
@@ -692,7 +706,7 @@ internal sealed class EvaluationArguments
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
             seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, tunedProbe, unlabelled, test, official, lr, featureNorm,
-            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, ftHeadWarmup, validation, loadEncoder,
+            emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, precision, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, ftHeadWarmup, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
         command.SetAction(parse => run(new EvaluationArguments
@@ -721,6 +735,7 @@ internal sealed class EvaluationArguments
             TeacherFraction = parse.GetValue(teacherFraction),
             MaskRatio = parse.GetValue(maskRatio),
             FeatureWeight = parse.GetValue(featureWeight),
+            Precision = parse.GetValue(precision),
             LayerDecay = parse.GetValue(layerDecay),
             FineTuneLearningRate = parse.GetValue(ftLr),
             FineTuneAugment = CommandLine.ValueOr(parse, ftAugment, d.FineTuneAugment),
