@@ -378,7 +378,7 @@ internal static class Evaluation
     {
         var precision = args.Precision ?? new BootMaePretrainerSettings().Precision;
         bool fast = Training.TorchDevices.HasFastBFloat16(TorchSharp.torch.CPU);
-        return precision == BootMaePrecision.Float32 || !fast ? "fp32" : precision == BootMaePrecision.BFloat16Mixed ? "mixed bf16 student, bf16 teacher (BootMAE)" : "fp32 student, bf16 teacher (BootMAE)";
+        return StepBenchmark.PrecisionLabel(precision, BootMaeMode.BootMae, fast, tf32: false) + (fast && precision != BootMaePrecision.Float32 ? " (BootMAE)" : string.Empty);
     }
 
     private static string CpuModel()
