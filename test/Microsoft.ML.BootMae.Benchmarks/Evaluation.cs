@@ -687,7 +687,7 @@ internal sealed class EvaluationArguments
         var maskRatio = CommandLine.NullableDouble("--mask-ratio", "Share of the patches masked [default: the recipe's]", 0, 1);
         var featureWeight = CommandLine.NullableDouble("--feature-weight", "Final weight of the feature loss [default: the recipe's]", 0);
         var precision = CommandLine.NullableChoice("--precision", "Pretraining precision: bf16 teacher, mixed (student too) or fp32; bf16 only where it is fast [default: the recipe's]",
-            ("bf16", BootMaePrecision.BFloat16), ("mixed", BootMaePrecision.BFloat16Mixed), ("fp32", BootMaePrecision.Float32));
+            ArgumentOptions.PrecisionNames);
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
         var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);

@@ -203,9 +203,14 @@ internal sealed class ArgumentOptions
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
     public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision",
         "bf16: bf16 teacher, fp32 student; mixed: also the student's matrix products in bf16 (fp32 masters); fp32: all fp32. bf16 and mixed only where bf16 is fast, fp32 elsewhere",
-        BootMaePrecision.BFloat16, "bf16",
+        BootMaePrecision.BFloat16, "bf16", PrecisionNames);
+
+    // The --precision names of every command (step, evaluate, ...).
+    internal static readonly (string Name, BootMaePrecision Value)[] PrecisionNames =
+    [
         ("bf16", BootMaePrecision.BFloat16), ("bfloat16", BootMaePrecision.BFloat16), ("mixed", BootMaePrecision.BFloat16Mixed), ("bf16-mixed", BootMaePrecision.BFloat16Mixed),
-        ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32));
+        ("fp32", BootMaePrecision.Float32), ("float32", BootMaePrecision.Float32),
+    ];
     public Option<bool> Tf32 { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Bool("--tf32", "CUDA: allow TF32 for fp32 matrix products (torch.backends.cuda.matmul.allow_tf32)", false);
     public Option<double> TeacherFraction { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Double("--teacher-fraction", "Share of the patches the teacher sees", 1.0, 0, 1);
     public Option<int> Rounds { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--rounds", "MAE-then-BootMAE rounds", 2);
