@@ -19,7 +19,7 @@ public sealed record ByoiSettings
     public bool Unlabeled { get; init; }
 
     /// <summary>Network shape (ignored when fine-tuning from <see cref="EncoderPath"/>).</summary>
-    public BootMaeArchitecture Architecture { get; init; } = SampleArchitectures.Small28;
+    public BootMaeArchitecture Architecture { get; init; } = BootMaeArchitecture.Small28;
 
     /// <summary>Training epochs.</summary>
     public int Epochs { get; init; } = 10;

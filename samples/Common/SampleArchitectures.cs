@@ -5,22 +5,13 @@ namespace BootMae.Samples;
 /// <summary>Network shapes the samples offer by name.</summary>
 public static class SampleArchitectures
 {
-    /// <summary>
-    /// 28×28 grey, patch 4 (a 7×7 grid), D 128, depth 4, 4 heads; regressor 64 wide. A narrower, shallower
-    /// <see cref="BootMaeArchitecture.Tiny28"/> that pretrains on 10,000 Fashion-MNIST images in minutes on a laptop CPU.
-    /// </summary>
-    public static BootMaeArchitecture Small28 { get; } = BootMaeArchitecture.Tiny28 with
-    {
-        EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4, DeepBlock = null,
-    };
-
     /// <summary>The names <see cref="FromName"/> accepts.</summary>
     public static IReadOnlyList<string> Names { get; } = ["small28", "tiny28", "small32", "vit-tiny16", "vit-small16", "vit-base16"];
 
     /// <summary>The preset called <paramref name="name"/> (see <see cref="Names"/>).</summary>
     public static BootMaeArchitecture FromName(string name) => name.ToLowerInvariant() switch
     {
-        "small28" => Small28,
+        "small28" => BootMaeArchitecture.Small28,
         "tiny28" => BootMaeArchitecture.Tiny28,
         "small32" => BootMaeArchitecture.Small32,
         "vit-tiny16" => BootMaeArchitecture.VitTiny16,

@@ -24,7 +24,7 @@ public sealed record DeployOnnxSettings
     public string? EncoderPath { get; init; }
 
     /// <summary>Network shape when no encoder is given.</summary>
-    public BootMaeArchitecture Architecture { get; init; } = SampleArchitectures.Small28;
+    public BootMaeArchitecture Architecture { get; init; } = BootMaeArchitecture.Small28;
 
     /// <summary>Training images per class (at most 1,000).</summary>
     public int TrainPerClass { get; init; } = 200;

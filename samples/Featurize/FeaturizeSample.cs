@@ -23,7 +23,7 @@ public sealed record FeaturizeSettings
     public string? EncoderPath { get; init; }
 
     /// <summary>Network shape when pretraining here.</summary>
-    public BootMaeArchitecture Architecture { get; init; } = SampleArchitectures.Small28;
+    public BootMaeArchitecture Architecture { get; init; } = BootMaeArchitecture.Small28;
 
     /// <summary>Pretraining epochs when no encoder is given.</summary>
     public int PretrainEpochs { get; init; } = 2;

@@ -26,7 +26,7 @@ public sealed record QuickstartSettings
     public string OutputDirectory { get; init; } = Path.Combine("out", "quickstart");
 
     /// <summary>Network shape.</summary>
-    public BootMaeArchitecture Architecture { get; init; } = SampleArchitectures.Small28;
+    public BootMaeArchitecture Architecture { get; init; } = BootMaeArchitecture.Small28;
 
     /// <summary>Unlabelled images per class for pretraining (at most 1,000).</summary>
     public int TrainPerClass { get; init; } = 1000;

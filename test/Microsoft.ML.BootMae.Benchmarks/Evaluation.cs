@@ -538,7 +538,7 @@ internal sealed class EvaluationData
 /// <summary>Options of the <c>evaluate</c> command.</summary>
 internal sealed class EvaluationArguments
 {
-    public BootMaeArchitecture Architecture { get; set; } = BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 };
+    public BootMaeArchitecture Architecture { get; set; } = BootMaeArchitecture.Small28;
 
     public int[] Seeds { get; set; } = [1, 2];
 

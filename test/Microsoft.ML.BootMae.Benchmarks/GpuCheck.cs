@@ -31,7 +31,7 @@ internal static class GpuCheck
         }
 
         // The samples' small28 shape: fast on both devices, yet every component (both decoders, teacher) runs.
-        var architecture = BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 };
+        var architecture = BootMaeArchitecture.Small28;
         const int steps = 6;
         bool ok = true;
 

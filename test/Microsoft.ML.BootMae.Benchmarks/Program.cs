@@ -185,8 +185,7 @@ internal sealed class Arguments
         "tiny28" => BootMaeArchitecture.Tiny28,
         "small32" => BootMaeArchitecture.Small32,
         "vitb16" => BootMaeArchitecture.VitBase16,
-        // The samples' default: Tiny28 cut to D 128, depth 4.
-        "small28" => BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4 },
+        "small28" => BootMaeArchitecture.Small28,
         _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28, small32 or vitb16."),
     };
 }

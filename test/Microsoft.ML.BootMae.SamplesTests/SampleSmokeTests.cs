@@ -12,7 +12,7 @@ namespace Microsoft.ML.BootMae.SamplesTests;
 [DoNotParallelize]
 public sealed class SampleSmokeTests
 {
-    private static readonly BootMaeArchitecture Tiny = SampleArchitectures.Small28 with
+    private static readonly BootMaeArchitecture Tiny = BootMaeArchitecture.Small28 with
     {
         PatchSize = 7, EmbedDim = 32, Depth = 2, Heads = 2, RegressorDim = 16, RegressorHeads = 2, PredictorHeads = 2, DecoderDepth = 1,
     };

@@ -211,7 +211,7 @@ public sealed class RecipeTests
             LearningRate = 4e-3, FeatureTargetNormalization = normalization, LogEveryNSteps = 100,
         };
         // The samples' small28 shape (D 128, 4 blocks, 7×7 grid), where the collapse was measured.
-        var small28 = BootMaeArchitecture.Tiny28 with { EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4, DecoderDepth = 1 };
+        var small28 = BootMaeArchitecture.Small28 with { DecoderDepth = 1 };
         using (new BootMaePretrainer(small28, settings).Train(new InMemoryImageSource(pixels, null, split.Count, 1, 28, 3, shuffle: true), m => last = m, logs.Add))
         {
         }
