@@ -103,8 +103,8 @@ public sealed record BootMaeArchitecture
 
     /// <summary>
     /// 28×28 grey images, patch 4 (a 7×7 grid): <see cref="Tiny28"/> cut to D 128, depth 4, 4 heads; regressor 64 wide
-    /// with 4 heads; injection from blocks 0 and 3 (the last). 1,500 BootMAE steps of batch 64 take about 10 minutes on a
-    /// 2-core CPU. The samples' default shape, and the one behind every result in docs/results.md.
+    /// with 4 heads; injection from blocks 0 and 3 (the last). 1,500 BootMAE steps of batch 64 took 9–12 minutes on two of
+    /// the 2-core CPUs of docs/results.md. The samples' default shape, and the one behind every result in docs/results.md.
     /// </summary>
     public static BootMaeArchitecture Small28 { get; } = Tiny28 with
     {
