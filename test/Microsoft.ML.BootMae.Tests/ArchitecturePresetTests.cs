@@ -42,9 +42,8 @@ public sealed partial class ArchitecturePresetTests
         {
             a.Validate();
             Assert.IsTrue(rows.TryGetValue(name, out var cells), $"docs/api.md has no preset row for BootMaeArchitecture.{name}");
-            string expected = string.Join(" | ", new[] { a.ImageSize, a.PatchSize, a.Channels, a.EmbedDim, a.Depth, a.Heads }
-                .Select(v => v.ToString(CultureInfo.InvariantCulture)))
-                + string.Create(CultureInfo.InvariantCulture, $" | {a.RegressorDim} / {a.RegressorHeads} | {a.PredictorHeads}");
+            string expected = string.Create(CultureInfo.InvariantCulture,
+                $"{a.ImageSize} | {a.PatchSize} | {a.Channels} | {a.EmbedDim} | {a.Depth} | {a.Heads} | {a.RegressorDim} / {a.RegressorHeads} | {a.PredictorHeads}");
             Assert.AreEqual(expected, cells, $"docs/api.md's row for {name}");
             Assert.AreEqual(2, a.DecoderDepth, $"{name}: the table's note says every preset has DecoderDepth 2");
             Assert.AreEqual(0, a.ShallowBlock, $"{name}: ShallowBlock 0");
