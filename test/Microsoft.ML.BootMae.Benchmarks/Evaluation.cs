@@ -40,7 +40,7 @@ internal static class Evaluation
         }
 
         var data = EvaluationData.Load(args.UnlabelledLimit, args.TestLimit, args.Validation);
-        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} {data.ScoredSet} images. CPU: {CpuModel()}; pretraining precision: {PrecisionNote(args)}.");
+        Console.WriteLine($"Data: {data.Description}; {data.TrainCount} unlabelled images, {data.TestCount} {data.ScoredSet} images. CPU: {CpuModel()}; pretraining precision: {PrecisionNote(args)}; {BootMaeEncoder.Describe(args.Architecture)}.");
         var rows = new List<EvaluationRow>();
         void Add(EvaluationRow row)
         {
@@ -98,7 +98,7 @@ internal static class Evaluation
             {
                 if (args.Probe)
                 {
-                    var perBlock = Enumerable.Range(0, args.Architecture.Depth).Select(block => LinearModel(data, seed, (encoder, block), args.TunedProbe)).ToArray();
+                    var perBlock = Enumerable.Range(0, encoder.Architecture.Depth).Select(block => LinearModel(data, seed, (encoder, block), args.TunedProbe)).ToArray();
                     // Tuned, the best block is the one that scores best on the held-out labelled images, not on the test set.
                     int best = Array.IndexOf(perBlock, perBlock.MaxBy(p => args.TunedProbe ? p.HeldOut : p.Test));
                     Add(new EvaluationRow(seed, method, $"linear probe, best block ({best + 1} of {perBlock.Length})", ProbePerClass * 10, steps, seconds, 0, perBlock[best].Test));
@@ -640,6 +640,9 @@ internal sealed class EvaluationArguments
         var pretrainSteps = CommandLine.NullableLong("--pretrain-steps", "Pretraining steps (instead of --pretrain-minutes)", 1);
         var maeSteps = CommandLine.NullableLong("--mae-steps", "MAE's steps when they differ from BootMAE's [default: --pretrain-steps]", 1);
         var pretrainBatch = CommandLine.Int("--pretrain-batch", "Pretraining batch", d.PretrainBatch);
+        // Only the 28x28 greyscale presets: the evaluation reads Fashion-MNIST.
+        var preset = CommandLine.Choice("--preset", "Network shape (BootMaeArchitecture preset)", d.Architecture, "small28",
+            ("small28", BootMaeArchitecture.Small28), ("tiny28", BootMaeArchitecture.Tiny28));
         var fineTune = new System.CommandLine.Option<List<(int Labels, int Epochs)>?>("--finetune")
         {
             Description = "Fine-tuning runs LABELS:EPOCHS, comma-separated, or none [default: 100:60,1000:30]",
@@ -705,7 +708,7 @@ internal sealed class EvaluationArguments
         var plots = CommandLine.Text("--plots", "DIR", "Draw the SVG charts here");
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
-            seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, fineTune, probe, tunedProbe, unlabelled, test, official, lr, featureNorm,
+            seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, preset, fineTune, probe, tunedProbe, unlabelled, test, official, lr, featureNorm,
             emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, precision, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, ftHeadWarmup, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
@@ -717,6 +720,7 @@ internal sealed class EvaluationArguments
             PretrainSteps = parse.GetValue(pretrainSteps),
             MaePretrainSteps = parse.GetValue(maeSteps),
             PretrainBatch = parse.GetValue(pretrainBatch),
+            Architecture = CommandLine.ValueOr(parse, preset, d.Architecture),
             FineTune = CommandLine.ValueOr(parse, fineTune, null) ?? d.FineTune,
             Probe = CommandLine.ValueOr(parse, probe, d.Probe),
             TunedProbe = CommandLine.ValueOr(parse, tunedProbe, d.TunedProbe),

@@ -137,7 +137,7 @@ public sealed class CommandLineTests
         EvaluationArguments? seen = null;
         var root = new RootCommand { EvaluationArguments.CreateCommand(a => { seen = a; return 0; }) };
         string[] args = ["evaluate", "--seeds", "1,2", "--methods", "pixels,random", "--pretrain-steps", "1500", "--mae-steps", "2000", "--finetune", "100:60,1000:30",
-            "--from-json", "a.jsonl,b.jsonl", "--md", "x.md", "--plots", "dir", "--probe", "false", "--tuned-probe", "false", "--masking", "Block", "--feature-norm", "batch", "--lr", "1.5e-3", "--precision", "fp32"];
+            "--from-json", "a.jsonl,b.jsonl", "--md", "x.md", "--plots", "dir", "--probe", "false", "--tuned-probe", "false", "--masking", "Block", "--feature-norm", "batch", "--lr", "1.5e-3", "--precision", "fp32", "--preset", "tiny28"];
         Assert.AreEqual(0, Benchmarks.CommandLine.Invoke(root, args, TextWriter.Null, TextWriter.Null));
         Assert.IsNotNull(seen);
         CollectionAssert.AreEqual(new[] { 1, 2 }, seen.Seeds);
@@ -154,6 +154,7 @@ public sealed class CommandLineTests
         Assert.AreEqual(BootMaeFeatureTargetNormalization.BatchStandardized, seen.FeatureNorm);
         Assert.AreEqual(1.5e-3, seen.LearningRate);
         Assert.AreEqual(BootMaePrecision.Float32, seen.Precision);
+        Assert.AreEqual(BootMaeArchitecture.Tiny28, seen.Architecture);
         Assert.IsTrue(seen.FineTuneAugment, "unchanged defaults");
         Assert.AreEqual(10.0, seen.PretrainMinutes);
 
@@ -163,6 +164,7 @@ public sealed class CommandLineTests
         CollectionAssert.AreEqual(new[] { (100, 60), (1000, 30) }, seen.FineTune, "defaults");
         CollectionAssert.AreEqual(new[] { 1, 2 }, seen.Seeds);
         Assert.IsTrue(seen.Probe);
+        Assert.AreEqual(BootMaeArchitecture.Small28, seen.Architecture, "default preset");
         Assert.IsTrue(seen.TunedProbe, "the probe's L2 is tuned by default");
         Assert.IsNull(seen.FromJson, "no --from-json: a full run, not a merge");
         Assert.IsNull(seen.Precision, "the pretrainer's default precision");
