@@ -641,8 +641,7 @@ internal sealed class EvaluationArguments
         var maeSteps = CommandLine.NullableLong("--mae-steps", "MAE's steps when they differ from BootMAE's [default: --pretrain-steps]", 1);
         var pretrainBatch = CommandLine.Int("--pretrain-batch", "Pretraining batch", d.PretrainBatch);
         // Only the 28x28 greyscale presets: the evaluation reads Fashion-MNIST.
-        var preset = CommandLine.Choice("--preset", "Network shape (BootMaeArchitecture preset)", d.Architecture, "small28",
-            ("small28", BootMaeArchitecture.Small28), ("tiny28", BootMaeArchitecture.Tiny28));
+        var preset = CommandLine.Choice("--preset", "Network shape (BootMaeArchitecture preset)", d.Architecture, "small28", Presets.Greyscale28);
         var fineTune = new System.CommandLine.Option<List<(int Labels, int Epochs)>?>("--finetune")
         {
             Description = "Fine-tuning runs LABELS:EPOCHS, comma-separated, or none [default: 100:60,1000:30]",

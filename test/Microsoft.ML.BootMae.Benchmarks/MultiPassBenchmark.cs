@@ -15,9 +15,9 @@ internal static class MultiPassBenchmark
     public static void Run(Arguments args)
     {
         var a = args.Architecture;
-        if (a.ImageSize != 28 || a.Channels != 1)
+        if (!Presets.Greyscale28.Any(p => p.Value == a))
         {
-            throw new ArgumentException($"multipass reads 28x28 greyscale Fashion-MNIST PNGs: use --preset small28 or tiny28, not {args.Preset}.");
+            throw new ArgumentException($"multipass reads 28x28 greyscale Fashion-MNIST PNGs: use --preset {Presets.Names(Presets.Greyscale28)}, not {args.Preset}.");
         }
 
         var folder = Path.Combine(Path.GetTempPath(), $"bootmae-multipass-{Guid.NewGuid():N}");

@@ -180,20 +180,13 @@ internal sealed class Arguments
     public int Images { get; init; } = 500;
     public int SdcaIterations { get; init; } = 10;
 
-    public BootMaeArchitecture Architecture => Preset switch
-    {
-        "tiny28" => BootMaeArchitecture.Tiny28,
-        "small32" => BootMaeArchitecture.Small32,
-        "vitb16" => BootMaeArchitecture.VitBase16,
-        "small28" => BootMaeArchitecture.Small28,
-        _ => throw new ArgumentException($"Unknown preset '{Preset}': use tiny28, small28, small32 or vitb16."),
-    };
+    public BootMaeArchitecture Architecture => Presets.ByName(Preset);
 }
 
 /// <summary>The options of the commands that read <see cref="Arguments"/>, with the defaults they always had.</summary>
 internal sealed class ArgumentOptions
 {
-    public Option<string> Preset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape", "tiny28", "tiny28", ("tiny28", "tiny28"), ("small28", "small28"), ("small32", "small32"), ("vitb16", "vitb16"));
+    public Option<string> Preset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape", "tiny28", "tiny28", Presets.All.Select(p => (p.Name, p.Name)).ToArray());
     public Option<BootMaeMode> Mode { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--mode", "BootMAE or plain MAE", BootMaeMode.BootMae, "bootmae", ("bootmae", BootMaeMode.BootMae), ("mae", BootMaeMode.Mae));
     public Option<int> Batch { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--batch", "Images per step", 128);
     public Option<int> Steps { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--steps", "Timed steps", 12);
@@ -220,7 +213,7 @@ internal sealed class ArgumentOptions
     public Option<int> TrainPerClass { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--train-per-class", "Fashion-MNIST training images per class", 1000);
     public Option<string?> CheckpointDirectory { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--checkpoint-dir", "DIR", "Keep checkpoints and the final encoder.bootmae here");
     public Option<string?> Curve { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--curve", "FILE.png", "Draw the training curves here");
-    public Option<string> MultiPassPreset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape (28x28 greyscale)", "small28", "small28", ("small28", "small28"), ("tiny28", "tiny28"));
+    public Option<string> MultiPassPreset { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--preset", "Network shape (28x28 greyscale)", "small28", "small28", Presets.Greyscale28.Select(p => (p.Name, p.Name)).ToArray());
     public Option<int> Images { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--images", "Fashion-MNIST training images featurized", 500);
     public Option<int> SdcaIterations { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--sdca-iterations", "SDCA iterations, each reading the data twice (0: SDCA's own default, 3 x 500,000 / rows)", 10, min: 0);
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
