@@ -15,7 +15,7 @@ internal static class MultiPassBenchmark
     public static void Run(Arguments args)
     {
         var a = args.Architecture;
-        if (!Presets.Greyscale28.Any(p => p.Value == a))
+        if (!Presets.IsGreyscale28(a))
         {
             throw new ArgumentException($"multipass reads 28x28 greyscale Fashion-MNIST PNGs: use --preset {Presets.Names(Presets.Greyscale28)}, not {args.Preset}.");
         }

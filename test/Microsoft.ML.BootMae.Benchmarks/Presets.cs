@@ -14,22 +14,15 @@ internal static class Presets
     ];
 
     /// <summary>The presets for 28×28 greyscale images: the commands that read Fashion-MNIST take only these.</summary>
-    public static readonly (string Name, BootMaeArchitecture Value)[] Greyscale28 =
-        All.Where(p => p.Value.ImageSize == 28 && p.Value.Channels == 1).ToArray();
+    public static readonly (string Name, BootMaeArchitecture Value)[] Greyscale28 = All.Where(p => IsGreyscale28(p.Value)).ToArray();
+
+    /// <summary>Whether <paramref name="a"/> takes 28×28 greyscale images (Fashion-MNIST as it is).</summary>
+    public static bool IsGreyscale28(BootMaeArchitecture a) => a.ImageSize == 28 && a.Channels == 1;
 
     /// <summary>The preset called <paramref name="name"/> (case-insensitive).</summary>
-    public static BootMaeArchitecture ByName(string name)
-    {
-        foreach (var (n, value) in All)
-        {
-            if (string.Equals(n, name, StringComparison.OrdinalIgnoreCase))
-            {
-                return value;
-            }
-        }
-
-        throw new ArgumentException($"Unknown preset '{name}': use {Names(All)}.");
-    }
+    public static BootMaeArchitecture ByName(string name) =>
+        All.FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase)).Value
+        ?? throw new ArgumentException($"Unknown preset '{name}': use {Names(All)}.");
 
     /// <summary>The names of <paramref name="presets"/>, for messages ("a, b or c").</summary>
     public static string Names((string Name, BootMaeArchitecture Value)[] presets) =>
