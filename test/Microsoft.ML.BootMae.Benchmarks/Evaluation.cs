@@ -358,7 +358,7 @@ internal static class Evaluation
         sb.AppendLine(c, $"Data: {data.Description}. {(data.ScoredSet == "test" ? "Test" : "Scored on validation")}: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
         string budget = args.PretrainSteps is { } s ? $", {s} BootMAE steps" + (args.MaePretrainSteps is { } m ? $" and {m} MAE steps" : string.Empty) : $", {args.PretrainMinutes} minutes per method";
         string recipe = args.Official ? ", official recipe" : string.Empty;
-        sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
+        sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}, BootMAE decoders of {args.Architecture.DecoderDepth} blocks; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
         sb.AppendLine();
         sb.AppendLine("| method | evaluation | labels | pretraining steps | pretraining min | fine-tune steps | accuracy (mean ± half-range) | per seed |");
         sb.AppendLine("|---|---|--:|--:|--:|--:|--:|---|");
@@ -642,6 +642,7 @@ internal sealed class EvaluationArguments
         var pretrainBatch = CommandLine.Int("--pretrain-batch", "Pretraining batch", d.PretrainBatch);
         // Only the 28x28 greyscale presets: the evaluation reads Fashion-MNIST.
         var preset = CommandLine.Choice("--preset", "Network shape (BootMaeArchitecture preset)", d.Architecture, "small28", Presets.Greyscale28);
+        var decoderDepth = CommandLine.NullableInt("--decoder-depth", "Blocks in each BootMAE decoder (BootMaeArchitecture.DecoderDepth) [default: the preset's]");
         var fineTune = new System.CommandLine.Option<List<(int Labels, int Epochs)>?>("--finetune")
         {
             Description = "Fine-tuning runs LABELS:EPOCHS, comma-separated, or none [default: 100:60,1000:30]",
@@ -707,7 +708,7 @@ internal sealed class EvaluationArguments
         var plots = CommandLine.Text("--plots", "DIR", "Draw the SVG charts here");
         var command = new System.CommandLine.Command("evaluate", "Probes and fine-tunes BootMAE, MAE and a random encoder against raw pixels and from-scratch training (docs/results.md)")
         {
-            seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, preset, fineTune, probe, tunedProbe, unlabelled, test, official, lr, featureNorm,
+            seeds, methods, pretrainMinutes, pretrainSteps, maeSteps, pretrainBatch, preset, decoderDepth, fineTune, probe, tunedProbe, unlabelled, test, official, lr, featureNorm,
             emaFloor, pixelEpsilon, normPix, augment, target, inject, masking, teacherFraction, maskRatio, featureWeight, precision, layerDecay, ftLr, ftAugment, scratchLr, ftDropPath, ftHeadWarmup, validation, loadEncoder,
             loadedSteps, loadedSeconds, fromJson, saveEncoders, markdown, json, plots,
         };
@@ -719,7 +720,9 @@ internal sealed class EvaluationArguments
             PretrainSteps = parse.GetValue(pretrainSteps),
             MaePretrainSteps = parse.GetValue(maeSteps),
             PretrainBatch = parse.GetValue(pretrainBatch),
-            Architecture = CommandLine.ValueOr(parse, preset, d.Architecture),
+            Architecture = parse.GetValue(decoderDepth) is { } depth
+                ? CommandLine.ValueOr(parse, preset, d.Architecture) with { DecoderDepth = depth }
+                : CommandLine.ValueOr(parse, preset, d.Architecture),
             FineTune = CommandLine.ValueOr(parse, fineTune, null) ?? d.FineTune,
             Probe = CommandLine.ValueOr(parse, probe, d.Probe),
             TunedProbe = CommandLine.ValueOr(parse, tunedProbe, d.TunedProbe),

@@ -191,6 +191,9 @@ internal sealed class ArgumentOptions
     public Option<int> Batch { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--batch", "Images per step", 128);
     public Option<int> Steps { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--steps", "Timed steps", 12);
     public Option<int> Warmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first", 3, min: 0);
+
+    // step and compare time a step from the report of the one before it, so the first step cannot be timed.
+    public Option<int> StepWarmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first (at least 1: a step is timed from the end of the one before)", 3, min: 1);
     public Option<int?> Threads { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--threads", "torch intra-op threads [default: torch's]");
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
     public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision",
@@ -219,7 +222,7 @@ internal sealed class ArgumentOptions
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
-    public Option[] Step => [Preset, Mode, Batch, Steps, Warmup, Threads, Device, Precision, TeacherFraction, Tf32];
+    public Option[] Step => [Preset, Mode, Batch, Steps, StepWarmup, Threads, Device, Precision, TeacherFraction, Tf32];
 
     /// <summary>The arguments of <paramref name="command"/>; options the command does not have keep their defaults.</summary>
     public Arguments Bind(ParseResult parse, string command)
@@ -233,7 +236,7 @@ internal sealed class ArgumentOptions
             Mode = Get(Mode, d.Mode),
             Batch = Get(Batch, d.Batch),
             Steps = Get(Steps, d.Steps),
-            Warmup = Get(Warmup, d.Warmup),
+            Warmup = command == "profile" ? Get(Warmup, d.Warmup) : Get(StepWarmup, d.Warmup),
             Threads = Get(Threads, d.Threads),
             DeviceOption = Get(Device, d.DeviceOption),
             Precision = Get(Precision, d.Precision),

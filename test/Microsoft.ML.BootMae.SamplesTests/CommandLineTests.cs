@@ -116,6 +116,9 @@ public sealed class CommandLineTests
     [TestMethod]
     [DataRow("nope", "'nope'")]
     [DataRow("step --batch x", "--batch needs a whole number, not 'x'")]
+    [DataRow("step --warmup 0", "--warmup must be between 1 and")]
+    [DataRow("compare --warmup 0", "--warmup must be between 1 and")]
+    [DataRow("evaluate --decoder-depth 0", "--decoder-depth must be between 1 and")]
     [DataRow("step --precision fp16", "use bf16, bfloat16, mixed, bf16-mixed, fp32, float32")]
     [DataRow("probe --norm-pix maybe", "'maybe'")]
     [DataRow("evaluate --seeds 1,x", "'x' is not a whole number")]
@@ -155,6 +158,8 @@ public sealed class CommandLineTests
         Assert.AreEqual(1.5e-3, seen.LearningRate);
         Assert.AreEqual(BootMaePrecision.Float32, seen.Precision);
         Assert.AreEqual(BootMaeArchitecture.Tiny28, seen.Architecture);
+        Assert.AreEqual(0, Benchmarks.CommandLine.Invoke(root, ["evaluate", "--decoder-depth", "4"], TextWriter.Null, TextWriter.Null));
+        Assert.AreEqual(BootMaeArchitecture.Small28 with { DecoderDepth = 4 }, seen.Architecture, "--decoder-depth changes the preset's decoders only");
         Assert.IsTrue(seen.FineTuneAugment, "unchanged defaults");
         Assert.AreEqual(10.0, seen.PretrainMinutes);
 
