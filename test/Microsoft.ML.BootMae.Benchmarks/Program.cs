@@ -179,8 +179,9 @@ internal sealed class Arguments
     public string? PreviewPath { get; init; }
     public int Images { get; init; } = 500;
     public int SdcaIterations { get; init; } = 10;
+    public int? DecoderDepth { get; init; }
 
-    public BootMaeArchitecture Architecture => Presets.ByName(Preset);
+    public BootMaeArchitecture Architecture => DecoderDepth is { } depth ? Presets.ByName(Preset) with { DecoderDepth = depth } : Presets.ByName(Preset);
 }
 
 /// <summary>The options of the commands that read <see cref="Arguments"/>, with the defaults they always had.</summary>
@@ -194,6 +195,7 @@ internal sealed class ArgumentOptions
 
     // step and compare time a step from the report of the one before it, so the first step cannot be timed.
     public Option<int> StepWarmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first (at least 1: a step is timed from the end of the one before)", 3, min: 1);
+    public Option<int?> DecoderDepth { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--decoder-depth", "Blocks in each BootMAE decoder (BootMaeArchitecture.DecoderDepth; MAE's decoder keeps its own depth) [default: the preset's]");
     public Option<int?> Threads { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--threads", "torch intra-op threads [default: torch's]");
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
     public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision",
@@ -222,7 +224,7 @@ internal sealed class ArgumentOptions
     public Option<string?> Preview { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Text("--preview", "FILE.png", "Draw a reconstruction preview here each epoch");
 
     /// <summary>The options of <c>step</c> (and the root command).</summary>
-    public Option[] Step => [Preset, Mode, Batch, Steps, StepWarmup, Threads, Device, Precision, TeacherFraction, Tf32];
+    public Option[] Step => [Preset, Mode, Batch, Steps, StepWarmup, Threads, Device, Precision, TeacherFraction, Tf32, DecoderDepth];
 
     /// <summary>The arguments of <paramref name="command"/>; options the command does not have keep their defaults.</summary>
     public Arguments Bind(ParseResult parse, string command)
@@ -253,6 +255,7 @@ internal sealed class ArgumentOptions
             PreviewPath = Get(Preview, d.PreviewPath),
             Images = Get(Images, d.Images),
             SdcaIterations = Get(SdcaIterations, d.SdcaIterations),
+            DecoderDepth = Get(DecoderDepth, d.DecoderDepth),
         };
     }
 }

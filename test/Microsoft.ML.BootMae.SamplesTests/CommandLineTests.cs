@@ -119,6 +119,7 @@ public sealed class CommandLineTests
     [DataRow("step --warmup 0", "--warmup must be between 1 and")]
     [DataRow("compare --warmup 0", "--warmup must be between 1 and")]
     [DataRow("evaluate --decoder-depth 0", "--decoder-depth must be between 1 and")]
+    [DataRow("step --decoder-depth 0", "--decoder-depth must be between 1 and")]
     [DataRow("step --precision fp16", "use bf16, bfloat16, mixed, bf16-mixed, fp32, float32")]
     [DataRow("probe --norm-pix maybe", "'maybe'")]
     [DataRow("evaluate --seeds 1,x", "'x' is not a whole number")]
@@ -185,6 +186,7 @@ public sealed class CommandLineTests
         Assert.AreEqual(("tiny28", BootMaeMode.BootMae, 128, 12, 3, BootMaePrecision.BFloat16, 2), (defaults.Preset, defaults.Mode, defaults.Batch, defaults.Steps, defaults.Warmup, defaults.Precision, defaults.Rounds));
         Assert.IsNull(defaults.Threads);
         Assert.IsNull(defaults.DeviceOption);
+        Assert.AreEqual(BootMaeArchitecture.Tiny28, defaults.Architecture, "no --decoder-depth: the preset as it is");
 
         // The options of each command are their own instances in Create(); parse with a fresh set to read them back.
         var command = new System.CommandLine.Command("compare");
@@ -193,9 +195,10 @@ public sealed class CommandLineTests
             command.Add(option);
         }
 
-        var parsed = o.Bind(new RootCommand { command }.Parse(["compare", "--device", "cuda", "--preset", "small32", "--batch", "1024", "--steps", "20", "--warmup", "5", "--rounds", "3", "--threads", "2", "--precision", "fp32", "--mode", "MAE", "--teacher-fraction", "0.5"]), "compare");
+        var parsed = o.Bind(new RootCommand { command }.Parse(["compare", "--device", "cuda", "--preset", "small32", "--batch", "1024", "--steps", "20", "--warmup", "5", "--rounds", "3", "--threads", "2", "--precision", "fp32", "--mode", "MAE", "--teacher-fraction", "0.5", "--decoder-depth", "1"]), "compare");
         Assert.AreEqual((BootMaeDevice.Cuda, "small32", 1024, 20, 5, 3, 2, BootMaePrecision.Float32, BootMaeMode.Mae, 0.5),
             (parsed.DeviceOption, parsed.Preset, parsed.Batch, parsed.Steps, parsed.Warmup, parsed.Rounds, parsed.Threads, parsed.Precision, parsed.Mode, parsed.TeacherFraction));
+        Assert.AreEqual(BootMaeArchitecture.Small32 with { DecoderDepth = 1 }, parsed.Architecture, "--decoder-depth changes the preset's BootMAE decoders only");
     }
 
     private static (int Code, string Output, string Error) RunSample(string sample, params string[] args)
