@@ -103,12 +103,14 @@ public sealed record BootMaeArchitecture
 
     /// <summary>
     /// 28×28 grey images, patch 4 (a 7×7 grid): <see cref="Tiny28"/> cut to D 128, depth 4, 4 heads; regressor 64 wide
-    /// with 4 heads; injection from blocks 0 and 3 (the last). 1,500 BootMAE steps of batch 64 took 9–12 minutes on two of
-    /// the 2-core CPUs of docs/results.md. The samples' default shape, and the one behind every result in docs/results.md.
+    /// with 4 heads; one block in each decoder (<see cref="DecoderDepth"/> 1, not the paper's 2: a step costs about 0.7 of
+    /// depth 2's here, and at equal pretraining time it probed and fine-tuned as well or better, docs/results.md
+    /// "Decoder depth"); injection from blocks 0 and 3 (the last). The samples' default shape, and the one behind every
+    /// result in docs/results.md (those before "Decoder depth" with <c>DecoderDepth = 2</c>).
     /// </summary>
     public static BootMaeArchitecture Small28 { get; } = Tiny28 with
     {
-        EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4,
+        EmbedDim = 128, Depth = 4, Heads = 4, RegressorDim = 64, RegressorHeads = 4, PredictorHeads = 4, DecoderDepth = 1,
     };
 
     /// <summary>32×32 RGB images (CIFAR-sized), patch 4: D 384, depth 12, 6 heads; regressor 256 wide with 8 heads.</summary>

@@ -45,7 +45,7 @@ public sealed partial class ArchitecturePresetTests
             string expected = string.Create(CultureInfo.InvariantCulture,
                 $"{a.ImageSize} | {a.PatchSize} | {a.Channels} | {a.EmbedDim} | {a.Depth} | {a.Heads} | {a.RegressorDim} / {a.RegressorHeads} | {a.PredictorHeads}");
             Assert.AreEqual(expected, cells, $"docs/api.md's row for {name}");
-            Assert.AreEqual(2, a.DecoderDepth, $"{name}: the table's note says every preset has DecoderDepth 2");
+            Assert.AreEqual(name == nameof(BootMaeArchitecture.Small28) ? 1 : 2, a.DecoderDepth, $"{name}: the table's note says every preset but Small28 has DecoderDepth 2");
             Assert.AreEqual(0, a.ShallowBlock, $"{name}: ShallowBlock 0");
             Assert.IsNull(a.DeepBlock, $"{name}: DeepBlock null (the last block), so `with {{ Depth = … }}` stays valid");
         }
@@ -57,8 +57,9 @@ public sealed partial class ArchitecturePresetTests
         // docs/results.md states this shape for every table; the benchmarks and samples take it from the preset.
         var a = BootMaeArchitecture.Small28;
         Assert.AreEqual((28, 4, 1, 128, 4, 4), (a.ImageSize, a.PatchSize, a.Channels, a.EmbedDim, a.Depth, a.Heads));
-        Assert.AreEqual((64, 4, 4), (a.RegressorDim, a.RegressorHeads, a.PredictorHeads));
+        Assert.AreEqual((64, 4, 4, 1), (a.RegressorDim, a.RegressorHeads, a.PredictorHeads, a.DecoderDepth));
         string results = Whitespace().Replace(File.ReadAllText(Path.Combine(DocSnippetTests.RepoRoot(), "docs", "results.md")), " ");
         StringAssert.Contains(results, "`BootMaeArchitecture.Small28` (28×28 grey, patch 4, a 7×7 grid, D 128, 4 blocks, 4 heads, pixel regressor and feature predictor of width 64)");
+        StringAssert.Contains(results, "Its decoders have one block each since \"Decoder depth\" below; every run before that section used two");
     }
 }
