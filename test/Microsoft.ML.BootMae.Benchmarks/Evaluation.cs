@@ -642,7 +642,7 @@ internal sealed class EvaluationArguments
         var pretrainBatch = CommandLine.Int("--pretrain-batch", "Pretraining batch", d.PretrainBatch);
         // Only the 28x28 greyscale presets: the evaluation reads Fashion-MNIST.
         var preset = CommandLine.Choice("--preset", "Network shape (BootMaeArchitecture preset)", d.Architecture, "small28", Presets.Greyscale28);
-        var decoderDepth = CommandLine.NullableInt("--decoder-depth", "Blocks in each BootMAE decoder (BootMaeArchitecture.DecoderDepth) [default: the preset's]");
+        var decoderDepth = CommandLine.NullableInt("--decoder-depth", ArgumentOptions.DecoderDepthDescription);
         var fineTune = new System.CommandLine.Option<List<(int Labels, int Epochs)>?>("--finetune")
         {
             Description = "Fine-tuning runs LABELS:EPOCHS, comma-separated, or none [default: 100:60,1000:30]",

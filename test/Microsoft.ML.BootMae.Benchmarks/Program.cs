@@ -195,7 +195,9 @@ internal sealed class ArgumentOptions
 
     // step and compare time a step from the report of the one before it, so the first step cannot be timed.
     public Option<int> StepWarmup { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Int("--warmup", "Untimed steps first (at least 1: a step is timed from the end of the one before)", 3, min: 1);
-    public Option<int?> DecoderDepth { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--decoder-depth", "Blocks in each BootMAE decoder (BootMaeArchitecture.DecoderDepth; MAE's decoder keeps its own depth) [default: the preset's]");
+    // Also evaluate's: the same help text in both.
+    internal const string DecoderDepthDescription = "Blocks in each BootMAE decoder (BootMaeArchitecture.DecoderDepth; MAE's decoder keeps its own depth) [default: the preset's]";
+    public Option<int?> DecoderDepth { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--decoder-depth", DecoderDepthDescription);
     public Option<int?> Threads { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableInt("--threads", "torch intra-op threads [default: torch's]");
     public Option<BootMaeDevice?> Device { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.NullableChoice("--device", "Where to run [default: cpu; gpucheck: cuda]", ("cpu", BootMaeDevice.Cpu), ("cuda", BootMaeDevice.Cuda));
     public Option<BootMaePrecision> Precision { get; } = Microsoft.ML.BootMae.Benchmarks.CommandLine.Choice("--precision",
