@@ -720,9 +720,7 @@ internal sealed class EvaluationArguments
             PretrainSteps = parse.GetValue(pretrainSteps),
             MaePretrainSteps = parse.GetValue(maeSteps),
             PretrainBatch = parse.GetValue(pretrainBatch),
-            Architecture = parse.GetValue(decoderDepth) is { } depth
-                ? CommandLine.ValueOr(parse, preset, d.Architecture) with { DecoderDepth = depth }
-                : CommandLine.ValueOr(parse, preset, d.Architecture),
+            Architecture = Presets.WithDecoderDepth(CommandLine.ValueOr(parse, preset, d.Architecture), parse.GetValue(decoderDepth)),
             FineTune = CommandLine.ValueOr(parse, fineTune, null) ?? d.FineTune,
             Probe = CommandLine.ValueOr(parse, probe, d.Probe),
             TunedProbe = CommandLine.ValueOr(parse, tunedProbe, d.TunedProbe),

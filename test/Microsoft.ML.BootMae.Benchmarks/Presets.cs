@@ -25,6 +25,10 @@ internal static class Presets
         ?? throw new ArgumentException($"Unknown preset '{name}': use {Names(All)}.");
 
     /// <summary>The names of <paramref name="presets"/>, for messages ("a, b or c").</summary>
+    /// <summary>The preset with <c>--decoder-depth</c> applied when given (step, compare and evaluate).</summary>
+    public static BootMaeArchitecture WithDecoderDepth(BootMaeArchitecture preset, int? decoderDepth) =>
+        decoderDepth is { } depth ? preset with { DecoderDepth = depth } : preset;
+
     public static string Names((string Name, BootMaeArchitecture Value)[] presets) =>
         presets.Length == 1 ? presets[0].Name : string.Join(", ", presets[..^1].Select(p => p.Name)) + " or " + presets[^1].Name;
 }

@@ -181,7 +181,7 @@ internal sealed class Arguments
     public int SdcaIterations { get; init; } = 10;
     public int? DecoderDepth { get; init; }
 
-    public BootMaeArchitecture Architecture => DecoderDepth is { } depth ? Presets.ByName(Preset) with { DecoderDepth = depth } : Presets.ByName(Preset);
+    public BootMaeArchitecture Architecture => Presets.WithDecoderDepth(Presets.ByName(Preset), DecoderDepth);
 }
 
 /// <summary>The options of the commands that read <see cref="Arguments"/>, with the defaults they always had.</summary>
