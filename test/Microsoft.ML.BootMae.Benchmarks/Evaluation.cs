@@ -358,7 +358,7 @@ internal static class Evaluation
         sb.AppendLine(c, $"Data: {data.Description}. {(data.ScoredSet == "test" ? "Test" : "Scored on validation")}: {data.TestCount} images. Seeds: {string.Join(", ", args.Seeds)}. CPU: {CpuModel()}, {Environment.ProcessorCount} cores.");
         string budget = args.PretrainSteps is { } s ? $", {s} BootMAE steps" + (args.MaePretrainSteps is { } m ? $" and {m} MAE steps" : string.Empty) : $", {args.PretrainMinutes} minutes per method";
         string recipe = args.Official ? ", official recipe" : string.Empty;
-        sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}, BootMAE decoders of {args.Architecture.DecoderDepth} blocks; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
+        sb.AppendLine(c, $"Architecture: D {args.Architecture.EmbedDim}, {args.Architecture.Depth} blocks, patch {args.Architecture.PatchSize}, BootMAE decoders of {args.Architecture.DecoderDepth} block{(args.Architecture.DecoderDepth == 1 ? string.Empty : "s")}; pretraining batch {args.PretrainBatch}{budget}{recipe}.");
         sb.AppendLine();
         sb.AppendLine("| method | evaluation | labels | pretraining steps | pretraining min | fine-tune steps | accuracy (mean ± half-range) | per seed |");
         sb.AppendLine("|---|---|--:|--:|--:|--:|--:|---|");
