@@ -8,14 +8,14 @@ namespace Microsoft.ML.BootMae.Training;
 // are drawn in .NET and applied with one batched tensor op each (no per-pixel native calls).
 internal static class FineTuneAugmentation
 {
-    private const double MinArea = 0.2;
     private static readonly double LogRatioMin = Math.Log(3.0 / 4.0);
     private static readonly double LogRatioMax = Math.Log(4.0 / 3.0);
 
-    // Random resized crop (area fraction [0.2, 1], aspect [3/4, 4/3]) back to full size with bilinear sampling,
-    // plus a horizontal flip with probability ½; one affine_grid + grid_sample for the whole batch. The area floor
-    // is MAE pretraining's 0.2 rather than torchvision's 0.08, which destroys 28-pixel images.
-    public static Tensor RandomResizedCropFlip(Tensor images, Random random, double minArea = MinArea)
+    // Random resized crop (area fraction [minArea, 1], aspect [3/4, 4/3]) back to full size with bilinear sampling,
+    // plus a horizontal flip with probability ½; one affine_grid + grid_sample for the whole batch. Callers pass
+    // ImageAugmentation.For(architecture).MinScale, the floor the ML.NET layer uses while decoding, so the on-device
+    // and decode-time augmentations of one architecture are the same.
+    public static Tensor RandomResizedCropFlip(Tensor images, Random random, double minArea)
     {
         long b = images.shape[0];
         var theta = new float[b * 6];

@@ -205,7 +205,7 @@ internal sealed class FineTuneRun : ITrainingRun
             var y = tensor(labels, new long[] { batch.Count }).to(_device);
             if (_s.Augment)
             {
-                x = FineTuneAugmentation.RandomResizedCropFlip(x, crop);
+                x = FineTuneAugmentation.RandomResizedCropFlip(x, crop, DataViews.ImageAugmentation.For(_model.Encoder.Architecture).MinScale);
             }
 
             var targets = FineTuneAugmentation.SmoothedTargets(y, _numClasses, _s.LabelSmoothing);
