@@ -122,9 +122,10 @@ public sealed class FineTuneSettings
 
     /// <summary>
     /// Random resized crop (ratio 3/4–4/3, bilinear; area 0.2–1, or 0.5–1 for images under 64 pixels, as the ML.NET
-    /// layer crops while decoding) and horizontal flip of the training batches on the device. Default false, unlike <see cref="BootMaeTrainingOptionsBase.Augment"/> (true): the ML.NET trainer, this
-    /// engine's only product caller, always passes false and augments while decoding instead, so the engine's default
-    /// only matters to direct callers (tests, benchmarks), which opt in.
+    /// layer crops while decoding) and horizontal flip of the training batches on the device. Default false, unlike
+    /// <see cref="BootMaeTrainingOptionsBase.Augment"/> (true): the ML.NET trainer, this engine's only product caller,
+    /// always passes false and augments while decoding instead, so the engine's default only matters to direct callers
+    /// (tests, benchmarks), which opt in.
     /// </summary>
     public bool Augment { get; set; }
 
