@@ -11,6 +11,7 @@ public sealed class QuickstartCommandLine
     private readonly Option<string> _output = SampleCommandLine.Text("--output", "DIR", $"Pictures, model, checkpoints and data (--quick: {QuickstartSettings.Quick.OutputDirectory})", QuickstartSettings.Default.OutputDirectory);
     private readonly Option<bool> _quick = SampleCommandLine.Flag("--quick", "A smoke run of about a minute on a small subset");
     private readonly Option<bool> _noProbe = SampleCommandLine.Flag("--no-probe", "Skip the linear-probe row");
+    private readonly Option<bool> _finetuneAugment = SampleCommandLine.Flag("--finetune-augment", "Crop and flip the images while fine-tuning (off by default: it cost these short fine-tunes accuracy)");
     private readonly Option<bool> _resume = SampleCommandLine.Flag("--resume", "Continue pretraining from the checkpoint in DIR/checkpoints (left by a run stopped with Ctrl+C)");
 
     /// <summary>Builds the command.</summary>
@@ -21,7 +22,7 @@ public sealed class QuickstartCommandLine
             "and compare with the same classifier trained from scratch for the same epochs and for the same total steps. " +
             "Run with: dotnet run -c Release --project samples/Quickstart [-- options]")
         {
-            _epochs, _fineTuneEpochs, _fewLabelEpochs, _output, _quick, _noProbe, _resume,
+            _epochs, _fineTuneEpochs, _fewLabelEpochs, _output, _quick, _noProbe, _finetuneAugment, _resume,
         };
     }
 
@@ -39,6 +40,7 @@ public sealed class QuickstartCommandLine
             FewLabelFineTuneEpochs = SampleCommandLine.ValueOr(parse, _fewLabelEpochs, settings.FewLabelFineTuneEpochs),
             OutputDirectory = SampleCommandLine.ValueOr(parse, _output, settings.OutputDirectory),
             LinearProbe = !parse.GetValue(_noProbe),
+            FineTuneAugment = parse.GetValue(_finetuneAugment),
             Resume = parse.GetValue(_resume),
         };
     }

@@ -598,7 +598,9 @@ internal sealed class EvaluationArguments
 
     public double? FineTuneLearningRate { get; set; }
 
-    public bool FineTuneAugment { get; set; } = true;
+    // Off: on held-out images the crop and flip cost both the pretrained and the from-scratch runs 1–18 points in the
+    // table's 300–480-step fine-tunes of 28-pixel images (docs/results.md, "Fine-tuning augmentation").
+    public bool FineTuneAugment { get; set; }
 
     // The from-scratch runs' fine-tuning learning rate (--ft-lr is the pretrained runs').
     public double? ScratchLearningRate { get; set; }
@@ -693,7 +695,7 @@ internal sealed class EvaluationArguments
             ArgumentOptions.PrecisionNames);
         var layerDecay = CommandLine.NullableDouble("--layer-decay", "Fine-tuning layer decay [default: by depth]", 0, 1);
         var ftLr = CommandLine.NullableDouble("--ft-lr", "Fine-tuning learning rate [default: the trainer's]", 0);
-        var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation", d.FineTuneAugment);
+        var ftAugment = CommandLine.Bool("--ft-augment", "Fine-tuning augmentation (random resized crop and flip)", d.FineTuneAugment);
         var scratchLr = CommandLine.NullableDouble("--scratch-lr", "From-scratch fine-tuning learning rate [default: the trainer's]", 0);
         var ftDropPath = CommandLine.NullableDouble("--ft-drop-path", "Fine-tuning drop-path rate, both runs [default: the trainer's]", 0, 1);
         var ftHeadWarmup = CommandLine.NullableDouble("--ft-head-warmup", "Share of the fine-tuning steps that train only the head (LP-FT), both runs [default: by labels per class for the pretrained run, 0 from scratch]", 0, 0.99);

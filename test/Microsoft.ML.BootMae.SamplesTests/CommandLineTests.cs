@@ -15,7 +15,7 @@ public sealed class CommandLineTests
 {
     public static IEnumerable<object[]> Samples() =>
     [
-        ["quickstart", new[] { "--epochs", "--finetune-epochs", "--few-label-epochs", "--output", "--quick", "--no-probe", "--resume" }],
+        ["quickstart", new[] { "--epochs", "--finetune-epochs", "--few-label-epochs", "--output", "--quick", "--no-probe", "--finetune-augment", "--resume" }],
         ["featurize", new[] { "--encoder", "--epochs", "--queries", "--output", "--quick", "--resume" }],
         ["byoi", new[] { "--images", "--mode", "--unlabeled", "--preset", "--epochs", "--batch", "--encoder", "--model", "--predict", "--make-example", "--resume" }],
         ["deploy", new[] { "--encoder", "--epochs", "--output", "--serve", "--images", "--quick" }],
@@ -79,6 +79,8 @@ public sealed class CommandLineTests
         Assert.AreEqual(QuickstartSettings.Quick.OutputDirectory, quick.OutputDirectory);
         var full = quickstart.Settings(quickstart.Command.Parse(["--no-probe"]));
         Assert.AreEqual(QuickstartSettings.Default with { LinearProbe = false }, full);
+        Assert.IsFalse(full.FineTuneAugment, "fine-tuning augmentation is off by default");
+        Assert.IsTrue(quickstart.Settings(quickstart.Command.Parse(["--finetune-augment"])).FineTuneAugment);
 
         var byoi = new ByoiCommandLine();
         var settings = byoi.Settings(byoi.Command.Parse(["--images", "dir", "--mode", "PRETRAIN", "--preset", "tiny28", "--predict", "a.png", "b.png", "--batch", "8"]));
@@ -161,7 +163,9 @@ public sealed class CommandLineTests
         Assert.AreEqual(BootMaeArchitecture.Tiny28, seen.Architecture);
         Assert.AreEqual(0, Benchmarks.CommandLine.Invoke(root, ["evaluate", "--decoder-depth", "4"], TextWriter.Null, TextWriter.Null));
         Assert.AreEqual(BootMaeArchitecture.Small28 with { DecoderDepth = 4 }, seen.Architecture, "--decoder-depth changes the preset's decoders only");
-        Assert.IsTrue(seen.FineTuneAugment, "unchanged defaults");
+        Assert.IsFalse(seen.FineTuneAugment, "unchanged defaults: fine-tuning augmentation off (chosen on held-out images)");
+        Assert.AreEqual(0, Benchmarks.CommandLine.Invoke(root, ["evaluate", "--ft-augment", "true"], TextWriter.Null, TextWriter.Null));
+        Assert.IsTrue(seen.FineTuneAugment);
         Assert.AreEqual(10.0, seen.PretrainMinutes);
 
         Assert.AreEqual(0, Benchmarks.CommandLine.Invoke(root, ["evaluate", "--finetune", "none"], TextWriter.Null, TextWriter.Null));
