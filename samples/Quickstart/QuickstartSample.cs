@@ -298,12 +298,10 @@ public static class QuickstartSample
         output.WriteLine("  way can be that draw's luck; docs/results.md has two seeds on the full Fashion-MNIST.");
     }
 
-    // A gap in accuracy as signed points, rounded first: a two-section format prints a small negative gap as "-+0.0".
-    private static string Points(double accuracyGap)
-    {
-        double points = Math.Round(accuracyGap * 100, 1);
-        return points == 0 ? "+0.0" : points.ToString("+0.0;-0.0", CultureInfo.InvariantCulture);
-    }
+    // A gap in accuracy as signed points. The third section formats a gap that rounds to zero (a two-section format
+    // printed a small negative one as "-+0.0").
+    private static string Points(double accuracyGap) =>
+        (accuracyGap * 100).ToString("+0.0;-0.0;+0.0", CultureInfo.InvariantCulture);
 
     /// <summary>Prints the results table.</summary>
     public static void PrintTable(TextWriter output, IEnumerable<QuickstartResult> results)
